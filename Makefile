@@ -1,0 +1,35 @@
+# One front door: every set-up, test and demo step the README shows.
+SHELL := /bin/bash
+VENV := .venv
+REBUILD := $(VENV)/bin/rebuild
+PYTEST_ARGS ?=
+
+.PHONY: setup engine images demo test test-fast lint bench clean
+
+setup:
+	@scripts/setup-host
+
+engine:
+	@scripts/start-engine
+
+images: setup
+	@scripts/demo images
+
+demo: setup
+	@scripts/demo
+
+test: setup
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+test-fast: setup
+	$(VENV)/bin/python -m pytest -m "not docker" $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check rebuild tests
+	$(VENV)/bin/mypy
+
+bench: setup
+	$(VENV)/bin/python bench/run.py
+
+clean:
+	rm -rf .rebuild $(VENV)

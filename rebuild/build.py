@@ -1,0 +1,230 @@
+"""The twin build: fetch, plan, run A ‖ run B, compare, and record the result in the store.
+
+This module sequences the stages; each stage lives in its own module. What it writes to the
+store is deterministic (no wall-clock times, no host paths), so building the same recipe
+again adds nothing new.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from rebuild.compare import Artifact, Difference, collect_outputs, compare_artifacts, diff_report
+from rebuild.errors import BuildFailed, ClaimFailed, RebuildError, StoreError, UsageError
+from rebuild.fetch import SourceInput, fetch_source
+from rebuild.plan import BuildPlan, RunPlan, plan_build
+from rebuild.recipe import LoadedRecipe
+from rebuild.sandbox import RunResult, Sandbox, connect, require_success
+from rebuild.store import KIND, REF_NAME, TITLE, Descriptor, Store, canonical_json
+
+RELEASE_TYPE = "application/vnd.rebuild.release.v1+json"
+ATTEMPT_TYPE = "application/vnd.rebuild.attempt.v1+json"
+INPUTS_TYPE = "application/vnd.rebuild.inputs.v1+json"
+IMAGE_TYPE = "application/vnd.rebuild.image.v1+json"
+RECORD_MEDIA = "application/vnd.rebuild.comparison.v1+json"
+LOG_MEDIA = "text/plain; charset=utf-8"
+RELEASE_ANN = "dev.rebuild.release"
+SUBJECT_ANN = "dev.rebuild.subject"
+IMAGE_ID_ANN = "dev.rebuild.image.id"
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class DifferenceReport:
+    difference: Difference
+    variations: tuple[str, ...]
+    report: str  # digest of the stored report
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.difference.name, "variations": list(self.variations),
+                "report": self.report,
+                "a": self.difference.a.sha256 if self.difference.a else None,
+                "b": self.difference.b.sha256 if self.difference.b else None}
+
+
+@dataclass(frozen=True)
+class BuildOutcome:
+    release: str
+    reproducible: bool
+    artifacts: tuple[Artifact, ...]
+    runs: tuple[tuple[RunPlan, RunResult], ...]
+    differences: tuple[DifferenceReport, ...]
+    attempt: str
+    inputs: str
+    release_manifest: str | None
+    store: Path
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "release": self.release,
+            "reproducible": self.reproducible,
+            "artifacts": [a.to_json() for a in self.artifacts],
+            "runs": [{"name": plan.name, "variations": plan.describe(),
+                      "exit_code": result.exit_code, "seconds": round(result.seconds, 3)}
+                     for plan, result in self.runs],
+            "differences": [d.to_json() for d in self.differences],
+            "evidence": {"attempt": self.attempt, "inputs": self.inputs},
+            "manifest": self.release_manifest,
+            "store": str(self.store),
+        }
+
+
+def iso_time(epoch: int) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def twin_build(loaded: LoadedRecipe, store: Store, *, cache_dir: Path,
+               log: Log = lambda _: None) -> BuildOutcome:
+    """Build a recipe twice, compare, and store the attempt (and the release when it holds)."""
+    recipe = loaded.recipe
+    epoch = recipe.environment.source_date_epoch
+    if not isinstance(epoch, int):
+        raise UsageError(f"{loaded.path}: source_date_epoch = \"git\" needs a git source, "
+                         "which this version does not support yet")
+    store.init()
+    source = fetch_source(loaded, store, epoch)
+    inputs = _store_inputs(store, loaded, source)
+    plan = plan_build(recipe, epoch)
+    log(f"{plan.release}: twin build, run b varies {len(plan.variations)} of 12: "
+        f"{', '.join(plan.variations) or 'nothing'}")
+    client = connect()
+    with ThreadPoolExecutor(max_workers=2) as pool, \
+            Sandbox(client, cache_dir=cache_dir, log=log) as sandbox:
+        ensure_image(sandbox, store, plan.image, log)
+        source_tar = sandbox.workspace / "source.tar"
+        store.copy_out(source.archive, source_tar)
+        futures = [pool.submit(sandbox.run, run, source_tar) for run in plan.runs]
+        results = [f.result() for f in futures]
+        for run, result in zip(plan.runs, results, strict=True):
+            log(f"run {run.name}: exit {result.exit_code} after {result.seconds:.1f} s")
+        logs = [store.put_bytes(r.log)[0] for r in results]
+        try:
+            for result in results:
+                require_success(result, "the build command")
+            a, b = (collect_outputs(r.out_dir, plan.outputs, r.name) for r in results)
+        except BuildFailed as exc:
+            attempt = _store_attempt(store, plan, inputs, results, logs, (), (), None, "failed")
+            raise BuildFailed(f"{exc}\nlogs kept in the store: attempt {attempt.digest}") from None
+        differences = compare_artifacts(a, b)
+        reports = tuple(_report(store, d, plan.variations, log) for d in differences)
+        release = None
+        if not differences:
+            release = _store_release(store, plan, a)
+        status = "reproducible" if release else "not-reproducible"
+        attempt = _store_attempt(store, plan, inputs, results, logs, a, reports, release, status)
+    return BuildOutcome(plan.release, not differences, a, tuple(zip(plan.runs, results,
+                                                                    strict=True)),
+                        reports, attempt.digest, inputs.digest,
+                        release.digest if release else None, store.root)
+
+
+def ensure_image(sandbox: Sandbox, store: Store, reference: str, log: Log) -> None:
+    """Make the pinned image available to Docker, loading it from the store when needed."""
+    image_id = reference.rsplit("@", 1)[1]
+    if sandbox.has_image(image_id):
+        return
+    archived = find_image(store, image_id)
+    if archived is None:
+        raise StoreError(f"image {reference} is neither loaded in Docker nor archived in the "
+                         f"store {store.root}; build it with `rebuild image build images/…`")
+    log(f"loading image {image_id[:19]} from the store")
+    manifest = store.read_json(archived.digest)
+    with tempfile.TemporaryDirectory(dir=store.root / ".tmp") as tmp:
+        archive = Path(tmp) / "image.tar"
+        store.copy_out(manifest["layers"][0]["digest"], archive)
+        loaded_id = sandbox.load_image(archive)
+    if loaded_id != image_id:
+        raise StoreError(f"the archived image loaded as {loaded_id}, not {image_id}: the "
+                         "archive does not match its record; run `rebuild store fsck`")
+
+
+def find_image(store: Store, image_id: str) -> Descriptor | None:
+    for entry in store.entries("image"):
+        if (entry.annotations or {}).get(IMAGE_ID_ANN) == image_id:
+            return entry
+    return None
+
+
+def _store_inputs(store: Store, loaded: LoadedRecipe, source: SourceInput) -> Descriptor:
+    recipe_digest, recipe_size = store.put_bytes(loaded.text)
+    archive_size = store.blob_path(source.archive).stat().st_size
+    layers = [
+        Descriptor("application/toml", recipe_digest, recipe_size,
+                   {TITLE: loaded.path.name}),
+        Descriptor("application/x-tar", source.archive, archive_size,
+                   {TITLE: "source.tar", "dev.rebuild.tree": source.tree_digest}),
+    ]
+    return store.put_artifact(INPUTS_TYPE, layers,
+                              annotations={RELEASE_ANN: loaded.recipe.release})
+
+
+def _store_release(store: Store, plan: BuildPlan, artifacts: Sequence[Artifact]) -> Descriptor:
+    layers = []
+    for artifact in artifacts:
+        if artifact.link is None:
+            digest, size = store.put_file(artifact.path)
+        else:
+            digest, size = store.put_bytes(artifact.link.encode())
+        annotations = {TITLE: artifact.name}
+        if artifact.link is not None:
+            annotations["dev.rebuild.link"] = artifact.link
+        layers.append(Descriptor("application/octet-stream", digest, size, annotations))
+    release = store.put_artifact(RELEASE_TYPE, layers, annotations={
+        RELEASE_ANN: plan.release, "org.opencontainers.image.created":
+            iso_time(plan.source_date_epoch)})
+    existing = store.find(plan.release)
+    if existing is not None and existing.digest != release.digest:
+        raise ClaimFailed(f"release {plan.release} already exists with other artifacts: "
+                          f"stored {existing.digest}, this build {release.digest}; a release "
+                          "is immutable: bump [recipe] version")
+    store.add_to_index(release, {REF_NAME: plan.release, KIND: "release"})
+    return release
+
+
+def _report(store: Store, diff: Difference, variations: tuple[str, ...],
+            log: Log) -> DifferenceReport:
+    log(f"differs: {diff.name}; running diffoscope")
+    digest, _ = store.put_bytes(diff_report(diff))
+    return DifferenceReport(diff, variations, digest)
+
+
+def _store_attempt(store: Store, plan: BuildPlan, inputs: Descriptor,
+                   results: Sequence[RunResult], logs: Sequence[str],
+                   artifacts: Sequence[Artifact], reports: Sequence[DifferenceReport],
+                   release: Descriptor | None, status: str) -> Descriptor:
+    record = {
+        "release": plan.release,
+        "status": status,
+        "image": plan.image,
+        "inputs": inputs.digest,
+        "source_date_epoch": plan.source_date_epoch,
+        "runs": [{"name": run.name, "variations": run.describe(), "exit_code": r.exit_code,
+                  "timed_out": r.timed_out, "log": log}
+                 for run, r, log in zip(plan.runs, results, logs, strict=True)],
+        "artifacts": [a.to_json() for a in artifacts],
+        "differences": [d.to_json() for d in reports],
+    }
+    data = canonical_json(record)
+    record_digest, record_size = store.put_bytes(data)
+    layers = [Descriptor(RECORD_MEDIA, record_digest, record_size, {TITLE: "comparison.json"})]
+    layers += [Descriptor(LOG_MEDIA, digest, store.blob_path(digest).stat().st_size,
+                          {TITLE: f"run-{run.name}.log"})
+               for run, digest in zip(plan.runs, logs, strict=True)]
+    layers += [Descriptor(LOG_MEDIA, d.report, store.blob_path(d.report).stat().st_size,
+                          {TITLE: f"diff/{d.difference.name}.txt"}) for d in reports]
+    annotations = {RELEASE_ANN: plan.release, "dev.rebuild.status": status}
+    attempt = store.put_artifact(ATTEMPT_TYPE, layers, subject=release, annotations=annotations)
+    index_ann = {KIND: "attempt", RELEASE_ANN: plan.release, "dev.rebuild.status": status}
+    store.add_to_index(inputs, {KIND: "inputs", RELEASE_ANN: plan.release,
+                                **({SUBJECT_ANN: release.digest} if release else {})})
+    if release is not None:
+        index_ann[SUBJECT_ANN] = release.digest
+    store.add_to_index(attempt, index_ann)
+    return attempt

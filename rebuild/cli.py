@@ -1,0 +1,190 @@
+"""The command line: the only place that prints, and that turns errors into exit codes.
+
+`--json` prints one JSON document on stdout; everything for people goes to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from rebuild import __version__
+from rebuild.build import BuildOutcome, twin_build
+from rebuild.errors import ExitCode, RebuildError, StoreError
+from rebuild.recipe import load_recipe
+from rebuild.store import KIND, REF_NAME, Store
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Reproducible, hermetic builds: twin runs in sandboxed containers, "
+                       "compared bit for bit, with the evidence kept in a store.")
+image_app = typer.Typer(no_args_is_help=True, help="Base images built from Debian packages.")
+store_app = typer.Typer(no_args_is_help=True, help="Store upkeep.")
+app.add_typer(image_app, name="image")
+app.add_typer(store_app, name="store")
+
+StoreOpt = Annotated[Path | None, typer.Option(
+    "--store", help="Store directory (env REBUILD_STORE; default .rebuild/store).",
+    show_default=False)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")]
+
+
+@dataclass
+class Options:
+    store: Path
+    json: bool
+    debug: bool
+
+    @property
+    def cache(self) -> Path:
+        default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "rebuild"
+        return Path(os.environ.get("REBUILD_CACHE", default))
+
+
+OPTIONS = Options(Path(".rebuild/store"), json=False, debug=False)
+
+
+def _opts(store: Path | None, json_out: bool) -> Options:
+    if store is not None:
+        OPTIONS.store = store
+    OPTIONS.json = OPTIONS.json or json_out
+    return OPTIONS
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def emit(data: dict[str, Any]) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True))
+
+
+@app.callback()
+def main_options(
+    store: StoreOpt = None,
+    json_out: JsonOpt = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+    version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False,
+) -> None:
+    if version:
+        print(f"rebuild {__version__}")
+        raise typer.Exit(0)
+    OPTIONS.store = store or Path(os.environ.get("REBUILD_STORE", ".rebuild/store"))
+    OPTIONS.json = json_out
+    OPTIONS.debug = debug
+
+
+@app.command()
+def build(
+    recipes: Annotated[list[Path], typer.Argument(help="Recipe files (recipes/NAME.toml).")],
+    store: StoreOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Fetch, build twice with variations, compare, and store the release."""
+    opts = _opts(store, json_out)
+    loaded = [load_recipe(path) for path in recipes]  # every recipe is checked before any runs
+    outcomes = [twin_build(recipe, Store(opts.store), cache_dir=opts.cache, log=say)
+                for recipe in loaded]
+    for outcome in outcomes:
+        _print_outcome(outcome)
+    if opts.json:
+        emit(outcomes[0].to_json() if len(outcomes) == 1
+             else {"builds": [o.to_json() for o in outcomes]})
+    if not all(o.reproducible for o in outcomes):
+        raise typer.Exit(ExitCode.CLAIM_FAILED)
+
+
+def _print_outcome(outcome: BuildOutcome) -> None:
+    if outcome.reproducible:
+        say(f"{outcome.release}: reproducible: {len(outcome.artifacts)} artifact(s) "
+            "identical in both runs")
+        for artifact in outcome.artifacts:
+            say(f"  {artifact.name}  sha256:{artifact.sha256}  {artifact.size} bytes")
+    else:
+        say(f"{outcome.release}: NOT reproducible: {len(outcome.differences)} of "
+            f"{len({*(a.name for a in outcome.artifacts), *(d.difference.name for d in outcome.differences)})} "
+            "artifact(s) differ")
+        for diff in outcome.differences:
+            say(f"  {diff.difference.name}: differs; report: "
+                f"rebuild store cat {diff.report}")
+    say(f"evidence: attempt {outcome.attempt} in {outcome.store}")
+
+
+@store_app.command("ls")
+def store_ls(store: StoreOpt = None, json_out: JsonOpt = False) -> None:
+    """List what the store holds: releases, images, attempts."""
+    opts = _opts(store, json_out)
+    st = Store(opts.store)
+    st.require()
+    rows = [{"kind": (e.annotations or {}).get(KIND, "?"),
+             "name": (e.annotations or {}).get(REF_NAME)
+             or (e.annotations or {}).get("dev.rebuild.release")
+             or (e.annotations or {}).get("dev.rebuild.image.ref", ""),
+             "status": (e.annotations or {}).get("dev.rebuild.status", ""),
+             "digest": e.digest} for e in st.index()]
+    if opts.json:
+        emit({"store": str(opts.store), "entries": rows})
+        return
+    for row in rows:
+        print(f"{row['kind']:<8} {row['name']:<40} {row['status']:<17} {row['digest']}")
+
+
+@store_app.command("fsck")
+def store_fsck(store: StoreOpt = None, json_out: JsonOpt = False) -> None:
+    """Verify every blob's hash and every reference; exit 5 naming what is wrong."""
+    opts = _opts(store, json_out)
+    st = Store(opts.store)
+    problems = st.fsck()
+    if opts.json:
+        emit({"store": str(opts.store), "ok": not problems,
+              "problems": [{"digest": p.digest, "problem": p.what} for p in problems]})
+    for problem in problems:
+        say(f"{problem.digest}: {problem.what}")
+    if problems:
+        raise StoreError(f"{len(problems)} problem(s) in the store {opts.store}")
+    say(f"store {opts.store}: all blobs verified")
+
+
+@store_app.command("gc")
+def store_gc(store: StoreOpt = None, json_out: JsonOpt = False) -> None:
+    """Remove blobs that nothing in index.json references."""
+    opts = _opts(store, json_out)
+    removed = Store(opts.store).gc()
+    if opts.json:
+        emit({"store": str(opts.store), "removed": removed})
+    say(f"removed {len(removed)} unreferenced blob(s)")
+
+
+@store_app.command("cat")
+def store_cat(digest: Annotated[str, typer.Argument(help="sha256:<hex>")],
+              store: StoreOpt = None) -> None:
+    """Print a blob (a report, a log, a manifest), verified."""
+    opts = _opts(store, False)
+    sys.stdout.buffer.write(Store(opts.store).read_bytes(digest))
+
+
+def main() -> None:
+    try:
+        code = app(standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
+    except RebuildError as exc:
+        if OPTIONS.debug:
+            traceback.print_exc()
+        say(f"error: {exc}")
+        sys.exit(int(exc.exit_code))
+    except KeyboardInterrupt:
+        say("interrupted")
+        sys.exit(130)
+    except Exception as exc:  # click usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(ExitCode.USAGE)
+        raise

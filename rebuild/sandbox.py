@@ -1,0 +1,289 @@
+"""The sandbox: the only module that talks to the Docker engine.
+
+A `Sandbox` runs `RunPlan`s in containers with no network, a read-only root, all capabilities
+dropped, no-new-privileges, a non-root user, memory, CPU and pids limits, and the recipe's
+timeout. The source is extracted afresh for every run into a directory of its own (never the
+caller's tree); `/out` is an empty directory of its own. Containers are removed when a run
+ends, and every container the sandbox started is removed when it closes, so a failure, a
+timeout or Ctrl-C leaves nothing behind. Each run can be shown as the equivalent `docker run`.
+"""
+
+from __future__ import annotations
+
+import functools
+import glob
+import os
+import shlex
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import docker
+import docker.errors
+import requests.exceptions
+
+from rebuild.errors import BuildFailed, EnvironmentProblem
+from rebuild.plan import FAKETIME_LIB, LOCALE_DIR, OUT_DIR, RunPlan
+from rebuild.variations import BY_NAME
+
+SESSION_LABEL = "dev.rebuild.session"
+# Locales compiled on the host and mounted read-only (LOCPATH), so that the locale variation
+# takes effect in images that ship no locale data (design.md: minimal images).
+LOCALES = (str(BY_NAME["locale"].changes["locale"]),)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    name: str
+    exit_code: int
+    log: bytes
+    out_dir: Path
+    timed_out: bool
+    seconds: float
+
+
+def connect() -> Any:
+    """A Docker client, or an error that says how to start the engine (exit 3)."""
+    try:
+        client = docker.from_env(timeout=60)
+        client.ping()
+    except docker.errors.DockerException as exc:
+        host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+        raise EnvironmentProblem(
+            f"the Docker engine at {host} is unreachable ({exc.__class__.__name__}); start it "
+            "(`make engine`, or `setsid dockerd >/var/log/dockerd.log 2>&1 </dev/null &`) or "
+            "point DOCKER_HOST at a running engine") from None
+    return client
+
+
+def find_tool(name: str, package: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise EnvironmentProblem(f"{name} is not installed; install it: "
+                                 f"apt-get install -y {package}")
+    return path
+
+
+@functools.cache
+def faketime_library() -> Path:
+    found = sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1"))
+    if not found:
+        raise EnvironmentProblem("libfaketime is not installed; install it: "
+                                 "apt-get install -y faketime")
+    return Path(found[0])
+
+
+def compile_locales(cache: Path) -> Path:
+    """Compile the locales the variations use, once per host glibc, into `cache`."""
+    version = subprocess.run(["ldd", "--version"], capture_output=True, text=True,
+                             check=False).stdout.split("\n", 1)[0].split()[-1:] or ["unknown"]
+    target = cache / f"locale-glibc-{version[0]}"
+    if target.is_dir():
+        return target
+    localedef = find_tool("localedef", "libc-bin locales")
+    staging = Path(tempfile.mkdtemp(prefix="locale-", dir=cache))
+    for locale in LOCALES:
+        lang, _, charset = locale.partition(".")
+        result = subprocess.run([localedef, "-i", lang, "-f", charset, str(staging / locale)],
+                                capture_output=True, text=True, check=False)
+        if not (staging / locale).is_dir():
+            raise EnvironmentProblem(f"localedef could not compile {locale}: "
+                                     f"{result.stderr.strip()}; apt-get install -y locales")
+    staging.chmod(0o755)
+    try:
+        staging.rename(target)
+    except OSError:  # another process won the race: its copy is as good as ours
+        shutil.rmtree(staging)
+    return target
+
+
+class Sandbox:
+    """Runs plans in throw-away containers; close it (a `with` block) to remove them all."""
+
+    def __init__(self, client: Any, *, cache_dir: Path,
+                 log: Callable[[str], None] = lambda _: None) -> None:
+        self.client = client
+        self.session = uuid.uuid4().hex
+        self.log = log
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        self.workspace = Path(tempfile.mkdtemp(prefix="rebuild-", dir=cache_dir))
+        self.faketime = faketime_library()
+        self.locales = compile_locales(cache_dir)
+        self._mounts: list[Path] = []
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        try:
+            for container in self.client.containers.list(
+                    all=True, filters={"label": f"{SESSION_LABEL}={self.session}"}):
+                _remove(container)
+        except docker.errors.DockerException:
+            pass
+        for mount in self._mounts:
+            _unmount(mount)
+        shutil.rmtree(self.workspace, ignore_errors=True)
+
+    # -- images ---------------------------------------------------------------------------
+
+    def has_image(self, image_id: str) -> bool:
+        try:
+            return str(self.client.images.get(image_id).id) == image_id
+        except docker.errors.ImageNotFound:
+            return False
+
+    def load_image(self, archive: Path) -> str:
+        """`docker load` a docker-archive; returns the loaded image id."""
+        with archive.open("rb") as f:
+            images = self.client.images.load(f)
+        return str(images[0].id)
+
+    # -- runs -----------------------------------------------------------------------------
+
+    def run(self, plan: RunPlan, source_tar: Path) -> RunResult:
+        """Run one plan on a fresh copy of the source; outputs stay in `RunResult.out_dir`."""
+        settings = plan.settings
+        run_dir = Path(tempfile.mkdtemp(prefix=f"run-{plan.name}-", dir=self.workspace))
+        src, out = run_dir / "src", run_dir / "out"
+        _extract_owned(source_tar, src, settings.uid, settings.gid)
+        out.mkdir()
+        os.chown(out, settings.uid, settings.gid)
+        build_dir = src
+        if settings.shuffle_dirents:
+            build_dir = run_dir / "shuffled"
+            build_dir.mkdir()
+            _mount_disorderfs(src, build_dir)
+            self._mounts.append(build_dir)
+        kwargs = self._container_args(plan, build_dir, out)
+        self.log(f"run {plan.name}: {docker_run_line(kwargs)}")
+        started = time.monotonic()
+        container = self.client.containers.create(**kwargs)
+        timed_out = False
+        try:
+            container.start()
+            try:
+                status = container.wait(timeout=plan.timeout)
+                exit_code = int(status.get("StatusCode", -1))
+            except requests.exceptions.RequestException:
+                # docker-py signals a wait timeout as a requests error, not a docker one.
+                timed_out, exit_code = True, -1
+                container.kill()
+            log = bytes(container.logs(stdout=True, stderr=True))
+        finally:
+            _remove(container)
+            if settings.shuffle_dirents:
+                _unmount(build_dir)
+                self._mounts.remove(build_dir)
+        return RunResult(plan.name, exit_code, log, out, timed_out,
+                         time.monotonic() - started)
+
+    def _container_args(self, plan: RunPlan, build_dir: Path, out: Path) -> dict[str, Any]:
+        s = plan.settings
+        tmpfs_opts = "rw,exec,nosuid,nodev,size=1g,mode=1777"
+        return {
+            "image": plan.image.rsplit("@", 1)[1],
+            "command": list(plan.argv),
+            "user": plan.user,
+            "environment": dict(plan.env),
+            "hostname": s.hostname,
+            "domainname": s.domainname,
+            "working_dir": s.build_path,
+            "network_mode": "none",
+            "read_only": True,
+            "cap_drop": ["ALL"],
+            "security_opt": ["no-new-privileges"],
+            "mem_limit": plan.memory,
+            "memswap_limit": plan.memory,
+            "pids_limit": plan.pids_limit,
+            "cpuset_cpus": s.cpuset,
+            "tmpfs": {"/tmp": tmpfs_opts, s.home: tmpfs_opts},
+            "volumes": {
+                str(build_dir): {"bind": s.build_path, "mode": "rw"},
+                str(out): {"bind": OUT_DIR, "mode": "rw"},
+                str(self.faketime): {"bind": FAKETIME_LIB, "mode": "ro"},
+                str(self.locales): {"bind": LOCALE_DIR, "mode": "ro"},
+            },
+            "labels": {SESSION_LABEL: self.session},
+            "detach": True,
+        }
+
+
+def docker_run_line(kwargs: dict[str, Any]) -> str:
+    """The `docker run` command equivalent to a container's create arguments."""
+    args = ["docker", "run", "--rm", f"--network={kwargs['network_mode']}", "--read-only",
+            "--cap-drop=ALL", "--security-opt=no-new-privileges",
+            f"--user={kwargs['user']}", f"--hostname={kwargs['hostname']}",
+            f"--domainname={kwargs['domainname']}", f"--workdir={kwargs['working_dir']}",
+            f"--memory={kwargs['mem_limit']}", f"--memory-swap={kwargs['memswap_limit']}",
+            f"--pids-limit={kwargs['pids_limit']}"]
+    if kwargs["cpuset_cpus"] is not None:
+        args.append(f"--cpuset-cpus={kwargs['cpuset_cpus']}")
+    args += [f"--tmpfs={path}:{opts}" for path, opts in kwargs["tmpfs"].items()]
+    args += [f"--volume={host}:{m['bind']}:{m['mode']}" for host, m in kwargs["volumes"].items()]
+    args += [f"--env={key}={value}" for key, value in sorted(kwargs["environment"].items())]
+    return shlex.join([*args, kwargs["image"], *kwargs["command"]])
+
+
+def _extract_owned(source_tar: Path, dest: Path, uid: int, gid: int) -> None:
+    def owned(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo | None:
+        safe = tarfile.data_filter(member, path)
+        return None if safe is None else safe.replace(uid=uid, gid=gid, uname="", gname="")
+
+    dest.mkdir()
+    with tarfile.open(source_tar) as tar:
+        tar.extractall(dest, numeric_owner=True, filter=owned)
+    os.chown(dest, uid, gid)
+
+
+def _mount_disorderfs(src: Path, mountpoint: Path) -> None:
+    disorderfs = find_tool("disorderfs", "disorderfs")
+    # --multi-user lets the non-root build set file times; allow_other lets it enter at all.
+    result = subprocess.run(
+        [disorderfs, "--shuffle-dirents=yes", "--multi-user=yes", "-o", "allow_other",
+         str(src), str(mountpoint)], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise EnvironmentProblem(f"disorderfs could not mount the build directory: "
+                                 f"{result.stderr.strip()}; it needs /dev/fuse and root")
+
+
+def _unmount(mountpoint: Path) -> None:
+    if os.path.ismount(mountpoint):
+        for command in (["fusermount3", "-u"], ["fusermount", "-u"], ["umount", "-l"]):
+            if shutil.which(command[0]) and subprocess.run(
+                    [*command, str(mountpoint)], capture_output=True, check=False
+            ).returncode == 0:
+                return
+
+
+def _remove(container: Any) -> None:
+    try:
+        container.remove(force=True)
+    except docker.errors.NotFound:
+        pass
+    except docker.errors.APIError as exc:
+        if "already in progress" not in str(exc):
+            raise
+
+
+def require_success(result: RunResult, what: str) -> None:
+    """Turn a failed or timed-out run into exit 4 with the tail of its log."""
+    if result.timed_out:
+        raise BuildFailed(f"{what} (run {result.name}) timed out after "
+                          f"{result.seconds:.0f} s; raise [build] timeout or fix the build")
+    if result.exit_code != 0:
+        tail = result.log.decode(errors="replace").strip().splitlines()[-15:]
+        raise BuildFailed(f"{what} (run {result.name}) exited with {result.exit_code}:\n  "
+                          + "\n  ".join(tail))

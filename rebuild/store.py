@@ -1,0 +1,393 @@
+"""The content-addressed store: an OCI image layout on disk (design.md, "Store").
+
+This module is the only writer of the store. Every file is a blob named by its sha256,
+written once (temporary file, fsync, atomic rename) and verified on every read. Manifests
+(releases, evidence, images) are blobs too; `index.json` names them. Concurrent writers are
+safe: blobs are immutable and identical content has one name, and `index.json` is rewritten
+under an exclusive lock on the store directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from rebuild.errors import StoreError, UsageError
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_EMPTY = "application/vnd.oci.empty.v1+json"
+EMPTY_DIGEST = "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"
+TITLE = "org.opencontainers.image.title"
+REF_NAME = "org.opencontainers.image.ref.name"
+KIND = "dev.rebuild.kind"
+CHUNK = 1 << 20
+
+
+def canonical_json(value: Any) -> bytes:
+    """The one serialization of JSON that rebuild hashes or signs: sorted keys, compact, UTF-8."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    """An OCI content descriptor."""
+
+    media_type: str
+    digest: str
+    size: int
+    annotations: Mapping[str, str] | None = None
+    artifact_type: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"mediaType": self.media_type, "digest": self.digest,
+                               "size": self.size}
+        if self.artifact_type:
+            out["artifactType"] = self.artifact_type
+        if self.annotations:
+            out["annotations"] = dict(self.annotations)
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Descriptor:
+        return cls(data["mediaType"], data["digest"], int(data["size"]),
+                   data.get("annotations"), data.get("artifactType"))
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding of `fsck`."""
+
+    digest: str
+    what: str
+
+
+def _hex(digest: str) -> str:
+    algo, _, hexpart = digest.partition(":")
+    if algo != "sha256" or len(hexpart) != 64 or not all(c in "0123456789abcdef" for c in hexpart):
+        raise StoreError(f"not a sha256 digest: {digest!r}")
+    return hexpart
+
+
+class Store:
+    """An OCI image layout directory used as rebuild's content-addressed store."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    # -- layout ---------------------------------------------------------------------------
+
+    @property
+    def blobs(self) -> Path:
+        return self.root / "blobs" / "sha256"
+
+    @property
+    def _tmp(self) -> Path:
+        # Temporary files live outside blobs/ so that a crashed writer never leaves a partial
+        # blob under a digest name; same filesystem, so the final rename is atomic.
+        return self.root / ".tmp"
+
+    def init(self) -> None:
+        """Create the layout if it does not exist (idempotent)."""
+        if self.root.exists() and not self.root.is_dir():
+            raise UsageError(f"store path {self.root} is not a directory; pass --store DIR")
+        self.blobs.mkdir(parents=True, exist_ok=True)
+        self._tmp.mkdir(exist_ok=True)
+        layout = self.root / "oci-layout"
+        if not layout.exists():
+            self._write_atomic(layout, canonical_json({"imageLayoutVersion": "1.0.0"}))
+        if not (self.root / "index.json").exists():
+            with self._locked():
+                if not (self.root / "index.json").exists():
+                    self._write_index([])
+
+    def exists(self) -> bool:
+        return (self.root / "oci-layout").is_file()
+
+    def require(self) -> None:
+        if not self.exists():
+            raise StoreError(f"no store at {self.root}: build something first, or pass --store "
+                             "DIR (env REBUILD_STORE) naming an existing store")
+
+    def blob_path(self, digest: str) -> Path:
+        return self.blobs / _hex(digest)
+
+    # -- blobs ----------------------------------------------------------------------------
+
+    def has(self, digest: str) -> bool:
+        return self.blob_path(digest).is_file()
+
+    def put_bytes(self, data: bytes) -> tuple[str, int]:
+        """Store bytes as a blob; returns (digest, size). Writing existing content is a no-op."""
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        if not self.has(digest):
+            self._write_atomic(self.blob_path(digest), data)
+        return digest, len(data)
+
+    def put_file(self, path: Path) -> tuple[str, int]:
+        """Stream a file into the store, hashing while copying; returns (digest, size)."""
+        self.init()
+        hasher = hashlib.sha256()
+        size = 0
+        fd, tmp_name = tempfile.mkstemp(dir=self._tmp, prefix="blob-")
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as out, path.open("rb") as src:
+                while chunk := src.read(CHUNK):
+                    hasher.update(chunk)
+                    out.write(chunk)
+                    size += len(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            digest = "sha256:" + hasher.hexdigest()
+            final = self.blob_path(digest)
+            if final.exists():
+                tmp.unlink()
+            else:
+                tmp.chmod(0o444)
+                tmp.replace(final)
+                _fsync_dir(final.parent)
+            return digest, size
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def read_bytes(self, digest: str) -> bytes:
+        """Read a blob, verifying its hash."""
+        path = self.blob_path(digest)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise StoreError(f"blob {digest} is missing from the store {self.root}; "
+                             "run `rebuild store fsck` and restore it from a copy") from None
+        if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
+            raise StoreError(f"blob {digest} is corrupt (its content no longer matches its "
+                             f"name) in {self.root}; run `rebuild store fsck` and restore it")
+        return data
+
+    def read_json(self, digest: str) -> Any:
+        return json.loads(self.read_bytes(digest))
+
+    @contextlib.contextmanager
+    def open_verified(self, digest: str) -> Iterator[IO[bytes]]:
+        """Open a large blob for streaming; the hash is checked before the file is handed out."""
+        path = self.blob_path(digest)
+        if not path.is_file():
+            raise StoreError(f"blob {digest} is missing from the store {self.root}; "
+                             "run `rebuild store fsck` and restore it from a copy")
+        with path.open("rb") as f:
+            if "sha256:" + _hash_stream(f) != digest:
+                raise StoreError(f"blob {digest} is corrupt in {self.root}; "
+                                 "run `rebuild store fsck` and restore it")
+            f.seek(0)
+            yield f
+
+    def copy_out(self, digest: str, dest: Path) -> None:
+        """Copy a blob to `dest`, verifying it."""
+        with self.open_verified(digest) as src, dest.open("wb") as out:
+            shutil.copyfileobj(src, out, CHUNK)
+
+    # -- manifests and the index ------------------------------------------------------------
+
+    def put_manifest(self, manifest: Mapping[str, Any]) -> Descriptor:
+        data = canonical_json(manifest)
+        digest, size = self.put_bytes(data)
+        return Descriptor(OCI_MANIFEST, digest, size, artifact_type=manifest.get("artifactType"))
+
+    def put_artifact(self, artifact_type: str, layers: list[Descriptor], *,
+                     subject: Descriptor | None = None,
+                     annotations: Mapping[str, str] | None = None) -> Descriptor:
+        """Write an OCI artifact manifest (empty config) whose layers are stored blobs."""
+        self.put_bytes(b"{}")
+        manifest: dict[str, Any] = {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "artifactType": artifact_type,
+            "config": {"mediaType": OCI_EMPTY, "digest": EMPTY_DIGEST, "size": 2},
+            "layers": [layer.to_json() for layer in layers],
+        }
+        if subject is not None:
+            manifest["subject"] = Descriptor(subject.media_type, subject.digest,
+                                             subject.size).to_json()
+        if annotations:
+            manifest["annotations"] = dict(annotations)
+        return self.put_manifest(manifest)
+
+    def index(self) -> list[Descriptor]:
+        path = self.root / "index.json"
+        try:
+            data = json.loads(path.read_bytes())
+        except FileNotFoundError:
+            return []
+        except ValueError as exc:
+            raise StoreError(f"{path} is not valid JSON ({exc}); restore it from a copy") from None
+        return [Descriptor.from_json(m) for m in data.get("manifests", [])]
+
+    def add_to_index(self, desc: Descriptor, annotations: Mapping[str, str]) -> Descriptor:
+        """Name a stored manifest in index.json; an identical entry is not added twice."""
+        entry = Descriptor(desc.media_type, desc.digest, desc.size, dict(annotations),
+                           desc.artifact_type)
+        self.init()
+        with self._locked():
+            entries = self.index()
+            if entry not in entries:
+                self._write_index([*entries, entry])
+        return entry
+
+    def find(self, ref_name: str) -> Descriptor | None:
+        """The manifest named `ref_name` (org.opencontainers.image.ref.name), if any."""
+        for entry in self.index():
+            if (entry.annotations or {}).get(REF_NAME) == ref_name:
+                return entry
+        return None
+
+    def entries(self, kind: str) -> list[Descriptor]:
+        return [e for e in self.index() if (e.annotations or {}).get(KIND) == kind]
+
+    def referrers(self, subject_digest: str) -> list[Descriptor]:
+        """Index entries whose manifest names `subject_digest` as its subject."""
+        return [e for e in self.index()
+                if (e.annotations or {}).get("dev.rebuild.subject") == subject_digest]
+
+    # -- upkeep ---------------------------------------------------------------------------
+
+    def fsck(self) -> list[Problem]:
+        """Check every blob's hash and that every manifest's references are present."""
+        self.require()
+        problems: list[Problem] = []
+        present: set[str] = set()
+        for path in sorted(self.blobs.iterdir()):
+            digest = "sha256:" + path.name
+            with path.open("rb") as f:
+                actual = _hash_stream(f)
+            if actual != path.name:
+                problems.append(Problem(digest, f"corrupt: content hashes to sha256:{actual}"))
+            present.add(digest)
+        seen: set[str] = set()
+        for entry in self.index():
+            self._check_refs(entry.digest, present, seen, problems, "index.json")
+        stale = sorted(self._tmp.glob("*")) if self._tmp.is_dir() else []
+        problems.extend(Problem("-", f"leftover temporary file {p.name} (`rebuild store gc` "
+                                "removes it)") for p in stale)
+        return problems
+
+    def _check_refs(self, digest: str, present: set[str], seen: set[str],
+                    problems: list[Problem], parent: str) -> None:
+        if digest in seen:
+            return
+        seen.add(digest)
+        if digest not in present:
+            problems.append(Problem(digest, f"missing (referenced by {parent})"))
+            return
+        try:
+            manifest = json.loads(self.blob_path(digest).read_bytes())
+        except ValueError:
+            problems.append(Problem(digest, "manifest is not valid JSON"))
+            return
+        if not isinstance(manifest, dict) or manifest.get("mediaType") != OCI_MANIFEST:
+            return
+        for child in [manifest.get("config", {}), *manifest.get("layers", [])]:
+            child_digest = child.get("digest")
+            if child_digest and child_digest not in present:
+                problems.append(Problem(child_digest, f"missing (referenced by {digest})"))
+
+    def reachable(self) -> set[str]:
+        """Every blob named, directly or through a manifest, by index.json."""
+        keep: set[str] = set()
+        todo = [e.digest for e in self.index()]
+        while todo:
+            digest = todo.pop()
+            if digest in keep:
+                continue
+            keep.add(digest)
+            if not self.has(digest):
+                continue
+            try:
+                manifest = json.loads(self.blob_path(digest).read_bytes())
+            except ValueError:
+                continue
+            if isinstance(manifest, dict) and manifest.get("mediaType") == OCI_MANIFEST:
+                todo.extend(d["digest"] for d in [manifest["config"], *manifest["layers"]])
+                if "subject" in manifest:
+                    todo.append(manifest["subject"]["digest"])
+        return keep
+
+    def gc(self) -> list[str]:
+        """Remove blobs nothing in index.json reaches, and leftover temporary files."""
+        self.require()
+        with self._locked():
+            keep = self.reachable()
+            removed = []
+            for path in sorted(self.blobs.iterdir()):
+                if "sha256:" + path.name not in keep:
+                    path.unlink()
+                    removed.append("sha256:" + path.name)
+            for tmp in self._tmp.glob("*"):
+                tmp.unlink()
+        return removed
+
+    # -- internals ------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        # flock on the store directory itself: no lock file, and it is released when the
+        # process dies, so a killed writer never wedges the store.
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def _write_index(self, entries: list[Descriptor]) -> None:
+        index = {"schemaVersion": 2, "mediaType": OCI_INDEX,
+                 "manifests": [e.to_json() for e in entries]}
+        self._write_atomic(self.root / "index.json", canonical_json(index), mode=0o644)
+
+    def _write_atomic(self, final: Path, data: bytes, mode: int = 0o444) -> None:
+        self._tmp.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=self._tmp, prefix="write-")
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            tmp.chmod(mode)
+            tmp.replace(final)
+            _fsync_dir(final.parent)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+
+def _hash_stream(f: IO[bytes]) -> str:
+    digest = hashlib.sha256()
+    while chunk := f.read(CHUNK):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
