@@ -81,7 +81,7 @@ def iso_time(epoch: int) -> str:
 
 
 def twin_build(loaded: LoadedRecipe, store: Store, *, cache_dir: Path,
-               log: Log = lambda _: None) -> BuildOutcome:
+               log: Log = lambda _: None, debug: Log = lambda _: None) -> BuildOutcome:
     """Build a recipe twice, compare, and store the attempt (and the release when it holds)."""
     recipe = loaded.recipe
     epoch = recipe.environment.source_date_epoch
@@ -96,7 +96,7 @@ def twin_build(loaded: LoadedRecipe, store: Store, *, cache_dir: Path,
         f"{', '.join(plan.variations) or 'nothing'}")
     client = connect()
     with ThreadPoolExecutor(max_workers=2) as pool, \
-            Sandbox(client, cache_dir=cache_dir, log=log) as sandbox:
+            Sandbox(client, cache_dir=cache_dir, debug=debug) as sandbox:
         ensure_image(sandbox, store, plan.image, log)
         source_tar = sandbox.workspace / "source.tar"
         store.copy_out(source.archive, source_tar)

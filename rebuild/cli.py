@@ -89,7 +89,8 @@ def build(
     """Fetch, build twice with variations, compare, and store the release."""
     opts = _opts(store, json_out)
     loaded = [load_recipe(path) for path in recipes]  # every recipe is checked before any runs
-    outcomes = [twin_build(recipe, Store(opts.store), cache_dir=opts.cache, log=say)
+    outcomes = [twin_build(recipe, Store(opts.store), cache_dir=opts.cache, log=say,
+                           debug=say if opts.debug else lambda _: None)
                 for recipe in loaded]
     for outcome in outcomes:
         _print_outcome(outcome)

@@ -68,7 +68,8 @@ def run_environment(settings: RunSettings, source_date_epoch: int,
         "LOCPATH": LOCALE_DIR,
         # libfaketime, start-at mode: each process starts at this instant (design.md, "time").
         "LD_PRELOAD": FAKETIME_LIB,
-        "FAKETIME": "@" + settings.clock,
+        "FAKETIME": f"@{settings.clock}",
+        "FAKETIME_FMT": "%s",
         "FAKETIME_DONT_FAKE_MONOTONIC": "1",
     }
     env.update(recipe_env)

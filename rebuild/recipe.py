@@ -30,7 +30,8 @@ IMAGE_RE = re.compile(
 MEMORY_RE = r"^[1-9][0-9]*[kmg]?$"
 # Set by rebuild itself; a recipe may not override them (TZ, LANG and LC_ALL it may).
 RESERVED_ENV = frozenset({"PATH", "HOME", "SOURCE_DATE_EPOCH", "LD_PRELOAD", "LOCPATH",
-                          "FAKETIME", "FAKETIME_DONT_FAKE_MONOTONIC"})
+                          "FAKETIME", "FAKETIME_FMT",
+                          "FAKETIME_DONT_FAKE_MONOTONIC"})
 
 
 class _Strict(BaseModel):

@@ -109,12 +109,15 @@ class Sandbox:
     """Runs plans in throw-away containers; close it (a `with` block) to remove them all."""
 
     def __init__(self, client: Any, *, cache_dir: Path,
-                 log: Callable[[str], None] = lambda _: None) -> None:
+                 debug: Callable[[str], None] = lambda _: None) -> None:
         self.client = client
         self.session = uuid.uuid4().hex
-        self.log = log
+        self.debug = debug
         cache_dir.mkdir(parents=True, exist_ok=True)
-        self.workspace = Path(tempfile.mkdtemp(prefix="rebuild-", dir=cache_dir))
+        # In the system temporary directory, not the cache: disorderfs re-enters the source
+        # by path as the build's user, so every directory above it must be traversable.
+        self.workspace = Path(tempfile.mkdtemp(prefix="rebuild-"))
+        self.workspace.chmod(0o711)
         self.faketime = faketime_library()
         self.locales = compile_locales(cache_dir)
         self._mounts: list[Path] = []
@@ -157,6 +160,7 @@ class Sandbox:
         """Run one plan on a fresh copy of the source; outputs stay in `RunResult.out_dir`."""
         settings = plan.settings
         run_dir = Path(tempfile.mkdtemp(prefix=f"run-{plan.name}-", dir=self.workspace))
+        run_dir.chmod(0o711)
         src, out = run_dir / "src", run_dir / "out"
         _extract_owned(source_tar, src, settings.uid, settings.gid)
         out.mkdir()
@@ -168,7 +172,7 @@ class Sandbox:
             _mount_disorderfs(src, build_dir)
             self._mounts.append(build_dir)
         kwargs = self._container_args(plan, build_dir, out)
-        self.log(f"run {plan.name}: {docker_run_line(kwargs)}")
+        self.debug(f"run {plan.name}: {docker_run_line(kwargs)}")
         started = time.monotonic()
         container = self.client.containers.create(**kwargs)
         timed_out = False

@@ -21,8 +21,9 @@ BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 class RunSettings:
     """Everything about a run's environment that a variation may change."""
 
-    # libfaketime start-at instant: every process starts at this wall-clock time.
-    clock: str = "2030-01-01 00:00:00"
+    # libfaketime start-at instant, seconds since the epoch (2030-01-01T00:00:00Z): every
+    # process starts at this time. An epoch, not a date, so that TZ cannot move it.
+    clock: int = 1893456000
     build_path: str = "/build/src"
     hostname: str = "rebuild"
     domainname: str = "build.invalid"
@@ -49,7 +50,7 @@ class Variation:
 # Run B's values. The clock moves by exactly 548 days (more than a year, a whole number of
 # days, so the hour of day is unchanged and only date-sensitive builds differ).
 VARIATIONS: tuple[Variation, ...] = (
-    Variation("time", {"clock": "2031-07-02 00:00:00"}, "clock starts at 2031-07-02 00:00:00"),
+    Variation("time", {"clock": 1893456000 + 548 * 86400}, "clock starts at 2031-07-03T00:00:00Z"),
     Variation("build_path", {"build_path": "/build/variation/a-longer-source-path"},
               "/build/variation/a-longer-source-path"),
     Variation("hostname", {"hostname": "variant-host", "domainname": "variant.invalid"},

@@ -1,0 +1,124 @@
+"""Shared fixtures: the CLI as a subprocess, recipe writers, and the base images.
+
+Integration tests (marker `docker`) run against the real engine. A test that cannot run for
+a missing tool is skipped naming the tool, and under CI (CI=true) such a skip is a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+# Base images are cached in a store of their own across test sessions; `rebuild image build`
+# rebuilds them whenever the definition or the Debian mirror changes.
+IMAGE_STORE = ROOT / ".rebuild" / "test-images"
+
+
+def require_tool(name: str) -> None:
+    """Skip (or, under CI, fail) a test that needs a tool this machine lacks."""
+    if shutil.which(name) is None:
+        message = f"{name} is not installed (make setup installs it)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@dataclass(frozen=True)
+class Result:
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def json(self) -> dict:  # type: ignore[type-arg]
+        return json.loads(self.stdout)
+
+
+def run_rebuild(*args: str | Path, store: Path | None = None, env: dict[str, str] | None = None,
+                cwd: Path | None = None, timeout: float = 600) -> Result:
+    argv = [sys.executable, "-m", "rebuild", *(str(a) for a in args)]
+    if store is not None:
+        argv[3:3] = ["--store", str(store)]
+    proc = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, **(env or {})},
+                          cwd=cwd, timeout=timeout, check=False)
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def build_image(definition: str) -> str:
+    require_tool("mmdebstrap")
+    result = run_rebuild("image", "build", ROOT / "images" / definition, "--json",
+                         store=IMAGE_STORE)
+    assert result.code == 0, result.stderr
+    return str(result.json["image"])
+
+
+@pytest.fixture(scope="session")
+def minimal_image() -> str:
+    """rebuild/debian-minimal: no tzdata, no locales."""
+    require_tool("docker")
+    return build_image("debian-minimal.toml")
+
+
+@pytest.fixture(scope="session")
+def c_image() -> str:
+    """rebuild/debian-c: a C toolchain and python3."""
+    require_tool("docker")
+    return build_image("debian-c.toml")
+
+
+def toml_value(value: object) -> str:
+    return json.dumps(value) if not isinstance(value, dict) else (
+        "{ " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in value.items()) + " }")
+
+
+RecipeWriter = Callable[..., Path]
+
+
+@pytest.fixture
+def write_recipe(tmp_path: Path) -> RecipeWriter:
+    """Write a recipe and its source tree; returns the recipe's path."""
+
+    def write(image: str, script: str, outputs: Sequence[str] = ("r",), *,
+              name: str = "t", vary: Sequence[str] = ("all",), files: dict[str, str] | None = None,
+              epoch: int = 1700000000, timeout: int = 120, extra: str = "") -> Path:
+        src = tmp_path / f"src-{name}"
+        src.mkdir(exist_ok=True)
+        for rel, text in (files or {}).items():
+            (src / rel).parent.mkdir(parents=True, exist_ok=True)
+            (src / rel).write_text(text)
+        recipe = tmp_path / f"{name}.toml"
+        recipe.write_text(
+            f'[recipe]\nname = "{name}"\nversion = "1.0.0"\n\n'
+            f'[source]\npath = "{src.name}"\n\n'
+            f'[environment]\nimage = "{image}"\nsource_date_epoch = {epoch}\n\n'
+            f'[build]\ncommand = ["sh", "-c", {toml_value(script)}]\n'
+            f"outputs = {toml_value(list(outputs))}\ntimeout = {timeout}\nmemory = \"512m\"\n\n"
+            f"[check]\nvary = {toml_value(list(vary))}\n{extra}")
+        return recipe
+
+    return write
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    return tmp_path / "store"
+
+
+@pytest.fixture(autouse=True)
+def no_containers_left(request: pytest.FixtureRequest) -> object:
+    """Every engine test leaves no rebuild container behind (`docker ps -a` after it)."""
+    yield
+    if request.node.get_closest_marker("docker") is None or shutil.which("docker") is None:
+        return
+    left = subprocess.run(["docker", "ps", "-aq", "--filter", "label=dev.rebuild.session"],
+                          capture_output=True, text=True, check=False).stdout.split()
+    assert not left, f"containers left behind: {left}"
