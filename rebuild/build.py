@@ -7,7 +7,6 @@ again adds nothing new.
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -16,22 +15,21 @@ from pathlib import Path
 from typing import Any
 
 from rebuild.compare import Artifact, Difference, collect_outputs, compare_artifacts, diff_report
-from rebuild.errors import BuildFailed, ClaimFailed, RebuildError, StoreError, UsageError
+from rebuild.errors import BuildFailed, ClaimFailed, StoreError, UsageError
 from rebuild.fetch import SourceInput, fetch_source
+from rebuild.image import find_image, load_archived, stored_image
 from rebuild.plan import BuildPlan, RunPlan, plan_build
 from rebuild.recipe import LoadedRecipe
-from rebuild.sandbox import RunResult, Sandbox, connect, require_success
+from rebuild.sandbox import RunResult, Sandbox, connect, has_image, load_image, require_success
 from rebuild.store import KIND, REF_NAME, TITLE, Descriptor, Store, canonical_json
 
 RELEASE_TYPE = "application/vnd.rebuild.release.v1+json"
 ATTEMPT_TYPE = "application/vnd.rebuild.attempt.v1+json"
 INPUTS_TYPE = "application/vnd.rebuild.inputs.v1+json"
-IMAGE_TYPE = "application/vnd.rebuild.image.v1+json"
 RECORD_MEDIA = "application/vnd.rebuild.comparison.v1+json"
 LOG_MEDIA = "text/plain; charset=utf-8"
 RELEASE_ANN = "dev.rebuild.release"
 SUBJECT_ANN = "dev.rebuild.subject"
-IMAGE_ID_ANN = "dev.rebuild.image.id"
 
 Log = Callable[[str], None]
 
@@ -97,7 +95,7 @@ def twin_build(loaded: LoadedRecipe, store: Store, *, cache_dir: Path,
     client = connect()
     with ThreadPoolExecutor(max_workers=2) as pool, \
             Sandbox(client, cache_dir=cache_dir, debug=debug) as sandbox:
-        ensure_image(sandbox, store, plan.image, log)
+        ensure_image(client, store, plan.image, log)
         source_tar = sandbox.workspace / "source.tar"
         store.copy_out(source.archive, source_tar)
         futures = [pool.submit(sandbox.run, run, source_tar) for run in plan.runs]
@@ -125,31 +123,17 @@ def twin_build(loaded: LoadedRecipe, store: Store, *, cache_dir: Path,
                         release.digest if release else None, store.root)
 
 
-def ensure_image(sandbox: Sandbox, store: Store, reference: str, log: Log) -> None:
+def ensure_image(client: Any, store: Store, reference: str, log: Log) -> None:
     """Make the pinned image available to Docker, loading it from the store when needed."""
     image_id = reference.rsplit("@", 1)[1]
-    if sandbox.has_image(image_id):
+    if has_image(client, image_id):
         return
-    archived = find_image(store, image_id)
-    if archived is None:
+    entry = find_image(store, image_id)
+    if entry is None:
         raise StoreError(f"image {reference} is neither loaded in Docker nor archived in the "
                          f"store {store.root}; build it with `rebuild image build images/…`")
     log(f"loading image {image_id[:19]} from the store")
-    manifest = store.read_json(archived.digest)
-    with tempfile.TemporaryDirectory(dir=store.root / ".tmp") as tmp:
-        archive = Path(tmp) / "image.tar"
-        store.copy_out(manifest["layers"][0]["digest"], archive)
-        loaded_id = sandbox.load_image(archive)
-    if loaded_id != image_id:
-        raise StoreError(f"the archived image loaded as {loaded_id}, not {image_id}: the "
-                         "archive does not match its record; run `rebuild store fsck`")
-
-
-def find_image(store: Store, image_id: str) -> Descriptor | None:
-    for entry in store.entries("image"):
-        if (entry.annotations or {}).get(IMAGE_ID_ANN) == image_id:
-            return entry
-    return None
+    load_archived(store, stored_image(store, entry), lambda path: load_image(client, path))
 
 
 def _store_inputs(store: Store, loaded: LoadedRecipe, source: SourceInput) -> Descriptor:

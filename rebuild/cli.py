@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -17,8 +18,11 @@ import typer
 
 from rebuild import __version__
 from rebuild.build import BuildOutcome, twin_build
-from rebuild.errors import ExitCode, RebuildError, StoreError
+from rebuild.errors import EnvironmentProblem, ExitCode, RebuildError, StoreError
+from rebuild.fetch import fetch_bytes
+from rebuild.image import build_image, mirror_release_url
 from rebuild.recipe import load_recipe
+from rebuild.sandbox import connect, has_image, load_image
 from rebuild.store import KIND, REF_NAME, Store
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -108,13 +112,44 @@ def _print_outcome(outcome: BuildOutcome) -> None:
         for artifact in outcome.artifacts:
             say(f"  {artifact.name}  sha256:{artifact.sha256}  {artifact.size} bytes")
     else:
+        names = {a.name for a in outcome.artifacts} | {
+            d.difference.name for d in outcome.differences}
         say(f"{outcome.release}: NOT reproducible: {len(outcome.differences)} of "
-            f"{len({*(a.name for a in outcome.artifacts), *(d.difference.name for d in outcome.differences)})} "
-            "artifact(s) differ")
+            f"{len(names)} artifact(s) differ")
         for diff in outcome.differences:
             say(f"  {diff.difference.name}: differs; report: "
                 f"rebuild store cat {diff.report}")
     say(f"evidence: attempt {outcome.attempt} in {outcome.store}")
+
+
+@image_app.command("build")
+def image_build(
+    definition: Annotated[Path, typer.Argument(help="Image definition (images/NAME.toml).")],
+    rebuild: Annotated[bool, typer.Option("--rebuild", help="Build even when cached.")] = False,
+    store: StoreOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Build a base image with mmdebstrap, load it, archive it; print its pinned reference."""
+    opts = _opts(store, json_out)
+    try:
+        mirror_state: str | None = "sha256:" + hashlib.sha256(
+            fetch_bytes(mirror_release_url(definition))).hexdigest()
+    except EnvironmentProblem as exc:
+        say(f"warning: {exc}; the image will be built afresh")
+        mirror_state = None
+    st = Store(opts.store)
+    client = connect()
+    image = build_image(definition, st, mirror_state=mirror_state,
+                        is_loaded=lambda image_id: has_image(client, image_id),
+                        load=lambda archive: load_image(client, archive), log=say,
+                        rebuild=rebuild)
+    if opts.json:
+        emit({"image": image.reference, "id": image.image_id, "manifest": image.manifest,
+              "archive": image.archive, "packages": len(image.packages),
+              "cached": image.cached, "store": str(opts.store)})
+    else:
+        print(image.reference)
+    say(f"{len(image.packages)} Debian packages; archived in {opts.store} as {image.manifest}")
 
 
 @store_app.command("ls")

@@ -89,7 +89,7 @@ def collect_outputs(out_dir: Path, globs: Sequence[str], run: str) -> tuple[Arti
 def _artifact(name: str, path: Path) -> Artifact:
     st = path.lstat()
     if stat.S_ISLNK(st.st_mode):
-        target = os.readlink(path)
+        target = str(path.readlink())
         data = target.encode()
         return Artifact(name, hashlib.sha256(data).hexdigest(), len(data), path, target)
     if not stat.S_ISREG(st.st_mode):

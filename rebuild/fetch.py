@@ -12,10 +12,11 @@ import os
 import stat
 import tarfile
 import tempfile
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from rebuild.errors import UsageError
+from rebuild.errors import EnvironmentProblem, UsageError
 from rebuild.recipe import LoadedRecipe
 from rebuild.store import Store, canonical_json, sha256_file
 
@@ -49,7 +50,7 @@ def scan_tree(root: Path) -> list[TreeEntry]:
                 raise UsageError(f"{path}: file names with newlines are not supported")
             st = path.lstat()
             if stat.S_ISLNK(st.st_mode):
-                entries.append(TreeEntry(rel, "link", os.readlink(path)))
+                entries.append(TreeEntry(rel, "link", str(path.readlink())))
             elif stat.S_ISDIR(st.st_mode):
                 entries.append(TreeEntry(rel, "dir", ""))
             elif stat.S_ISREG(st.st_mode):
@@ -87,6 +88,15 @@ def pack_tree(root: Path, entries: list[TreeEntry], dest: Path, mtime: int) -> N
                 info.size = path.stat().st_size
                 with path.open("rb") as f:
                     tar.addfile(info, f)
+
+
+def fetch_bytes(url: str, *, timeout: float = 30) -> bytes:
+    """GET a small document (e.g. a mirror's InRelease)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310
+            return bytes(response.read())
+    except (OSError, ValueError) as exc:
+        raise EnvironmentProblem(f"cannot fetch {url}: {exc}") from None
 
 
 def fetch_source(loaded: LoadedRecipe, store: Store, source_date_epoch: int) -> SourceInput:

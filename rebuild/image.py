@@ -7,7 +7,6 @@ from __future__ import annotations
 import difflib
 import hashlib
 import io
-import json
 import os
 import shlex
 import shutil
@@ -25,7 +24,8 @@ from typing import IO, Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
-from rebuild.errors import BuildFailed, EnvironmentProblem, UsageError
+from rebuild.errors import BuildFailed, EnvironmentProblem, StoreError, UsageError
+from rebuild.store import KIND, TITLE, Descriptor, Store, canonical_json
 
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 IMAGE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -164,11 +164,7 @@ def _format_loc(loc: Sequence[str | int]) -> str:
 
 def definition_digest(defn: ImageDefinition) -> str:
     """sha256 of the canonical JSON of the definition, defaults included."""
-    return "sha256:" + hashlib.sha256(_canonical_json(defn.model_dump(mode="json"))).hexdigest()
-
-
-def _canonical_json(value: object) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return "sha256:" + hashlib.sha256(canonical_json(defn.model_dump(mode="json"))).hexdigest()
 
 
 # --- Root filesystem ---------------------------------------------------------------------------
@@ -332,7 +328,7 @@ def write_docker_archive(rootfs_tar: Path, defn: ImageDefinition, out: Path) -> 
 
             config = _image_config(defn, f"sha256:{layer_hex}")
             config_hex = hashlib.sha256(config).hexdigest()
-            manifest = _canonical_json(
+            manifest = canonical_json(
                 [
                     {
                         "Config": f"{config_hex}.json",
@@ -388,7 +384,7 @@ def _image_config(defn: ImageDefinition, diff_id: str) -> bytes:
     }
     if arch_variant is not None:
         config["variant"] = arch_variant
-    return _canonical_json(config)
+    return canonical_json(config)
 
 
 def _layer_name(name: str) -> str:
@@ -455,3 +451,113 @@ def _write_layer(rootfs_tar: Path, out: IO[bytes], epoch: int) -> None:
                 else:
                     info.type, info.linkname = member.type, member.linkname
                     layer.addfile(info)
+
+
+# --- Archiving in the store --------------------------------------------------------------------
+
+IMAGE_TYPE = "application/vnd.rebuild.image.v1+json"
+ARCHIVE_MEDIA = "application/vnd.docker.image.archive.v1+tar"
+PACKAGES_MEDIA = "application/vnd.rebuild.debian-packages.v1+json"
+IMAGE_ID_ANN = "dev.rebuild.image.id"
+IMAGE_REF_ANN = "dev.rebuild.image.ref"
+DEFINITION_ANN = "dev.rebuild.image.definition"
+MIRROR_ANN = "dev.rebuild.image.mirror-state"
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    reference: str
+    image_id: str
+    manifest: str  # digest of the image's artifact manifest in the store
+    archive: str  # digest of the docker-archive blob
+    packages: tuple[DebPackage, ...]
+    cached: bool
+
+
+def find_image(store: Store, image_id: str) -> Descriptor | None:
+    """The store's record of an image, by image id."""
+    for entry in store.entries("image"):
+        if (entry.annotations or {}).get(IMAGE_ID_ANN) == image_id:
+            return entry
+    return None
+
+
+def stored_image(store: Store, entry: Descriptor, *, cached: bool = True) -> StoredImage:
+    manifest = store.read_json(entry.digest)
+    archive, packages = manifest["layers"][0], manifest["layers"][1]
+    listed = tuple(DebPackage(**p) for p in store.read_json(packages["digest"]))
+    ann = entry.annotations or {}
+    return StoredImage(ann[IMAGE_REF_ANN], ann[IMAGE_ID_ANN], entry.digest, archive["digest"],
+                       listed, cached)
+
+
+def build_image(path: Path, store: Store, *, mirror_state: str | None,
+                is_loaded: Callable[[str], bool], load: Callable[[Path], str],
+                log: Callable[[str], None], rebuild: bool = False) -> StoredImage:
+    """Build, load and archive an image, unless the store has one from the same definition
+    and the same state of the mirror (`mirror_state`: a digest of its InRelease file).
+
+    Without a known mirror state nothing is reused: a cached image never hides a change of
+    the packages the mirror would give today.
+    """
+    defn = load_image_definition(path)
+    definition = definition_digest(defn)
+    if mirror_state is not None and not rebuild:
+        for entry in store.entries("image"):
+            ann = entry.annotations or {}
+            if ann.get(DEFINITION_ANN) == definition and ann.get(MIRROR_ANN) == mirror_state:
+                image = stored_image(store, entry)
+                if not is_loaded(image.image_id):
+                    log(f"loading {image.reference} from the store")
+                    load_archived(store, image, load)
+                log(f"{defn.name}:{defn.tag}: unchanged definition and mirror; reusing "
+                    f"{image.image_id[:19]}")
+                return image
+    store.init()
+    with tempfile.TemporaryDirectory(dir=store.root / ".tmp") as tmp:
+        rootfs = Path(tmp) / "rootfs.tar"
+        log(f"{defn.name}:{defn.tag}: mmdebstrap {defn.variant} {defn.suite} "
+            f"({len(defn.packages)} extra packages)")
+        build_rootfs(defn, rootfs, log=log)
+        packages = read_packages(rootfs)
+        archive = write_docker_archive(rootfs, defn, Path(tmp) / "image.tar")
+        rootfs.unlink()
+        loaded = load(archive.path)
+        if loaded != archive.image_id:
+            raise EnvironmentProblem(f"Docker loaded the image as {loaded}, expected "
+                                     f"{archive.image_id}; is the engine at least 20.10?")
+        archive_digest, archive_size = store.put_file(archive.path)
+    listing = canonical_json([vars(p) for p in packages])
+    packages_digest, packages_size = store.put_bytes(listing)
+    definition_bytes = path.read_bytes()
+    definition_blob, definition_size = store.put_bytes(definition_bytes)
+    layers = [
+        Descriptor(ARCHIVE_MEDIA, archive_digest, archive_size, {TITLE: "image.tar"}),
+        Descriptor(PACKAGES_MEDIA, packages_digest, packages_size, {TITLE: "packages.json"}),
+        Descriptor("application/toml", definition_blob, definition_size, {TITLE: path.name}),
+    ]
+    manifest = store.put_artifact(IMAGE_TYPE, layers, annotations={
+        IMAGE_ID_ANN: archive.image_id, IMAGE_REF_ANN: archive.reference})
+    annotations = {KIND: "image", IMAGE_ID_ANN: archive.image_id,
+                   IMAGE_REF_ANN: archive.reference, DEFINITION_ANN: definition}
+    if mirror_state is not None:
+        annotations[MIRROR_ANN] = mirror_state
+    store.add_to_index(manifest, annotations)
+    return StoredImage(archive.reference, archive.image_id, manifest.digest, archive_digest,
+                       packages, cached=False)
+
+
+def load_archived(store: Store, image: StoredImage, load: Callable[[Path], str]) -> None:
+    """Load an archived image into Docker, checking that it comes back with its id."""
+    with tempfile.TemporaryDirectory(dir=store.root / ".tmp") as tmp:
+        archive = Path(tmp) / "image.tar"
+        store.copy_out(image.archive, archive)
+        loaded = load(archive)
+    if loaded != image.image_id:
+        raise StoreError(f"the archived image loaded as {loaded}, not {image.image_id}; "
+                         "run `rebuild store fsck`")
+
+
+def mirror_release_url(path: Path) -> str:
+    defn = load_image_definition(path)
+    return f"{defn.mirror.rstrip('/')}/dists/{defn.suite}/InRelease"

@@ -11,7 +11,6 @@ timeout or Ctrl-C leaves nothing behind. Each run can be shown as the equivalent
 from __future__ import annotations
 
 import functools
-import glob
 import os
 import shlex
 import shutil
@@ -74,11 +73,11 @@ def find_tool(name: str, package: str) -> str:
 
 @functools.cache
 def faketime_library() -> Path:
-    found = sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1"))
+    found = sorted(Path("/usr/lib").glob("*/faketime/libfaketime.so.1"))
     if not found:
         raise EnvironmentProblem("libfaketime is not installed; install it: "
                                  "apt-get install -y faketime")
-    return Path(found[0])
+    return found[0]
 
 
 def compile_locales(cache: Path) -> Path:
@@ -103,6 +102,20 @@ def compile_locales(cache: Path) -> Path:
     except OSError:  # another process won the race: its copy is as good as ours
         shutil.rmtree(staging)
     return target
+
+
+def has_image(client: Any, image_id: str) -> bool:
+    try:
+        return str(client.images.get(image_id).id) == image_id
+    except docker.errors.ImageNotFound:
+        return False
+
+
+def load_image(client: Any, archive: Path) -> str:
+    """`docker load` a docker-archive; returns the loaded image id."""
+    with archive.open("rb") as f:
+        images = client.images.load(f)
+    return str(images[0].id)
 
 
 class Sandbox:
@@ -139,20 +152,6 @@ class Sandbox:
         for mount in self._mounts:
             _unmount(mount)
         shutil.rmtree(self.workspace, ignore_errors=True)
-
-    # -- images ---------------------------------------------------------------------------
-
-    def has_image(self, image_id: str) -> bool:
-        try:
-            return str(self.client.images.get(image_id).id) == image_id
-        except docker.errors.ImageNotFound:
-            return False
-
-    def load_image(self, archive: Path) -> str:
-        """`docker load` a docker-archive; returns the loaded image id."""
-        with archive.open("rb") as f:
-            images = self.client.images.load(f)
-        return str(images[0].id)
 
     # -- runs -----------------------------------------------------------------------------
 
@@ -248,7 +247,7 @@ def _extract_owned(source_tar: Path, dest: Path, uid: int, gid: int) -> None:
 
     dest.mkdir()
     with tarfile.open(source_tar) as tar:
-        tar.extractall(dest, numeric_owner=True, filter=owned)
+        tar.extractall(dest, numeric_owner=True, filter=owned)  # noqa: S202 (data filter)
     os.chown(dest, uid, gid)
 
 

@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -283,9 +284,6 @@ class Store:
         seen: set[str] = set()
         for entry in self.index():
             self._check_refs(entry.digest, present, seen, problems, "index.json")
-        stale = sorted(self._tmp.glob("*")) if self._tmp.is_dir() else []
-        problems.extend(Problem("-", f"leftover temporary file {p.name} (`rebuild store gc` "
-                                "removes it)") for p in stale)
         return problems
 
     def _check_refs(self, digest: str, present: set[str], seen: set[str],
@@ -329,18 +327,22 @@ class Store:
                     todo.append(manifest["subject"]["digest"])
         return keep
 
-    def gc(self) -> list[str]:
-        """Remove blobs nothing in index.json reaches, and leftover temporary files."""
+    def gc(self, grace_seconds: float = 3600) -> list[str]:
+        """Remove blobs nothing in index.json reaches, and stale temporary files."""
         self.require()
+        # A build writes its blobs before it names them in index.json, and a temporary file
+        # is a writer's work in progress: only what is older than the grace period goes.
+        cutoff = time.time() - grace_seconds
         with self._locked():
             keep = self.reachable()
             removed = []
             for path in sorted(self.blobs.iterdir()):
-                if "sha256:" + path.name not in keep:
+                if "sha256:" + path.name not in keep and path.stat().st_mtime < cutoff:
                     path.unlink()
                     removed.append("sha256:" + path.name)
             for tmp in self._tmp.glob("*"):
-                tmp.unlink()
+                if tmp.is_file() and tmp.stat().st_mtime < cutoff:
+                    tmp.unlink()
         return removed
 
     # -- internals ------------------------------------------------------------------------

@@ -99,9 +99,9 @@ def test_bad_values_are_usage_errors(key: str, value: object) -> None:
 def test_load_reports_bad_toml_and_missing_file(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("[image\n")
-    with pytest.raises(UsageError, match="bad.toml: not valid TOML"):
+    with pytest.raises(UsageError, match=r"bad\.toml: not valid TOML"):
         load_image_definition(bad)
-    with pytest.raises(UsageError, match="missing.toml: cannot read"):
+    with pytest.raises(UsageError, match=r"missing\.toml: cannot read"):
         load_image_definition(tmp_path / "missing.toml")
 
 
@@ -169,7 +169,7 @@ def add(tar: tarfile.TarFile, name: str, data: bytes | None = None, **attrs: Any
 def make_rootfs(path: Path, *, mtime: int = EPOCH + 1000) -> Path:
     """A tiny rootfs as mmdebstrap writes it: "./" names, a /dev, a hard link, late mtimes."""
     with tarfile.open(path, "w", format=tarfile.GNU_FORMAT) as tar:
-        common = {"mtime": mtime, "uname": "root", "gname": "root"}
+        common: dict[str, Any] = {"mtime": mtime, "uname": "root", "gname": "root"}
         add(tar, "./", type=tarfile.DIRTYPE, mode=0o755, **common)
         add(tar, "./dev", type=tarfile.DIRTYPE, mode=0o755, **common)
         add(tar, "./dev/null", type=tarfile.CHRTYPE, devmajor=1, devminor=3, **common)

@@ -1,0 +1,373 @@
+"""Keys, DSSE signing and Sigstore bundle v0.3 files (design.md, "Evidence formats").
+
+This module owns rebuild's signing keys (generation, loading, key ids), signs in-toto
+statements as DSSE envelopes and writes them as Sigstore bundle v0.3 JSON, and verifies such
+bundles. Nothing else in rebuild signs or verifies a signature.
+
+Key-signed bundles are built here by hand: sigstore-python cannot sign with a local key and
+refuses bundles whose verification material is a public key. The bundle layout follows
+sigstore/protobuf-specs `Bundle` v0.3: `verificationMaterial.publicKey.hint` names the key,
+`tlogEntries` is empty and `dsseEnvelope` holds the signature, so `@sigstore/verify` and cosign
+can check them too.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric.ec import (
+    SECP256R1,
+    EllipticCurvePrivateKey,
+    EllipticCurvePublicKey,
+    generate_private_key,
+)
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, PublicKeyTypes
+from cryptography.hazmat.primitives.serialization import (
+    BestAvailableEncryption,
+    Encoding,
+    KeySerializationEncryption,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+    load_pem_private_key,
+    load_pem_public_key,
+)
+from securesystemslib.dsse import Envelope
+from securesystemslib.exceptions import UnverifiedSignatureError, VerificationError
+
+# securesystemslib.signer re-exports these without __all__, which mypy --strict flags.
+from securesystemslib.signer import (  # type: ignore[attr-defined]
+    CryptoSigner,
+    Signature,
+    Signer,
+    SSlibKey,
+)
+
+from rebuild.errors import ClaimFailed, SigningError
+from rebuild.store import canonical_json
+
+BUNDLE_MEDIA_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
+IN_TOTO_PAYLOAD_TYPE = "application/vnd.in-toto+json"
+PASSPHRASE_ENV = "REBUILD_KEY_PASSPHRASE"  # noqa: S105 (a variable name, not a secret)
+
+Algorithm = Literal["ecdsa-p256", "ed25519"]
+SigningKey = EllipticCurvePrivateKey | Ed25519PrivateKey
+KEYGEN_HINT = "create a supported key with `rebuild keygen --out PREFIX` (ECDSA P-256 or Ed25519)"
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    """The two files `generate_keypair` wrote, and the key's id."""
+
+    private_path: Path
+    public_path: Path
+    keyid: str
+
+
+@dataclass(frozen=True)
+class Verified:
+    """What a verified bundle says, and which trusted key vouched for it."""
+
+    statement: dict[str, Any]
+    keyid: str
+    payload_type: str
+
+
+# -- keys -----------------------------------------------------------------------------------
+
+
+def keyid(public_key: PublicKeyTypes) -> str:
+    """The key's id: sha256 hex of its DER SubjectPublicKeyInfo.
+
+    Independent of securesystemslib's default id (a hash of its own JSON form), so the
+    `hint` in a bundle is the same whichever tool computes it (`openssl pkey -pubin -outform
+    DER | sha256sum`).
+    """
+    der = public_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(der).hexdigest()
+
+
+def passphrase_from_env(var: str = PASSPHRASE_ENV) -> bytes | None:
+    """The key passphrase from the environment; unset or empty means no passphrase."""
+    value = os.environ.get(var)
+    return value.encode() if value else None
+
+
+def generate_keypair(prefix: Path, *, algorithm: Algorithm = "ecdsa-p256",
+                     passphrase: bytes | None = None) -> KeyPair:
+    """Write PREFIX.key (PKCS#8 PEM, mode 0600) and PREFIX.pub (SubjectPublicKeyInfo PEM).
+
+    Existing files are never overwritten: a lost private key cannot be recovered.
+    """
+    private_path = prefix.with_name(prefix.name + ".key")
+    public_path = prefix.with_name(prefix.name + ".pub")
+    for path in (private_path, public_path):
+        if path.exists():
+            raise SigningError(f"{path} already exists; refusing to overwrite a key. "
+                               "Choose another --out PREFIX or move the old key away first.")
+    private_key: SigningKey
+    if algorithm == "ecdsa-p256":
+        private_key = generate_private_key(SECP256R1())
+    elif algorithm == "ed25519":
+        private_key = Ed25519PrivateKey.generate()
+    else:
+        raise SigningError(f"unknown key algorithm {algorithm!r}; use ecdsa-p256 or ed25519")
+    encryption: KeySerializationEncryption = (
+        BestAvailableEncryption(passphrase) if passphrase else NoEncryption())
+    private_pem = private_key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, encryption)
+    public_pem = private_key.public_key().public_bytes(Encoding.PEM,
+                                                       PublicFormat.SubjectPublicKeyInfo)
+    try:
+        prefix.parent.mkdir(parents=True, exist_ok=True)
+        _write_new(private_path, private_pem, 0o600)
+        try:
+            _write_new(public_path, public_pem, 0o644)
+        except BaseException:
+            private_path.unlink()  # never leave half a key pair behind
+            raise
+    except FileExistsError as e:
+        raise SigningError(f"{e.filename} already exists; refusing to overwrite a key. "
+                           "Choose another --out PREFIX.") from e
+    except OSError as e:
+        raise SigningError(f"cannot write the key pair {prefix}.key/.pub: {e.strerror}. "
+                           "Check that the directory exists and is writable.") from e
+    return KeyPair(private_path, public_path, keyid(private_key.public_key()))
+
+
+def _write_new(path: Path, data: bytes, mode: int) -> None:
+    # O_EXCL: the check above is only for a friendly message; this is the guarantee.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        os.fchmod(fd, mode)  # the mode asked for, whatever the umask
+        with os.fdopen(os.dup(fd), "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        path.unlink()
+        raise
+    finally:
+        os.close(fd)
+
+
+def load_signer(path: Path, passphrase: bytes | None) -> Signer:
+    """A securesystemslib signer for the private key in `path`."""
+    private_key = _load_private_key(path, passphrase)
+    return CryptoSigner(private_key, _sslib_key(private_key.public_key()))
+
+
+def load_public_key(path: Path, *, passphrase: bytes | None = None) -> SSlibKey:
+    """The public key in a `.pub` PEM file, or the public half of a `.key` file."""
+    data = _read_key_file(path)
+    if b"PRIVATE KEY-----" in data:
+        return _sslib_key(_load_private_key(path, passphrase).public_key())
+    try:
+        public_key = load_pem_public_key(data)
+    except (ValueError, UnsupportedAlgorithm) as e:
+        raise SigningError(f"{path} is not a PEM public key ({e}); pass the PREFIX.pub file "
+                           "that `rebuild keygen` wrote.") from e
+    if not isinstance(public_key, EllipticCurvePublicKey | Ed25519PublicKey):
+        raise SigningError(f"{path} holds an unsupported key type; {KEYGEN_HINT}.")
+    return _sslib_key(public_key)
+
+
+def _read_key_file(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise SigningError(f"cannot read key file {path}: {e.strerror}. "
+                           f"Check the --key path, or {KEYGEN_HINT}.") from e
+
+
+def _load_private_key(path: Path, passphrase: bytes | None) -> SigningKey:
+    data = _read_key_file(path)
+    try:
+        private_key: PrivateKeyTypes = load_pem_private_key(data, passphrase)
+    except TypeError as e:
+        # cryptography says TypeError when a passphrase is missing or superfluous.
+        if passphrase is None:
+            raise SigningError(f"{path} is encrypted and no passphrase was given; set "
+                               f"{PASSPHRASE_ENV} to its passphrase.") from e
+        raise SigningError(f"{path} is not encrypted but a passphrase was given; unset "
+                           f"{PASSPHRASE_ENV}.") from e
+    except ValueError as e:
+        # Wrong passphrase and malformed PEM are indistinguishable here.
+        hint = (f"check {PASSPHRASE_ENV}" if passphrase is not None
+                else "pass the PREFIX.key file that `rebuild keygen` wrote")
+        raise SigningError(f"cannot load private key {path}: wrong passphrase or not a PEM "
+                           f"private key; {hint}.") from e
+    except UnsupportedAlgorithm as e:
+        raise SigningError(f"{path} uses an unsupported key algorithm; {KEYGEN_HINT}.") from e
+    if isinstance(private_key, Ed25519PrivateKey):
+        return private_key
+    if isinstance(private_key, EllipticCurvePrivateKey) and isinstance(private_key.curve,
+                                                                        SECP256R1):
+        return private_key
+    # P-384 and RSA would sign here, but the independent verifier refuses them.
+    kind = (f"ECDSA {private_key.curve.name}" if isinstance(private_key, EllipticCurvePrivateKey)
+            else type(private_key).__name__.removeprefix("_").replace("PrivateKey", ""))
+    raise SigningError(f"{path} is an unsupported key type ({kind}); {KEYGEN_HINT}.")
+
+
+def _sslib_key(public_key: PublicKeyTypes) -> SSlibKey:
+    return SSlibKey.from_crypto(public_key, keyid=keyid(public_key))
+
+
+def _crypto_public_key(key: SSlibKey) -> PublicKeyTypes:
+    # SSlibKey keeps Ed25519 keys as raw hex and every other type as PEM.
+    if key.keytype == "ed25519":
+        return Ed25519PublicKey.from_public_bytes(bytes.fromhex(key.keyval["public"]))
+    return load_pem_public_key(key.keyval["public"].encode())
+
+
+# -- bundles --------------------------------------------------------------------------------
+
+
+def sign_statement(statement: Mapping[str, Any], signer: Signer) -> bytes:
+    """Sign an in-toto statement; returns a Sigstore bundle v0.3, canonical JSON."""
+    if not isinstance(signer.public_key, SSlibKey):
+        raise SigningError("only local ECDSA P-256 or Ed25519 keys can sign a key bundle; "
+                           f"{KEYGEN_HINT}.")
+    # The signer may carry securesystemslib's default key id; the bundle names the key by ours.
+    # The DSSE signature covers payload type and payload only, not the key id.
+    signer_keyid = keyid(_crypto_public_key(signer.public_key))
+    envelope = Envelope(canonical_json(dict(statement)), IN_TOTO_PAYLOAD_TYPE, {})
+    signature = envelope.sign(signer)
+    bundle = {
+        "mediaType": BUNDLE_MEDIA_TYPE,
+        "verificationMaterial": {"publicKey": {"hint": signer_keyid}, "tlogEntries": []},
+        "dsseEnvelope": {
+            "payload": _b64(envelope.payload),
+            "payloadType": envelope.payload_type,
+            "signatures": [{"sig": _b64(bytes.fromhex(signature.signature)),
+                            "keyid": signer_keyid}],
+        },
+    }
+    return canonical_json(bundle)
+
+
+def verify_bundle(data: bytes, trusted: Sequence[SSlibKey]) -> Verified:
+    """Verify a key-signed bundle against the trusted keys; returns its statement."""
+    bundle = _parse_bundle(data)
+    if bundle.payload_type != IN_TOTO_PAYLOAD_TYPE:
+        raise ClaimFailed(f"bundle payload type is {bundle.payload_type!r}, not "
+                          f"{IN_TOTO_PAYLOAD_TYPE!r}: it is not an in-toto statement.")
+    if bundle.hint is None:
+        raise ClaimFailed("bundle is not signed with a key (no verificationMaterial.publicKey); "
+                          "a keyless bundle needs keyless verification.")
+    if bundle.signature_keyid not in (None, "", bundle.hint):
+        raise ClaimFailed(f"bundle names key {_short(bundle.hint)} but its signature names key "
+                          f"{_short(bundle.signature_keyid or '')}; the bundle is malformed.")
+    by_id = {keyid(_crypto_public_key(key)): key for key in trusted}
+    key = by_id.get(bundle.hint)
+    if key is None:
+        raise ClaimFailed(f"signed by key {_short(bundle.hint)}, which is not trusted; pass its "
+                          "public key (PREFIX.pub) if you trust it.")
+    envelope = Envelope(bundle.payload, bundle.payload_type, {})
+    try:
+        key.verify_signature(Signature(key.keyid, bundle.signature.hex()), envelope.pae())
+    except (UnverifiedSignatureError, VerificationError) as e:
+        raise ClaimFailed(f"signature does not verify with key {_short(bundle.hint)}: payload "
+                          "altered or wrong key.") from e
+    return Verified(_statement(bundle.payload), bundle.hint, bundle.payload_type)
+
+
+def read_bundle_statement(data: bytes) -> dict[str, Any]:
+    """The statement in a bundle, UNVERIFIED: for display only, never for a decision."""
+    return _statement(_parse_bundle(data).payload)
+
+
+@dataclass(frozen=True)
+class _Bundle:
+    payload: bytes
+    payload_type: str
+    signature: bytes
+    signature_keyid: str | None
+    hint: str | None
+
+
+def _parse_bundle(data: bytes) -> _Bundle:
+    """The parts of a bundle that verification needs; ClaimFailed when it is malformed."""
+    document = _strict_json(data, "bundle")
+    if not isinstance(document, dict):
+        raise ClaimFailed("bundle is not a JSON object; pass a Sigstore bundle (.sigstore.json).")
+    media_type = document.get("mediaType")
+    if media_type != BUNDLE_MEDIA_TYPE:
+        raise ClaimFailed(f"bundle media type is {media_type!r}, not {BUNDLE_MEDIA_TYPE!r}; "
+                          "only Sigstore bundle v0.3 is supported.")
+    envelope = document.get("dsseEnvelope")
+    if not isinstance(envelope, dict):
+        raise ClaimFailed("bundle has no dsseEnvelope; rebuild signs statements as DSSE "
+                          "envelopes, and a bare message signature is not accepted.")
+    payload = envelope.get("payload")
+    payload_type = envelope.get("payloadType")
+    signatures = envelope.get("signatures")
+    if not isinstance(payload, str) or not isinstance(payload_type, str):
+        raise ClaimFailed("bundle dsseEnvelope lacks a payload or payloadType string.")
+    # One signature, as the Sigstore bundle spec requires for DSSE.
+    if not isinstance(signatures, list) or len(signatures) != 1 or not isinstance(
+            signatures[0], dict) or not isinstance(signatures[0].get("sig"), str):
+        raise ClaimFailed("bundle dsseEnvelope must hold exactly one signature {sig, keyid}.")
+    signature_keyid = signatures[0].get("keyid")
+    if signature_keyid is not None and not isinstance(signature_keyid, str):
+        raise ClaimFailed("bundle signature keyid is not a string.")
+    material = document.get("verificationMaterial")
+    public_key = material.get("publicKey") if isinstance(material, dict) else None
+    hint = public_key.get("hint") if isinstance(public_key, dict) else None
+    if public_key is not None and not isinstance(hint, str):
+        raise ClaimFailed("bundle verificationMaterial.publicKey has no hint string.")
+    return _Bundle(_unb64(payload, "payload"), payload_type,
+                   _unb64(signatures[0]["sig"], "signature"), signature_keyid, hint)
+
+
+def _statement(payload: bytes) -> dict[str, Any]:
+    statement = _strict_json(payload, "statement")
+    if not isinstance(statement, dict):
+        raise ClaimFailed("the signed payload is not a JSON object, so not an in-toto statement.")
+    return statement
+
+
+def _strict_json(data: bytes, what: str) -> Any:
+    # Duplicate keys and NaN would let two verifiers read different content from the same
+    # signed bytes; refuse them instead of picking one reading.
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        keys = [k for k, _ in items]
+        if len(keys) != len(set(keys)):
+            raise ValueError(f"duplicate key in {what}")
+        return dict(items)
+
+    def constant(name: str) -> Any:
+        raise ValueError(f"{name} is not JSON")
+
+    try:
+        return json.loads(data, object_pairs_hook=pairs, parse_constant=constant)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ClaimFailed(f"{what} is not valid JSON: {e}") from e
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _unb64(text: str, what: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except binascii.Error as e:
+        raise ClaimFailed(f"bundle {what} is not valid base64: {e}") from e
+
+
+def _short(key_id: str) -> str:
+    return key_id[:12] + "…" if len(key_id) > 12 else key_id
