@@ -1,0 +1,98 @@
+"""Builds and the store: releases as OCI artifacts, no duplicates, concurrent builds."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import RecipeWriter, run_rebuild
+
+pytestmark = pytest.mark.docker
+
+CAREFUL = "printf 'hello\\n' > /out/r && mkdir -p /out/usr/bin && printf 'bin' > /out/usr/bin/x"
+
+
+def blobs(store: Path) -> set[str]:
+    return {p.name for p in (store / "blobs" / "sha256").iterdir()}
+
+
+def test_release_is_an_oci_artifact_with_titled_layers(minimal_image: str,
+                                                       write_recipe: RecipeWriter,
+                                                       store: Path) -> None:
+    result = run_rebuild("build", write_recipe(minimal_image, CAREFUL, ["r", "usr/bin/*"]),
+                         "--json", store=store)
+    assert result.code == 0, result.stderr
+    index = json.loads((store / "index.json").read_text())
+    [release] = [m for m in index["manifests"]
+                 if m["annotations"].get("org.opencontainers.image.ref.name") == "t@1.0.0"]
+    manifest = json.loads((store / "blobs" / "sha256" / release["digest"][7:]).read_bytes())
+    assert manifest["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
+    assert manifest["artifactType"] == "application/vnd.rebuild.release.v1+json"
+    titles = {layer["annotations"]["org.opencontainers.image.title"]: layer["digest"]
+              for layer in manifest["layers"]}
+    assert titles == {a["name"]: "sha256:" + a["sha256"] for a in result.json["artifacts"]}
+    # evidence hangs off the release: its subject is the release manifest
+    attempt = json.loads((store / "blobs" / "sha256" /
+                          result.json["evidence"]["attempt"][7:]).read_bytes())
+    assert attempt["subject"]["digest"] == release["digest"]
+    titles = [layer["annotations"]["org.opencontainers.image.title"]
+              for layer in attempt["layers"]]
+    assert titles == ["comparison.json", "run-a.log", "run-b.log"]
+
+    ls = run_rebuild("store", "ls", "--json", store=store)
+    assert [e["name"] for e in ls.json["entries"] if e["kind"] == "release"] == ["t@1.0.0"]
+
+
+def test_building_again_adds_nothing(minimal_image: str, write_recipe: RecipeWriter,
+                                     store: Path) -> None:
+    recipe = write_recipe(minimal_image, CAREFUL + " && echo building", ["r", "usr/bin/x"])
+    first = run_rebuild("build", recipe, "--json", store=store)
+    assert first.code == 0, first.stderr
+    before, index = blobs(store), (store / "index.json").read_bytes()
+    second = run_rebuild("build", recipe, "--json", store=store)
+    assert second.code == 0, second.stderr
+    assert blobs(store) == before
+    assert (store / "index.json").read_bytes() == index
+    assert second.json["evidence"] == first.json["evidence"]
+
+
+def test_a_diff_report_is_kept_with_the_attempt(minimal_image: str, write_recipe: RecipeWriter,
+                                                store: Path) -> None:
+    result = run_rebuild("build", write_recipe(minimal_image, "uname -n > /out/r"), "--json",
+                         store=store)
+    assert result.code == 1
+    [diff] = result.json["differences"]
+    report = run_rebuild("store", "cat", diff["report"], store=store)
+    assert report.code == 0
+    assert "rebuild" in report.stdout and "variant-host" in report.stdout
+    assert result.json["manifest"] is None  # no release is named for a failed claim
+
+
+def test_two_builds_into_one_store_at_once(minimal_image: str, write_recipe: RecipeWriter,
+                                           store: Path) -> None:
+    recipes = [write_recipe(minimal_image, CAREFUL + f" && echo {i} > /out/n", ["r", "n"],
+                            name=f"c{i}") for i in range(2)]
+    procs = [subprocess.Popen([sys.executable, "-m", "rebuild", "--store", str(store), "build",
+                               str(r)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for r in recipes]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err.decode()
+    fsck = run_rebuild("store", "fsck", store=store)
+    assert fsck.code == 0, fsck.stderr
+    ls = run_rebuild("store", "ls", "--json", store=store)
+    assert {e["name"] for e in ls.json["entries"] if e["kind"] == "release"} == {
+        "c0@1.0.0", "c1@1.0.0"}
+
+
+def test_a_release_is_immutable(minimal_image: str, write_recipe: RecipeWriter,
+                                store: Path) -> None:
+    first = run_rebuild("build", write_recipe(minimal_image, "echo one > /out/r"), store=store)
+    assert first.code == 0, first.stderr
+    second = run_rebuild("build", write_recipe(minimal_image, "echo two > /out/r"), store=store)
+    assert second.code == 1
+    assert "already exists" in second.stderr
