@@ -21,6 +21,7 @@ from rebuild.build import BuildOutcome, twin_build
 from rebuild.errors import EnvironmentProblem, ExitCode, RebuildError, StoreError
 from rebuild.fetch import fetch_bytes
 from rebuild.image import build_image, mirror_release_url
+from rebuild.lock import lock_recipe
 from rebuild.recipe import load_recipe
 from rebuild.sandbox import connect, has_image, load_image
 from rebuild.store import KIND, REF_NAME, Store
@@ -120,6 +121,29 @@ def _print_outcome(outcome: BuildOutcome) -> None:
             say(f"  {diff.difference.name}: differs; report: "
                 f"rebuild store cat {diff.report}")
     say(f"evidence: attempt {outcome.attempt} in {outcome.store}")
+
+
+@app.command()
+def lock(
+    recipes: Annotated[list[Path], typer.Argument(help="Recipe files to pin.")],
+    update_image: Annotated[bool, typer.Option(
+        "--update-image", help="Re-pin the image to the newest one the store has for its "
+        "name:tag.")] = False,
+    store: StoreOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Write the pins (source digest, image digest) into each recipe."""
+    opts = _opts(store, json_out)
+    results = [lock_recipe(path, Store(opts.store), update_image=update_image, log=say)
+               for path in recipes]
+    for result in results:
+        if not result.changed:
+            say(f"{result.path}: already locked")
+    if opts.json:
+        emit({"recipes": [{"recipe": str(r.path),
+                           "changed": {k: {"old": old, "new": new}
+                                       for k, (old, new) in r.changed.items()}}
+                          for r in results]})
 
 
 @image_app.command("build")

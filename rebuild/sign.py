@@ -4,11 +4,14 @@ This module owns rebuild's signing keys (generation, loading, key ids), signs in
 statements as DSSE envelopes and writes them as Sigstore bundle v0.3 JSON, and verifies such
 bundles. Nothing else in rebuild signs or verifies a signature.
 
-Key-signed bundles are built here by hand: sigstore-python cannot sign with a local key and
-refuses bundles whose verification material is a public key. The bundle layout follows
-sigstore/protobuf-specs `Bundle` v0.3: `verificationMaterial.publicKey.hint` names the key,
-`tlogEntries` is empty and `dsseEnvelope` holds the signature, so `@sigstore/verify` and cosign
-can check them too.
+Two ways to sign:
+- with a local key (the default): bundles are built here by hand, because sigstore-python
+  cannot sign with a local key and refuses bundles whose verification material is a public
+  key. The layout follows sigstore/protobuf-specs `Bundle` v0.3:
+  `verificationMaterial.publicKey.hint` names the key, `tlogEntries` is empty and
+  `dsseEnvelope` holds the signature, so `@sigstore/verify` and cosign can check them too;
+- keyless, with a CI's OIDC token: sigstore-python gets a Fulcio certificate and a Rekor entry,
+  using the services and roots named in a Sigstore client trust config file.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric.ec import (
@@ -58,6 +61,9 @@ from securesystemslib.signer import (  # type: ignore[attr-defined]
 
 from rebuild.errors import ClaimFailed, SigningError
 from rebuild.store import canonical_json
+
+if TYPE_CHECKING:
+    from sigstore.models import ClientTrustConfig
 
 BUNDLE_MEDIA_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
 IN_TOTO_PAYLOAD_TYPE = "application/vnd.in-toto+json"
@@ -288,6 +294,97 @@ def verify_bundle(data: bytes, trusted: Sequence[SSlibKey]) -> Verified:
 def read_bundle_statement(data: bytes) -> dict[str, Any]:
     """The statement in a bundle, UNVERIFIED: for display only, never for a decision."""
     return _statement(_parse_bundle(data).payload)
+
+
+# -- keyless (Sigstore: Fulcio certificate + Rekor log entry) --------------------------------
+# sigstore is imported inside these functions: it costs half a second at start-up, and only
+# keyless signing needs it.
+
+
+def ambient_identity_token() -> str | None:
+    """The CI's OIDC token for keyless signing (GitHub Actions, GitLab, ...), if there is one."""
+    from sigstore.oidc import IdentityError, detect_credential
+
+    try:
+        return detect_credential()
+    except IdentityError as e:
+        raise SigningError(f"cannot get an OIDC identity token from this CI: {e}; grant the "
+                           "job an id-token (GitHub: `permissions: id-token: write`).") from e
+
+
+def sign_keyless(statement: Mapping[str, Any], *, trust_config: Path,
+                 identity_token: str) -> bytes:
+    """Sign a statement with a short-lived Fulcio certificate for `identity_token` and log it in
+    Rekor (sigstore-python); returns the Sigstore bundle v0.3, canonical JSON."""
+    from sigstore import dsse
+    from sigstore._internal.fulcio.client import ExpiredCertificate, FulcioClientError
+    from sigstore._internal.rekor import RekorClientError
+    from sigstore.errors import Error
+    from sigstore.oidc import ExpiredIdentity, IdentityToken
+    from sigstore.sign import SigningContext
+
+    config = _load_trust_config(trust_config)
+    try:
+        token = IdentityToken(identity_token)
+        context = SigningContext.from_trust_config(config)
+        # cache=True is required, not an optimization: without it sigstore-python 4.5 makes a
+        # fresh key on every use, so the certificate and the signature would disagree.
+        with context.signer(token, cache=True) as signer:
+            bundle = signer.sign_dsse(dsse.Statement(canonical_json(dict(statement))))
+    except (Error, ExpiredIdentity, ExpiredCertificate, FulcioClientError, RekorClientError,
+            OSError, ValueError) as e:
+        # requests' errors are OSErrors; Fulcio's HTTP errors keep their reason in __cause__.
+        reason = str(e) or str(e.__cause__ or type(e).__name__)
+        raise SigningError(f"keyless signing failed ({type(e).__name__}): {reason}. Check the "
+                           f"identity token and that the services in {trust_config} are "
+                           "reachable.") from e
+    return canonical_json(json.loads(bundle.to_json()))
+
+
+def verify_keyless(data: bytes, *, trust_config: Path, identity: str, issuer: str) -> Verified:
+    """Verify a keyless bundle offline: certificate chain to the trusted Fulcio root, SCT, Rekor
+    inclusion proof and promise, signer identity and OIDC issuer, DSSE signature.
+
+    `Verified.keyid` is the id (as `keyid`) of the certificate's short-lived key.
+    """
+    from sigstore.models import Bundle
+    from sigstore.verify import Verifier
+    from sigstore.verify.policy import Identity
+
+    trusted_root = _load_trust_config(trust_config).trusted_root
+    if _parse_bundle(data).hint is not None:
+        raise ClaimFailed("bundle is signed with a key, not keyless; verify it with the signer's "
+                          "public key.")
+    try:
+        bundle = Bundle.from_json(data)
+        verifier = Verifier(trusted_root=trusted_root)
+        payload_type, payload = verifier.verify_dsse(
+            bundle, Identity(identity=identity, issuer=issuer))
+    except Exception as e:
+        # sigstore-python raises assorted types (its own, pydantic's, cryptography's) for a bad
+        # bundle; whatever the type, the bundle is not verified.
+        raise ClaimFailed(f"keyless bundle does not verify for {identity} (issuer {issuer}): "
+                          f"{e}") from e
+    if payload_type != IN_TOTO_PAYLOAD_TYPE:
+        raise ClaimFailed(f"bundle payload type is {payload_type!r}, not "
+                          f"{IN_TOTO_PAYLOAD_TYPE!r}: it is not an in-toto statement.")
+    return Verified(_statement(payload), keyid(bundle.signing_certificate.public_key()),
+                    payload_type)
+
+
+def _load_trust_config(path: Path) -> ClientTrustConfig:
+    from sigstore.errors import Error
+    from sigstore.models import ClientTrustConfig
+
+    try:
+        config = ClientTrustConfig.from_json(path.read_text())
+        config.trusted_root  # noqa: B018 (validates the root now, not mid-signing)
+    except OSError as e:
+        raise SigningError(f"cannot read the Sigstore trust config {path}: {e.strerror}.") from e
+    except (Error, ValueError) as e:
+        raise SigningError(f"{path} is not a valid Sigstore client trust config (v0.1): "
+                           f"{e}") from e
+    return config
 
 
 @dataclass(frozen=True)

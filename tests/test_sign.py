@@ -26,17 +26,21 @@ from rebuild.sign import (
     BUNDLE_MEDIA_TYPE,
     IN_TOTO_PAYLOAD_TYPE,
     KeyPair,
+    ambient_identity_token,
     generate_keypair,
     keyid,
     load_public_key,
     load_signer,
     passphrase_from_env,
     read_bundle_statement,
+    sign_keyless,
     sign_statement,
     verify_bundle,
+    verify_keyless,
 )
 from rebuild.store import canonical_json
 from tests.conftest import ROOT, require_tool
+from tests.keyless_standin import ISSUER, KeylessStandin
 
 ALGORITHMS = ["ecdsa-p256", "ed25519"]
 STATEMENT: dict[str, Any] = {
@@ -253,6 +257,18 @@ def test_untrusted_key_fails(keypair: KeyPair, other_keypair: KeyPair) -> None:
         verify_bundle(signed(keypair), [])
 
 
+def test_hint_and_signature_keyid_must_agree(keypair: KeyPair, other_keypair: KeyPair) -> None:
+    other_id = other_keypair.keyid
+    bundle = edit(signed(keypair), lambda d: d["dsseEnvelope"]["signatures"][0].__setitem__(
+        "keyid", other_id))
+    with pytest.raises(ClaimFailed, match="but its signature names key"):
+        verify_bundle(bundle, [load_public_key(keypair.public_path)])
+    # An empty keyid (as cosign writes) defers to the hint.
+    bundle = edit(signed(keypair), lambda d: d["dsseEnvelope"]["signatures"][0].__setitem__(
+        "keyid", ""))
+    assert verify_bundle(bundle, [load_public_key(keypair.public_path)]).keyid == keypair.keyid
+
+
 def test_non_in_toto_payload_type_fails(keypair: KeyPair) -> None:
     bundle = edit(signed(keypair),
                   lambda d: d["dsseEnvelope"].__setitem__("payloadType", "text/plain"))
@@ -360,3 +376,139 @@ def test_independent_verifier_rejects_wrong_key(node_verifier: Path, keypair: Ke
     code, result = run_node_verifier(node_verifier, bundle, other_keypair.public_path, tmp_path)
     assert (code, result["ok"]) == (1, False)
     assert "signature verification failed" in result["error"]
+
+
+# -- keyless (sigstore-python against the Fulcio/Rekor stand-in on 127.0.0.1) ---------------
+
+EMAIL = "release-bot@example.com"
+
+
+@pytest.fixture(scope="module")
+def standin(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    standin = KeylessStandin()
+    with standin.serving():
+        yield standin
+
+
+@pytest.fixture
+def trust_config(standin: KeylessStandin, tmp_path: Path) -> Path:
+    path = tmp_path / "trust_config.json"
+    path.write_text(json.dumps(standin.trust_config()))
+    return path
+
+
+def keyless(standin: KeylessStandin, trust_config: Path,
+            statement: dict[str, Any] = STATEMENT) -> bytes:
+    token = standin.token("https://ci.example.com/jobs/1", email=EMAIL)
+    return sign_keyless(statement, trust_config=trust_config, identity_token=token)
+
+
+def test_keyless_round_trip(standin: KeylessStandin, trust_config: Path) -> None:
+    bundle = keyless(standin, trust_config)
+    document = json.loads(bundle)
+    assert bundle == canonical_json(document)
+    assert document["mediaType"] == BUNDLE_MEDIA_TYPE
+    assert "certificate" in document["verificationMaterial"]
+    assert len(document["verificationMaterial"]["tlogEntries"]) == 1
+    assert document["dsseEnvelope"]["payloadType"] == IN_TOTO_PAYLOAD_TYPE
+    assert base64.b64decode(document["dsseEnvelope"]["payload"]) == canonical_json(STATEMENT)
+
+    verified = verify_keyless(bundle, trust_config=trust_config, identity=EMAIL, issuer=ISSUER)
+    assert verified.statement == STATEMENT
+    assert verified.payload_type == IN_TOTO_PAYLOAD_TYPE
+    assert len(verified.keyid) == 64
+    assert read_bundle_statement(bundle) == STATEMENT
+
+
+def test_keyless_uri_identity_and_later_log_entries(standin: KeylessStandin,
+                                                    trust_config: Path) -> None:
+    """Several entries, so inclusion proofs have real paths; a `sub` URI as the identity."""
+    subject = "https://ci.example.com/pipelines/7"
+    for n in range(5):
+        statement = {**STATEMENT, "predicate": {"n": n}}
+        bundle = sign_keyless(statement, trust_config=trust_config,
+                              identity_token=standin.token(subject))
+        assert verify_keyless(bundle, trust_config=trust_config, identity=subject,
+                              issuer=ISSUER).statement == statement
+    assert len(standin.leaves) >= 5
+
+
+def test_keyless_verifies_offline(trust_config: Path, tmp_path: Path) -> None:
+    other = KeylessStandin()
+    config = tmp_path / "offline.json"
+    config.write_text(json.dumps(other.trust_config()))
+    with other.serving():
+        bundle = keyless(other, config)
+    # The services are gone; the bundle carries everything verification needs.
+    assert verify_keyless(bundle, trust_config=config, identity=EMAIL,
+                          issuer=ISSUER).statement == STATEMENT
+
+
+@pytest.mark.parametrize(("identity", "issuer"), [("mallory@example.com", ISSUER),
+                                                  (EMAIL, "https://accounts.google.com")])
+def test_keyless_wrong_identity_or_issuer_fails(standin: KeylessStandin, trust_config: Path,
+                                                identity: str, issuer: str) -> None:
+    bundle = keyless(standin, trust_config)
+    with pytest.raises(ClaimFailed, match=f"does not verify for {identity}") as info:
+        verify_keyless(bundle, trust_config=trust_config, identity=identity, issuer=issuer)
+    assert info.value.exit_code == ExitCode.CLAIM_FAILED
+
+
+def test_keyless_tampered_payload_fails(standin: KeylessStandin, trust_config: Path) -> None:
+    bundle = edit(keyless(standin, trust_config),
+                  lambda d: set_payload(d, canonical_json({**STATEMENT, "predicate": {}})))
+    with pytest.raises(ClaimFailed, match="does not verify"):
+        verify_keyless(bundle, trust_config=trust_config, identity=EMAIL, issuer=ISSUER)
+
+
+def test_keyless_untrusted_root_fails(standin: KeylessStandin, trust_config: Path,
+                                      tmp_path: Path) -> None:
+    bundle = keyless(standin, trust_config)
+    stranger = tmp_path / "stranger.json"
+    stranger.write_text(json.dumps(KeylessStandin().trust_config()))
+    with pytest.raises(ClaimFailed, match="does not verify"):
+        verify_keyless(bundle, trust_config=stranger, identity=EMAIL, issuer=ISSUER)
+
+
+def test_key_and_keyless_bundles_are_not_mixed_up(standin: KeylessStandin, trust_config: Path,
+                                                  keypair: KeyPair) -> None:
+    with pytest.raises(ClaimFailed, match="not signed with a key"):
+        verify_bundle(keyless(standin, trust_config), [load_public_key(keypair.public_path)])
+    with pytest.raises(ClaimFailed, match="signed with a key, not keyless"):
+        verify_keyless(signed(keypair), trust_config=trust_config, identity=EMAIL,
+                       issuer=ISSUER)
+
+
+def test_keyless_bad_tokens_are_key_errors(standin: KeylessStandin,
+                                           trust_config: Path) -> None:
+    with pytest.raises(SigningError, match="keyless signing failed") as info:
+        sign_keyless(STATEMENT, trust_config=trust_config, identity_token="not-a-jwt")
+    assert info.value.exit_code == ExitCode.KEYS
+    forged = KeylessStandin().token("https://ci.example.com/jobs/1", email=EMAIL)
+    with pytest.raises(SigningError, match="keyless signing failed"):  # Fulcio refuses it
+        sign_keyless(STATEMENT, trust_config=trust_config, identity_token=forged)
+
+
+def test_keyless_bad_trust_config(standin: KeylessStandin, tmp_path: Path) -> None:
+    token = standin.token("https://ci.example.com/jobs/1", email=EMAIL)
+    with pytest.raises(SigningError, match="cannot read the Sigstore trust config"):
+        sign_keyless(STATEMENT, trust_config=tmp_path / "absent.json", identity_token=token)
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"mediaType": "nope"}')
+    with pytest.raises(SigningError, match="not a valid Sigstore client trust config"):
+        sign_keyless(STATEMENT, trust_config=bad, identity_token=token)
+    with pytest.raises(SigningError, match="not a valid Sigstore client trust config"):
+        verify_keyless(b"{}", trust_config=bad, identity=EMAIL, issuer=ISSUER)
+
+
+def test_ambient_identity_token(standin: KeylessStandin, monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("GITHUB_ACTIONS", "BUILDKITE", "GITLAB_CI", "CIRCLECI"):
+        monkeypatch.delenv(var, raising=False)
+    assert ambient_identity_token() is None
+    token = standin.token("https://gitlab.example.com/jobs/1")
+    monkeypatch.setenv("GITLAB_CI", "true")
+    monkeypatch.setenv("SIGSTORE_ID_TOKEN", token)
+    assert ambient_identity_token() == token
+    monkeypatch.delenv("SIGSTORE_ID_TOKEN")
+    with pytest.raises(SigningError, match="cannot get an OIDC identity token"):
+        ambient_identity_token()
