@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from rebuild.compare import Artifact, Difference, collect_outputs, compare_artifacts, diff_report
-from rebuild.errors import BuildFailed, ClaimFailed, StoreError, UsageError
-from rebuild.fetch import SourceInput, fetch_source
+from rebuild.errors import BuildFailed, ClaimFailed, StoreError
+from rebuild.fetch import Inputs, fetch_inputs
 from rebuild.image import find_image, load_archived, stored_image
 from rebuild.plan import BuildPlan, RunPlan, plan_build
 from rebuild.recipe import LoadedRecipe
@@ -81,15 +81,10 @@ def iso_time(epoch: int) -> str:
 def twin_build(loaded: LoadedRecipe, store: Store, *, cache_dir: Path,
                log: Log = lambda _: None, debug: Log = lambda _: None) -> BuildOutcome:
     """Build a recipe twice, compare, and store the attempt (and the release when it holds)."""
-    recipe = loaded.recipe
-    epoch = recipe.environment.source_date_epoch
-    if not isinstance(epoch, int):
-        raise UsageError(f"{loaded.path}: source_date_epoch = \"git\" needs a git source, "
-                         "which this version does not support yet")
     store.init()
-    source = fetch_source(loaded, store, epoch)
-    inputs = _store_inputs(store, loaded, source)
-    plan = plan_build(recipe, epoch)
+    fetched = fetch_inputs(loaded, store, log=log)
+    inputs = _store_inputs(store, loaded, fetched)
+    plan = plan_build(loaded.recipe, fetched.source_date_epoch)
     log(f"{plan.release}: twin build, run b varies {len(plan.variations)} of 12: "
         f"{', '.join(plan.variations) or 'nothing'}")
     client = connect()
@@ -97,7 +92,7 @@ def twin_build(loaded: LoadedRecipe, store: Store, *, cache_dir: Path,
             Sandbox(client, cache_dir=cache_dir, debug=debug) as sandbox:
         ensure_image(client, store, plan.image, log)
         source_tar = sandbox.workspace / "source.tar"
-        store.copy_out(source.archive, source_tar)
+        store.copy_out(fetched.source.archive, source_tar)
         futures = [pool.submit(sandbox.run, run, source_tar) for run in plan.runs]
         results = [f.result() for f in futures]
         for run, result in zip(plan.runs, results, strict=True):
@@ -136,7 +131,8 @@ def ensure_image(client: Any, store: Store, reference: str, log: Log) -> None:
     load_archived(store, stored_image(store, entry), lambda path: load_image(client, path))
 
 
-def _store_inputs(store: Store, loaded: LoadedRecipe, source: SourceInput) -> Descriptor:
+def _store_inputs(store: Store, loaded: LoadedRecipe, inputs: Inputs) -> Descriptor:
+    source = inputs.source
     recipe_digest, recipe_size = store.put_bytes(loaded.text)
     archive_size = store.blob_path(source.archive).stat().st_size
     layers = [

@@ -13,6 +13,7 @@ import stat
 import tarfile
 import tempfile
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,15 @@ class TreeEntry:
 class SourceInput:
     tree_digest: str  # sha256:<hex> of the tree (what the recipe pins)
     archive: str  # sha256:<hex> of the canonical tar in the store
+    uri: str  # where it came from, for the provenance
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """Everything a build may use besides its image, each in the store and verified."""
+
+    source: SourceInput
+    source_date_epoch: int
 
 
 def scan_tree(root: Path) -> list[TreeEntry]:
@@ -120,4 +130,14 @@ def fetch_source(loaded: LoadedRecipe, store: Store, source_date_epoch: int) -> 
         archive = Path(tmp) / "source.tar"
         pack_tree(root, entries, archive, source_date_epoch)
         digest, _ = store.put_file(archive)
-    return SourceInput(tree_digest, digest)
+    return SourceInput(tree_digest, digest, f"file:{source.path}")
+
+
+def fetch_inputs(loaded: LoadedRecipe, store: Store, *,
+                 log: Callable[[str], None] = lambda _: None) -> Inputs:
+    """Bring every input of the recipe into the store (the only networked step)."""
+    epoch = loaded.recipe.environment.source_date_epoch
+    if not isinstance(epoch, int):
+        raise UsageError(f"{loaded.path}: source_date_epoch = \"git\" needs a git source, "
+                         "which this version does not support yet")
+    return Inputs(fetch_source(loaded, store, epoch), epoch)
