@@ -14,14 +14,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from securesystemslib.signer import Signer  # type: ignore[attr-defined]
+
+from rebuild.attest import Evidence, attach_evidence, build_statements, gather_facts
 from rebuild.compare import Artifact, Difference, collect_outputs, compare_artifacts, diff_report
 from rebuild.errors import BuildFailed, ClaimFailed, StoreError
 from rebuild.fetch import Inputs, fetch_inputs
-from rebuild.image import find_image, load_archived, stored_image
-from rebuild.plan import BuildPlan, RunPlan, plan_build
+from rebuild.image import IMAGE_ID_ANN, StoredImage, find_image, load_archived, stored_image
+from rebuild.plan import BuildPlan, RunPlan, plan_build, plan_run
+from rebuild.provenance import Subject, make_test_result
 from rebuild.recipe import LoadedRecipe
 from rebuild.sandbox import RunResult, Sandbox, connect, has_image, load_image, require_success
-from rebuild.store import KIND, REF_NAME, TITLE, Descriptor, Store, canonical_json
+from rebuild.store import KIND, OCI_MANIFEST, REF_NAME, TITLE, Descriptor, Store, canonical_json
 
 RELEASE_TYPE = "application/vnd.rebuild.release.v1+json"
 ATTEMPT_TYPE = "application/vnd.rebuild.attempt.v1+json"
@@ -58,6 +62,7 @@ class BuildOutcome:
     inputs: str
     release_manifest: str | None
     store: Path
+    evidence: Evidence
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -68,7 +73,8 @@ class BuildOutcome:
                       "exit_code": result.exit_code, "seconds": round(result.seconds, 3)}
                      for plan, result in self.runs],
             "differences": [d.to_json() for d in self.differences],
-            "evidence": {"attempt": self.attempt, "inputs": self.inputs},
+            "evidence": {"attempt": self.attempt, "inputs": self.inputs,
+                         **self.evidence.to_json()},
             "manifest": self.release_manifest,
             "store": str(self.store),
         }
@@ -79,18 +85,20 @@ def iso_time(epoch: int) -> str:
 
 
 def twin_build(loaded: LoadedRecipe, store: Store, *, cache_dir: Path,
-               log: Log = lambda _: None, debug: Log = lambda _: None) -> BuildOutcome:
+               signer: Signer | None = None, log: Log = lambda _: None,
+               debug: Log = lambda _: None) -> BuildOutcome:
     """Build a recipe twice, compare, and store the attempt (and the release when it holds)."""
     store.init()
     fetched = fetch_inputs(loaded, store, log=log)
-    inputs = _store_inputs(store, loaded, fetched)
     plan = plan_build(loaded.recipe, fetched.source_date_epoch)
+    image = archived_image(store, plan.image)
+    inputs = _store_inputs(store, loaded, fetched, image)
     log(f"{plan.release}: twin build, run b varies {len(plan.variations)} of 12: "
         f"{', '.join(plan.variations) or 'nothing'}")
     client = connect()
     with ThreadPoolExecutor(max_workers=2) as pool, \
             Sandbox(client, cache_dir=cache_dir, debug=debug) as sandbox:
-        ensure_image(client, store, plan.image, log)
+        ensure_loaded(client, store, image, log)
         source_tar = sandbox.workspace / "source.tar"
         store.copy_out(fetched.source.archive, source_tar)
         futures = [pool.submit(sandbox.run, run, source_tar) for run in plan.runs]
@@ -103,35 +111,83 @@ def twin_build(loaded: LoadedRecipe, store: Store, *, cache_dir: Path,
                 require_success(result, "the build command")
             a, b = (collect_outputs(r.out_dir, plan.outputs, r.name) for r in results)
         except BuildFailed as exc:
-            attempt = _store_attempt(store, plan, inputs, results, logs, (), (), None, "failed")
+            attempt, _ = _store_attempt(store, plan, inputs, results, logs, (), (), None,
+                                        "failed")
             raise BuildFailed(f"{exc}\nlogs kept in the store: attempt {attempt.digest}") from None
         differences = compare_artifacts(a, b)
         reports = tuple(_report(store, d, plan.variations, log) for d in differences)
+        test = None
+        if not differences and loaded.recipe.test is not None:
+            test = _run_test(sandbox, store, loaded, plan, source_tar, results[0], a, log)
         release = None
-        if not differences:
+        if not differences and (test is None or test.passed):
             release = _store_release(store, plan, a)
-        status = "reproducible" if release else "not-reproducible"
-        attempt = _store_attempt(store, plan, inputs, results, logs, a, reports, release, status)
+        status = ("not-reproducible" if differences else "test-failed" if release is None
+                  else "reproducible")
+        attempt, record = _store_attempt(store, plan, inputs, results, logs, a, reports,
+                                         release, status, test.log if test else None)
+    facts = gather_facts(loaded, fetched, image, plan, a, reproducible=not differences,
+                         record=record, logs={run.name: log for run, log in
+                                              zip(plan.runs, logs, strict=True)},
+                         invocation_id=attempt.digest)
+    statements, sbom = build_statements(facts, test.statement if test else None)
+    evidence = attach_evidence(store, release or attempt, plan.release, statements, sbom,
+                               signer)
+    if test is not None and not test.passed:
+        raise BuildFailed(f"the test command failed; the release is not recorded as good\n"
+                          f"{test.tail}\nevidence: attempt {attempt.digest}")
     return BuildOutcome(plan.release, not differences, a, tuple(zip(plan.runs, results,
                                                                     strict=True)),
                         reports, attempt.digest, inputs.digest,
-                        release.digest if release else None, store.root)
+                        release.digest if release else None, store.root, evidence)
 
 
-def ensure_image(client: Any, store: Store, reference: str, log: Log) -> None:
-    """Make the pinned image available to Docker, loading it from the store when needed."""
-    image_id = reference.rsplit("@", 1)[1]
-    if has_image(client, image_id):
-        return
-    entry = find_image(store, image_id)
+def archived_image(store: Store, reference: str) -> StoredImage:
+    """The store's archive of the pinned image: a build may use only what the store keeps."""
+    entry = find_image(store, reference.rsplit("@", 1)[1])
     if entry is None:
-        raise StoreError(f"image {reference} is neither loaded in Docker nor archived in the "
-                         f"store {store.root}; build it with `rebuild image build images/…`")
-    log(f"loading image {image_id[:19]} from the store")
-    load_archived(store, stored_image(store, entry), lambda path: load_image(client, path))
+        raise StoreError(f"image {reference} is not archived in the store {store.root}, so a "
+                         "release built on it could not be reproduced later; build it into "
+                         "this store with `rebuild image build images/….toml`")
+    return stored_image(store, entry)
 
 
-def _store_inputs(store: Store, loaded: LoadedRecipe, inputs: Inputs) -> Descriptor:
+def ensure_loaded(client: Any, store: Store, image: StoredImage, log: Log) -> None:
+    """Make the pinned image available to Docker, loading it from the store when needed."""
+    if not has_image(client, image.image_id):
+        log(f"loading image {image.image_id[:19]} from the store")
+        load_archived(store, image, lambda path: load_image(client, path))
+
+
+@dataclass(frozen=True)
+class TestRun:
+    passed: bool
+    statement: dict[str, Any]
+    log: str  # digest
+    tail: str
+
+
+def _run_test(sandbox: Sandbox, store: Store, loaded: LoadedRecipe, plan: BuildPlan,
+              source_tar: Path, built: RunResult, artifacts: Sequence[Artifact],
+              log: Log) -> TestRun:
+    """Run the recipe's [test] command in a fresh baseline sandbox, over run a's outputs."""
+    assert loaded.recipe.test is not None
+    command = loaded.recipe.test.command
+    run = plan_run(loaded.recipe, "test", (), plan.source_date_epoch, command=command)
+    result = sandbox.run(run, source_tar, outputs=built.out_dir)
+    passed = result.exit_code == 0 and not result.timed_out
+    log(f"test: {'passed' if passed else 'FAILED'} (exit {result.exit_code}, "
+        f"{result.seconds:.1f} s)")
+    log_digest, _ = store.put_bytes(result.log)
+    statement = make_test_result(
+        subjects=[Subject(a.name, a.sha256) for a in artifacts], passed=passed,
+        command=command, log_digest=log_digest, configuration=[])
+    tail = "\n".join(result.log.decode(errors="replace").strip().splitlines()[-15:])
+    return TestRun(passed, statement, log_digest, tail)
+
+
+def _store_inputs(store: Store, loaded: LoadedRecipe, inputs: Inputs,
+                  image: StoredImage) -> Descriptor:
     source = inputs.source
     recipe_digest, recipe_size = store.put_bytes(loaded.text)
     archive_size = store.blob_path(source.archive).stat().st_size
@@ -140,6 +196,9 @@ def _store_inputs(store: Store, loaded: LoadedRecipe, inputs: Inputs) -> Descrip
                    {TITLE: loaded.path.name}),
         Descriptor("application/x-tar", source.archive, archive_size,
                    {TITLE: "source.tar", "dev.rebuild.tree": source.tree_digest}),
+        # The image record (archive, package list, definition) belongs to the closure too.
+        Descriptor(OCI_MANIFEST, image.manifest, store.blob_path(image.manifest).stat().st_size,
+                   {TITLE: "image", IMAGE_ID_ANN: image.image_id}),
     ]
     return store.put_artifact(INPUTS_TYPE, layers,
                               annotations={RELEASE_ANN: loaded.recipe.release})
@@ -178,7 +237,9 @@ def _report(store: Store, diff: Difference, variations: tuple[str, ...],
 def _store_attempt(store: Store, plan: BuildPlan, inputs: Descriptor,
                    results: Sequence[RunResult], logs: Sequence[str],
                    artifacts: Sequence[Artifact], reports: Sequence[DifferenceReport],
-                   release: Descriptor | None, status: str) -> Descriptor:
+                   release: Descriptor | None, status: str,
+                   test_log: str | None = None) -> tuple[Descriptor, str]:
+    """Store the comparison record, logs and reports; returns the attempt and the record."""
     record = {
         "release": plan.release,
         "status": status,
@@ -199,6 +260,9 @@ def _store_attempt(store: Store, plan: BuildPlan, inputs: Descriptor,
                for run, digest in zip(plan.runs, logs, strict=True)]
     layers += [Descriptor(LOG_MEDIA, d.report, store.blob_path(d.report).stat().st_size,
                           {TITLE: f"diff/{d.difference.name}.txt"}) for d in reports]
+    if test_log is not None:
+        layers.append(Descriptor(LOG_MEDIA, test_log, store.blob_path(test_log).stat().st_size,
+                                 {TITLE: "test.log"}))
     annotations = {RELEASE_ANN: plan.release, "dev.rebuild.status": status}
     attempt = store.put_artifact(ATTEMPT_TYPE, layers, subject=release, annotations=annotations)
     index_ann = {KIND: "attempt", RELEASE_ANN: plan.release, "dev.rebuild.status": status}
@@ -207,4 +271,4 @@ def _store_attempt(store: Store, plan: BuildPlan, inputs: Descriptor,
     if release is not None:
         index_ann[SUBJECT_ANN] = release.digest
     store.add_to_index(attempt, index_ann)
-    return attempt
+    return attempt, record_digest

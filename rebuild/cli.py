@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from securesystemslib.signer import Signer  # type: ignore[attr-defined]
 
 from rebuild import __version__
 from rebuild.build import BuildOutcome, twin_build
-from rebuild.errors import EnvironmentProblem, ExitCode, RebuildError, StoreError
+from rebuild.errors import EnvironmentProblem, ExitCode, RebuildError, StoreError, UsageError
 from rebuild.fetch import fetch_bytes
 from rebuild.image import build_image, mirror_release_url
 from rebuild.lock import lock_recipe
@@ -38,6 +39,9 @@ StoreOpt = Annotated[Path | None, typer.Option(
     "--store", help="Store directory (env REBUILD_STORE; default .rebuild/store).",
     show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")]
+KeyOpt = Annotated[Path | None, typer.Option(
+    "--key", help="Key file: PREFIX.key signs, PREFIX.pub verifies (passphrase: env "
+    "REBUILD_KEY_PASSPHRASE).", show_default=False)]
 
 
 @dataclass
@@ -45,6 +49,7 @@ class Options:
     store: Path
     json: bool
     debug: bool
+    key: Path | None = None
 
     @property
     def cache(self) -> Path:
@@ -55,9 +60,11 @@ class Options:
 OPTIONS = Options(Path(".rebuild/store"), json=False, debug=False)
 
 
-def _opts(store: Path | None, json_out: bool) -> Options:
+def _opts(store: Path | None, json_out: bool, key: Path | None = None) -> Options:
     if store is not None:
         OPTIONS.store = store
+    if key is not None:
+        OPTIONS.key = key
     OPTIONS.json = OPTIONS.json or json_out
     return OPTIONS
 
@@ -70,19 +77,25 @@ def emit(data: dict[str, Any]) -> None:
     print(json.dumps(data, indent=2, sort_keys=True))
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"rebuild {__version__}")
+        raise typer.Exit(0)
+
+
 @app.callback()
 def main_options(
     store: StoreOpt = None,
     json_out: JsonOpt = False,
+    key: KeyOpt = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
-    version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_print_version,
+                                          is_eager=True, help="Print the version.")] = False,
 ) -> None:
-    if version:
-        print(f"rebuild {__version__}")
-        raise typer.Exit(0)
     OPTIONS.store = store or Path(os.environ.get("REBUILD_STORE", ".rebuild/store"))
     OPTIONS.json = json_out
     OPTIONS.debug = debug
+    OPTIONS.key = key
 
 
 @app.command()
@@ -90,11 +103,14 @@ def build(
     recipes: Annotated[list[Path], typer.Argument(help="Recipe files (recipes/NAME.toml).")],
     store: StoreOpt = None,
     json_out: JsonOpt = False,
+    key: KeyOpt = None,
 ) -> None:
     """Fetch, build twice with variations, compare, and store the release."""
-    opts = _opts(store, json_out)
+    opts = _opts(store, json_out, key)
     loaded = [load_recipe(path) for path in recipes]  # every recipe is checked before any runs
-    outcomes = [twin_build(recipe, Store(opts.store), cache_dir=opts.cache, log=say,
+    signer = _signer(opts)
+    outcomes = [twin_build(recipe, Store(opts.store), cache_dir=opts.cache, signer=signer,
+                           log=say,
                            debug=say if opts.debug else lambda _: None)
                 for recipe in loaded]
     for outcome in outcomes:
@@ -104,6 +120,38 @@ def build(
              else {"builds": [o.to_json() for o in outcomes]})
     if not all(o.reproducible for o in outcomes):
         raise typer.Exit(ExitCode.CLAIM_FAILED)
+
+
+def _signer(opts: Options) -> Signer | None:
+    from rebuild.sign import load_signer, passphrase_from_env
+
+    if opts.key is None:
+        say("warning: the evidence will not be signed; pass --key PREFIX.key "
+            "(`rebuild keygen --out PREFIX` makes one)")
+        return None
+    return load_signer(opts.key, passphrase_from_env())
+
+
+@app.command()
+def keygen(
+    out: Annotated[Path, typer.Option("--out", help="Writes OUT.key (0600) and OUT.pub.")],
+    algorithm: Annotated[str, typer.Option(
+        "--algorithm", help="ecdsa-p256 (default) or ed25519.")] = "ecdsa-p256",
+    json_out: JsonOpt = False,
+) -> None:
+    """Make a signing key pair; a passphrase is taken from REBUILD_KEY_PASSPHRASE if set."""
+    from rebuild.sign import generate_keypair, passphrase_from_env
+
+    opts = _opts(None, json_out)
+    if algorithm not in ("ecdsa-p256", "ed25519"):
+        raise UsageError(f"--algorithm {algorithm!r}: choose ecdsa-p256 or ed25519")
+    pair = generate_keypair(out, algorithm=algorithm,  # type: ignore[arg-type]
+                            passphrase=passphrase_from_env())
+    if opts.json:
+        emit({"private": str(pair.private_path), "public": str(pair.public_path),
+              "keyid": pair.keyid, "algorithm": algorithm})
+    say(f"wrote {pair.private_path} (private, 0600) and {pair.public_path}; key id "
+        f"{pair.keyid}")
 
 
 def _print_outcome(outcome: BuildOutcome) -> None:
@@ -120,7 +168,10 @@ def _print_outcome(outcome: BuildOutcome) -> None:
         for diff in outcome.differences:
             say(f"  {diff.difference.name}: differs; report: "
                 f"rebuild store cat {diff.report}")
-    say(f"evidence: attempt {outcome.attempt} in {outcome.store}")
+    evidence = outcome.evidence
+    signed = f"signed by key {evidence.signer[:16]}…" if evidence.signer else "NOT signed"
+    say(f"evidence: provenance {evidence.statements['provenance'][:19]}…, SBOM "
+        f"{evidence.sbom[:19]}…, {signed}; attempt {outcome.attempt} in {outcome.store}")
 
 
 @app.command()
@@ -174,6 +225,32 @@ def image_build(
     else:
         print(image.reference)
     say(f"{len(image.packages)} Debian packages; archived in {opts.store} as {image.manifest}")
+
+
+@app.command()
+def verify(
+    target: Annotated[str, typer.Argument(help="A release (name@version) or an artifact "
+                                                "digest (sha256:<hex>).")],
+    policy: Annotated[Path | None, typer.Option("--policy", help="Policy file (TOML).")] = None,
+    store: StoreOpt = None,
+    json_out: JsonOpt = False,
+    key: Annotated[list[Path] | None, typer.Option(
+        "--key", help="Trusted public key (PREFIX.pub); repeatable.")] = None,
+) -> None:
+    """Check a release's artifacts, signatures, subjects and provenance, offline."""
+    from rebuild.verify import keys_policy, load_policy, verify_release
+
+    opts = _opts(store, json_out)
+    keys = key or ([OPTIONS.key] if OPTIONS.key else [])
+    rules = load_policy(policy) if policy else keys_policy(keys)
+    report = verify_release(Store(opts.store), target, rules)
+    for check in report.checks:
+        say(f"  {'ok  ' if check.ok else 'FAIL'} {check.name}: {check.detail}")
+    say(f"{report.release or target}: {'VERIFIED' if report.ok else 'NOT VERIFIED'}")
+    if opts.json:
+        emit(report.to_json())
+    if not report.ok:
+        raise typer.Exit(ExitCode.CLAIM_FAILED)
 
 
 @store_app.command("ls")

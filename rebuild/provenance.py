@@ -15,6 +15,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from rebuild.image import DebPackage
+
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 SLSA_PROVENANCE = "https://slsa.dev/provenance/v1"
 TEST_RESULT = "https://in-toto.io/attestation/test-result/v0.1"
@@ -41,15 +43,6 @@ class Dependency:
     uri: str
     digest: Mapping[str, str]  # e.g. {"sha256": "<hex>"}
     annotations: Mapping[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class DebPackage:
-    """A Debian package installed in the base image."""
-
-    name: str
-    version: str
-    architecture: str
 
 
 @dataclass(frozen=True)

@@ -155,22 +155,27 @@ class Sandbox:
 
     # -- runs -----------------------------------------------------------------------------
 
-    def run(self, plan: RunPlan, source_tar: Path) -> RunResult:
-        """Run one plan on a fresh copy of the source; outputs stay in `RunResult.out_dir`."""
+    def run(self, plan: RunPlan, source_tar: Path, *, outputs: Path | None = None) -> RunResult:
+        """Run one plan on a fresh copy of the source; outputs stay in `RunResult.out_dir`.
+
+        With `outputs` (a finished run's /out), that is mounted read-only at /out instead:
+        how a recipe's tests see the artifacts they check.
+        """
         settings = plan.settings
         run_dir = Path(tempfile.mkdtemp(prefix=f"run-{plan.name}-", dir=self.workspace))
         run_dir.chmod(0o711)
-        src, out = run_dir / "src", run_dir / "out"
+        src, out = run_dir / "src", outputs or run_dir / "out"
         _extract_owned(source_tar, src, settings.uid, settings.gid)
-        out.mkdir()
-        os.chown(out, settings.uid, settings.gid)
+        if outputs is None:
+            out.mkdir()
+            os.chown(out, settings.uid, settings.gid)
         build_dir = src
         if settings.shuffle_dirents:
             build_dir = run_dir / "shuffled"
             build_dir.mkdir()
             _mount_disorderfs(src, build_dir)
             self._mounts.append(build_dir)
-        kwargs = self._container_args(plan, build_dir, out)
+        kwargs = self._container_args(plan, build_dir, out, writable_out=outputs is None)
         self.debug(f"run {plan.name}: {docker_run_line(kwargs)}")
         started = time.monotonic()
         container = self.client.containers.create(**kwargs)
@@ -193,7 +198,8 @@ class Sandbox:
         return RunResult(plan.name, exit_code, log, out, timed_out,
                          time.monotonic() - started)
 
-    def _container_args(self, plan: RunPlan, build_dir: Path, out: Path) -> dict[str, Any]:
+    def _container_args(self, plan: RunPlan, build_dir: Path, out: Path, *,
+                        writable_out: bool = True) -> dict[str, Any]:
         s = plan.settings
         tmpfs_opts = "rw,exec,nosuid,nodev,size=1g,mode=1777"
         return {
@@ -215,7 +221,7 @@ class Sandbox:
             "tmpfs": {"/tmp": tmpfs_opts, s.home: tmpfs_opts},
             "volumes": {
                 str(build_dir): {"bind": s.build_path, "mode": "rw"},
-                str(out): {"bind": OUT_DIR, "mode": "rw"},
+                str(out): {"bind": OUT_DIR, "mode": "rw" if writable_out else "ro"},
                 str(self.faketime): {"bind": FAKETIME_LIB, "mode": "ro"},
                 str(self.locales): {"bind": LOCALE_DIR, "mode": "ro"},
             },

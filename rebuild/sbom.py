@@ -29,7 +29,8 @@ from cyclonedx.model.tool import ToolRepository
 from cyclonedx.output.json import JsonV1Dot6
 from packageurl import PackageURL
 
-from rebuild.provenance import BuildFacts, DebPackage, Dependency, PyPackage, plain_json
+from rebuild.image import DebPackage
+from rebuild.provenance import BuildFacts, Dependency, PyPackage, plain_json
 from rebuild.store import canonical_json
 
 # Serial numbers are uuid5(SERIAL_NAMESPACE, canonical JSON of the sorted facts): stable for

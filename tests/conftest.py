@@ -108,9 +108,28 @@ def write_recipe(tmp_path: Path) -> RecipeWriter:
     return write
 
 
+def seed_store(target: Path, source: Path = IMAGE_STORE) -> None:
+    """A new store holding the archived base images (hard links: blobs never change)."""
+    (target / "blobs" / "sha256").mkdir(parents=True)
+    for blob in (source / "blobs" / "sha256").iterdir():
+        try:
+            os.link(blob, target / "blobs" / "sha256" / blob.name)
+        except OSError:
+            shutil.copy2(blob, target / "blobs" / "sha256" / blob.name)
+    for name in ("oci-layout", "index.json"):
+        shutil.copy(source / name, target / name)
+
+
 @pytest.fixture
-def store(tmp_path: Path) -> Path:
-    return tmp_path / "store"
+def store(tmp_path: Path, request: pytest.FixtureRequest) -> Path:
+    """A fresh store for the test; with the base images archived when the test uses one."""
+    path = tmp_path / "store"
+    images = [f for f in ("minimal_image", "c_image") if f in request.fixturenames]
+    for fixture in images:
+        request.getfixturevalue(fixture)
+    if images:
+        seed_store(path)
+    return path
 
 
 @pytest.fixture(autouse=True)
@@ -122,3 +141,11 @@ def no_containers_left(request: pytest.FixtureRequest) -> object:
     left = subprocess.run(["docker", "ps", "-aq", "--filter", "label=dev.rebuild.session"],
                           capture_output=True, text=True, check=False).stdout.split()
     assert not left, f"containers left behind: {left}"
+
+
+def tamper(path: Path) -> None:
+    """Flip one byte of a stored blob, without touching other stores that hard-link it."""
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.unlink()
+    path.write_bytes(bytes(data))

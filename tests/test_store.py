@@ -16,7 +16,7 @@ import pytest
 
 from rebuild.errors import StoreError
 from rebuild.store import REF_NAME, Descriptor, Store
-from tests.conftest import run_rebuild
+from tests.conftest import run_rebuild, tamper
 
 
 def make_store(tmp_path: Path) -> Store:
@@ -49,20 +49,13 @@ def test_blobs_are_named_by_their_hash_and_written_once(tmp_path: Path) -> None:
     assert store.read_bytes(big) == source.read_bytes()
 
 
-def flip_byte(path: Path) -> None:
-    path.chmod(0o644)
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    path.write_bytes(bytes(data))
-
-
 def test_a_flipped_byte_is_refused_on_read_and_found_by_fsck(tmp_path: Path) -> None:
     store = make_store(tmp_path)
     digest, _ = store.put_bytes(b"some evidence")
     manifest = store.put_artifact("application/x-test", [Descriptor("text/plain", digest, 13)])
     store.add_to_index(manifest, {REF_NAME: "x@1"})
     assert store.fsck() == []
-    flip_byte(store.blob_path(digest))
+    tamper(store.blob_path(digest))
     with pytest.raises(StoreError, match=f"blob {digest} is corrupt"):
         store.read_bytes(digest)
     with pytest.raises(StoreError, match="corrupt"), store.open_verified(digest):

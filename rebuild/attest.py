@@ -1,0 +1,155 @@
+"""Attest: a build's evidence (provenance, SBOM, test result), signed and attached.
+
+Gathers the facts of a finished twin build into `BuildFacts`, makes the statements with the
+pure `provenance` and `sbom` modules, signs each as a DSSE envelope in a Sigstore bundle
+(`sign`), and stores them as one OCI artifact whose subject is the release (or, for a build
+that did not reproduce, the attempt). The same statements signed by the same key are stored
+once: signing again would only add a new ECDSA signature of the same claim.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from securesystemslib.signer import Signer  # type: ignore[attr-defined]
+
+from rebuild import __version__
+from rebuild.compare import Artifact
+from rebuild.fetch import Inputs
+from rebuild.image import StoredImage
+from rebuild.plan import BuildPlan
+from rebuild.provenance import (
+    STATEMENT_TYPE,
+    BuildFacts,
+    Dependency,
+    Subject,
+    digest_set,
+    make_provenance,
+)
+from rebuild.recipe import LoadedRecipe, parse_image_reference
+from rebuild.sbom import make_sbom
+from rebuild.sign import sign_statement
+from rebuild.store import KIND, TITLE, Descriptor, Store, canonical_json
+
+EVIDENCE_TYPE = "application/vnd.rebuild.evidence.v1+json"
+STATEMENT_MEDIA = "application/vnd.in-toto+json"
+SBOM_MEDIA = "application/vnd.cyclonedx+json"
+BUNDLE_MEDIA = "application/vnd.dev.sigstore.bundle.v0.3+json"
+SBOM_PREDICATE = "https://cyclonedx.org/bom"
+SIGNER_ANN = "dev.rebuild.signer"
+SUBJECT_ANN = "dev.rebuild.subject"
+RELEASE_ANN = "dev.rebuild.release"
+
+
+@dataclass(frozen=True)
+class Evidence:
+    manifest: str  # digest of the evidence artifact manifest
+    sbom: str  # digest of the CycloneDX document
+    statements: Mapping[str, str]  # "provenance" / "sbom" / "test-result" -> blob digest
+    bundles: Mapping[str, str]  # same keys -> bundle blob digest (when signed)
+    signer: str | None  # key id
+
+    def to_json(self) -> dict[str, Any]:
+        return {"manifest": self.manifest, "provenance": self.statements["provenance"],
+                "sbom": self.sbom, "statements": dict(self.statements),
+                "bundles": dict(self.bundles), "signer": self.signer}
+
+
+def gather_facts(loaded: LoadedRecipe, inputs: Inputs, image: StoredImage, plan: BuildPlan,
+                 artifacts: Sequence[Artifact], *, reproducible: bool, record: str,
+                 logs: Mapping[str, str], invocation_id: str) -> BuildFacts:
+    recipe = loaded.recipe
+    name, tag, image_id = parse_image_reference(plan.image)
+    return BuildFacts(
+        release=recipe.release,
+        name=recipe.recipe.name,
+        version=recipe.recipe.version,
+        recipe=recipe.model_dump(mode="json"),
+        recipe_digest=loaded.digest,
+        requirements=recipe.recipe.requirements,
+        change=recipe.recipe.change,
+        source=Dependency("source", inputs.source.uri, digest_set(inputs.source.tree_digest),
+                          {"archive": inputs.source.archive}),
+        image=Dependency(f"{name}:{tag}" if tag else name, f"docker-image:{plan.image}",
+                         digest_set(image_id), {"archive": image.archive}),
+        wheels=(),
+        deb_packages=image.packages,
+        py_packages=(),
+        source_date_epoch=plan.source_date_epoch,
+        variations={run.name: run.describe() for run in plan.runs},
+        subjects=tuple(Subject(a.name, a.sha256) for a in artifacts),
+        comparison={"reproducible": reproducible, "record": record},
+        logs=logs,
+        builder_version=__version__,
+        invocation_id=invocation_id,
+    )
+
+
+def sbom_statement(facts: BuildFacts, sbom: bytes) -> dict[str, Any]:
+    """The SBOM wrapped in an in-toto statement, so it is signed like every other claim."""
+    return {"_type": STATEMENT_TYPE,
+            "subject": [{"name": s.name, "digest": {"sha256": s.sha256}}
+                        for s in sorted(facts.subjects, key=lambda s: s.name)],
+            "predicateType": SBOM_PREDICATE,
+            "predicate": json.loads(sbom)}
+
+
+def attach_evidence(store: Store, subject: Descriptor, release: str,
+                    statements: Mapping[str, Mapping[str, Any]], sbom: bytes,
+                    signer: Signer | None) -> Evidence:
+    """Store the statements (and their bundles when a signer is given) as one artifact."""
+    signer_id = signer.public_key.keyid if signer else None
+    digests = {kind: store.put_bytes(canonical_json(st))[0] for kind, st in statements.items()}
+    sbom_digest, sbom_size = store.put_bytes(sbom)
+    existing = _existing_evidence(store, subject.digest, digests, signer_id)
+    if existing is not None:
+        return existing
+    layers = [Descriptor(SBOM_MEDIA, sbom_digest, sbom_size, {TITLE: "sbom.cdx.json"})]
+    layers += [Descriptor(STATEMENT_MEDIA, d, store.blob_path(d).stat().st_size,
+                          {TITLE: f"{kind}.json"}) for kind, d in digests.items()]
+    bundles: dict[str, str] = {}
+    if signer is not None:
+        for kind, statement in statements.items():
+            bundles[kind], size = store.put_bytes(sign_statement(statement, signer))
+            layers.append(Descriptor(BUNDLE_MEDIA, bundles[kind], size,
+                                     {TITLE: f"{kind}.sigstore.json"}))
+    annotations = {RELEASE_ANN: release}
+    if signer_id:
+        annotations[SIGNER_ANN] = signer_id
+    manifest = store.put_artifact(EVIDENCE_TYPE, layers, subject=subject,
+                                  annotations=annotations)
+    store.add_to_index(manifest, {KIND: "evidence", RELEASE_ANN: release,
+                                  SUBJECT_ANN: subject.digest, **annotations})
+    return Evidence(manifest.digest, sbom_digest, digests, bundles, signer_id)
+
+
+def _existing_evidence(store: Store, subject: str, digests: Mapping[str, str],
+                       signer_id: str | None) -> Evidence | None:
+    for entry in store.referrers(subject):
+        if (entry.annotations or {}).get(KIND) != "evidence" or \
+                (entry.annotations or {}).get(SIGNER_ANN) != signer_id:
+            continue
+        layers = store.read_json(entry.digest)["layers"]
+        titles = {layer["annotations"][TITLE]: layer["digest"] for layer in layers}
+        if all(titles.get(f"{kind}.json") == d for kind, d in digests.items()):
+            bundles = {kind: titles[f"{kind}.sigstore.json"] for kind in digests
+                       if f"{kind}.sigstore.json" in titles}
+            return Evidence(entry.digest, titles["sbom.cdx.json"], dict(digests), bundles,
+                            signer_id)
+    return None
+
+
+def build_statements(facts: BuildFacts, test_result: Mapping[str, Any] | None
+                     ) -> tuple[dict[str, Mapping[str, Any]], bytes]:
+    """The statements of a build, and the SBOM document they include."""
+    sbom = make_sbom(facts)
+    statements: dict[str, Mapping[str, Any]] = {
+        "provenance": make_provenance(facts),
+        "sbom": sbom_statement(facts, sbom),
+    }
+    if test_result is not None:
+        statements["test-result"] = test_result
+    return statements, sbom

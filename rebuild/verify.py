@@ -1,0 +1,211 @@
+"""Verify: check a stored release offline: artifacts, signatures, subjects, provenance, policy.
+
+Every check is recorded with its reason; the claim holds only if all of them pass. What a
+verifier trusts comes from the caller (`--key`) or a policy file, never from the store.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from securesystemslib.signer import SSlibKey  # type: ignore[attr-defined]
+
+from rebuild.attest import BUNDLE_MEDIA, SBOM_PREDICATE
+from rebuild.errors import ClaimFailed, RebuildError, StoreError, UsageError
+from rebuild.provenance import BUILD_TYPE, BUILDER_ID, SLSA_PROVENANCE, TEST_RESULT
+from rebuild.recipe import format_validation_error
+from rebuild.sign import load_public_key, verify_bundle
+from rebuild.store import KIND, REF_NAME, TITLE, Descriptor, Store
+
+PREDICATES = {"provenance": SLSA_PROVENANCE, "sbom": SBOM_PREDICATE,
+              "test-result": TEST_RESULT}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PolicyRules(_Strict):
+    builder_keys: tuple[str, ...] = Field(min_length=1)  # .pub files, relative to the policy
+    reproducible: bool = True
+    sbom: bool = True
+    tests: bool = False
+
+
+class PolicyFile(_Strict):
+    policy: PolicyRules
+
+
+@dataclass(frozen=True)
+class Policy:
+    builder_keys: tuple[SSlibKey, ...]
+    reproducible: bool = True
+    sbom: bool = True
+    tests: bool = False
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+@dataclass
+class Report:
+    target: str
+    release: str | None = None
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.checks) and all(c.ok for c in self.checks)
+
+    def add(self, name: str, ok: bool, detail: str) -> bool:
+        self.checks.append(Check(name, ok, detail))
+        return ok
+
+    def to_json(self) -> dict[str, Any]:
+        return {"target": self.target, "release": self.release, "verified": self.ok,
+                "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail}
+                           for c in self.checks]}
+
+
+def load_policy(path: Path) -> Policy:
+    """Read a policy file (TOML); keys are paths relative to it. Any problem exits 2."""
+    try:
+        data = tomllib.loads(path.read_text())
+        rules = PolicyFile.model_validate(data).policy
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read the policy ({exc.strerror})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{path}: not valid TOML ({exc})") from None
+    except ValidationError as exc:
+        raise UsageError(format_validation_error(exc, PolicyFile, str(path))) from None
+    try:
+        keys = tuple(load_public_key(path.parent / k) for k in rules.builder_keys)
+    except RebuildError as exc:
+        raise UsageError(f"{path}: policy.builder_keys: {exc}") from None
+    return Policy(keys, rules.reproducible, rules.sbom, rules.tests)
+
+
+def resolve_release(store: Store, target: str) -> Descriptor:
+    """A release by `name@version`, or the release holding the artifact `sha256:<hex>`."""
+    store.require()
+    if target.startswith("sha256:"):
+        for entry in store.entries("release"):
+            layers = store.read_json(entry.digest)["layers"]
+            if any(layer["digest"] == target for layer in layers):
+                return entry
+        raise StoreError(f"no release in {store.root} holds an artifact {target}")
+    named = store.find(target)
+    if named is None:
+        raise StoreError(f"no release {target!r} in the store {store.root}; "
+                         "`rebuild store ls` lists them")
+    return named
+
+
+def verify_release(store: Store, target: str, policy: Policy) -> Report:
+    release = resolve_release(store, target)
+    report = Report(target, (release.annotations or {}).get(REF_NAME))
+    artifacts = _check_artifacts(store, release, report)
+    evidence = [e for e in store.referrers(release.digest)
+                if (e.annotations or {}).get(KIND) == "evidence"]
+    verified: dict[str, dict[str, Any]] = {}
+    for entry in evidence:
+        layers = {layer["annotations"][TITLE]: layer
+                  for layer in store.read_json(entry.digest)["layers"]}
+        for kind in PREDICATES:
+            bundle = layers.get(f"{kind}.sigstore.json")
+            if bundle is None or bundle["mediaType"] != BUNDLE_MEDIA or kind in verified:
+                continue
+            statement = _check_bundle(store, kind, bundle["digest"], policy, report)
+            if statement is not None:
+                verified[kind] = statement
+    if not report.add("signed evidence", bool(verified),
+                      f"verified: {', '.join(sorted(verified)) or 'nothing'} "
+                      f"({len(evidence)} evidence artifact(s) attached)"):
+        return report
+    for kind, statement in sorted(verified.items()):
+        _check_subjects(kind, statement, artifacts, report)
+    if "provenance" in verified:
+        _check_provenance(verified["provenance"], policy, report)
+    else:
+        report.add("provenance", False, "no provenance signed by a trusted key")
+    if policy.sbom:
+        report.add("sbom", "sbom" in verified, "an SBOM signed by a trusted key"
+                   if "sbom" in verified else "no SBOM signed by a trusted key")
+    if policy.tests:
+        result = verified.get("test-result", {}).get("predicate", {}).get("result")
+        report.add("tests", result == "PASSED", f"test result: {result or 'none'}")
+    return report
+
+
+def _check_artifacts(store: Store, release: Descriptor, report: Report) -> dict[str, str]:
+    artifacts = {}
+    bad = []
+    for layer in store.read_json(release.digest)["layers"]:
+        name = layer["annotations"][TITLE]
+        artifacts[name] = layer["digest"].removeprefix("sha256:")
+        try:
+            with store.open_verified(layer["digest"]):
+                pass
+        except StoreError as exc:
+            bad.append(f"{name}: {exc}")
+    report.add("artifacts", not bad, "; ".join(bad) or
+               f"{len(artifacts)} artifact(s) present and matching their digests")
+    return artifacts
+
+
+def _check_bundle(store: Store, kind: str, digest: str, policy: Policy,
+                  report: Report) -> dict[str, Any] | None:
+    try:
+        verified = verify_bundle(store.read_bytes(digest), policy.builder_keys)
+    except ClaimFailed as exc:
+        report.add(f"signature: {kind}", False, str(exc))
+        return None
+    statement = verified.statement
+    if statement.get("predicateType") != PREDICATES[kind]:
+        report.add(f"signature: {kind}", False,
+                   f"predicateType is {statement.get('predicateType')!r}, "
+                   f"expected {PREDICATES[kind]!r}")
+        return None
+    report.add(f"signature: {kind}", True, f"signed by trusted key {verified.keyid[:16]}…")
+    return statement
+
+
+def _check_subjects(kind: str, statement: Mapping[str, Any], artifacts: Mapping[str, str],
+                    report: Report) -> None:
+    subjects = {s.get("name"): s.get("digest", {}).get("sha256")
+                for s in statement.get("subject", [])}
+    ok = subjects == artifacts
+    detail = "subjects match the stored artifacts" if ok else (
+        f"subjects {sorted(subjects.items())} differ from the artifacts "
+        f"{sorted(artifacts.items())}")
+    report.add(f"subjects: {kind}", ok, detail)
+
+
+def _check_provenance(statement: Mapping[str, Any], policy: Policy, report: Report) -> None:
+    predicate = statement.get("predicate", {})
+    builder = predicate.get("runDetails", {}).get("builder", {}).get("id")
+    build_type = predicate.get("buildDefinition", {}).get("buildType")
+    report.add("builder", builder == BUILDER_ID, f"builder.id {builder!r}")
+    report.add("build type", build_type == BUILD_TYPE, f"buildType {build_type!r}")
+    if policy.reproducible:
+        comparison: dict[str, Any] = next((b for b in predicate.get("runDetails", {}).get("byproducts", [])
+                           if b.get("name") == "comparison.json"), {})
+        reproducible = comparison.get("annotations", {}).get("reproducible") is True
+        report.add("twin build", reproducible, "both runs gave identical artifacts"
+                   if reproducible else "the twin build did not match")
+
+
+def keys_policy(keys: Sequence[Path]) -> Policy:
+    """The default policy: the given keys are trusted builders; reproducible, with an SBOM."""
+    if not keys:
+        raise UsageError("say whom to trust: --key PREFIX.pub, or --policy FILE.toml")
+    return Policy(tuple(load_public_key(k) for k in keys))
