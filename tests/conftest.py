@@ -149,3 +149,37 @@ def tamper(path: Path) -> None:
     data[len(data) // 2] ^= 0x01
     path.unlink()
     path.write_bytes(bytes(data))
+
+
+def repoint_blob(store: Path, old: str, data: bytes) -> str:
+    """Replace a blob by other bytes the way a forger with write access would: store them
+    under their own digest and rewrite every manifest (and index entry) that named the old
+    one, so that the store itself stays consistent and only signatures can tell."""
+    import hashlib
+
+    def put(content: bytes) -> str:
+        digest = "sha256:" + hashlib.sha256(content).hexdigest()
+        (store / "blobs" / "sha256" / digest[7:]).write_bytes(content)
+        return digest
+
+    new = put(data)
+    index = json.loads((store / "index.json").read_bytes())
+    renamed = {old: new}
+    changed = True
+    while changed:
+        changed = False
+        for entry in index["manifests"]:
+            path = store / "blobs" / "sha256" / entry["digest"][7:]
+            text = path.read_text()
+            if entry["digest"] in renamed or not any(o in text for o in renamed):
+                continue
+            for o, n in renamed.items():
+                text = text.replace(o, n)
+            renamed[entry["digest"]] = put(text.encode())
+            changed = True
+    for entry in index["manifests"]:
+        entry["digest"] = renamed.get(entry["digest"], entry["digest"])
+        for key, value in entry.get("annotations", {}).items():
+            entry["annotations"][key] = renamed.get(value, value)
+    (store / "index.json").write_text(json.dumps(index))
+    return new

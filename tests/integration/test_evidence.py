@@ -1,0 +1,147 @@
+"""Signed evidence of a real build: verified by rebuild and by the independent verifier."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import pytest
+from cyclonedx.schema import SchemaVersion
+from cyclonedx.validation.json import JsonStrictValidator
+
+from rebuild.store import canonical_json
+from tests.conftest import RecipeWriter, repoint_blob, run_rebuild, tamper
+from tests.test_sign import node_verifier, run_node_verifier  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.docker
+
+SCRIPT = "mkdir -p /out/usr/bin && printf 'hello\\n' > /out/usr/bin/hello && echo 2 > /out/n"
+TEST = '\n[test]\ncommand = ["sh", "-c", "grep -q hello /out/usr/bin/hello"]\n'
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> dict[str, Path]:
+    for name in ("ci", "other"):
+        assert run_rebuild("keygen", "--out", tmp_path / name).code == 0
+    return {"ci": tmp_path / "ci", "other": tmp_path / "other"}
+
+
+@pytest.fixture
+def built(minimal_image: str, write_recipe: RecipeWriter, store: Path,
+          keys: dict[str, Path]) -> dict:  # type: ignore[type-arg]
+    recipe = write_recipe(minimal_image, SCRIPT, ["usr/bin/hello", "n"], extra=TEST)
+    result = run_rebuild("build", recipe, "--key", f"{keys['ci']}.key", "--json", store=store)
+    assert result.code == 0, result.stderr
+    return result.json
+
+
+def evidence_layers(store: Path, built: dict) -> dict[str, str]:  # type: ignore[type-arg]
+    manifest = json.loads((store / "blobs/sha256" / built["evidence"]["manifest"][7:])
+                          .read_bytes())
+    return {layer["annotations"]["org.opencontainers.image.title"]: layer["digest"]
+            for layer in manifest["layers"]}
+
+
+def blob(store: Path, digest: str) -> Path:
+    return store / "blobs" / "sha256" / digest.removeprefix("sha256:")
+
+
+def test_right_key_verifies_other_key_does_not(built: dict, store: Path,  # type: ignore[type-arg]
+                                               keys: dict[str, Path]) -> None:
+    ok = run_rebuild("verify", "t@1.0.0", "--key", f"{keys['ci']}.pub", "--json", store=store)
+    assert ok.code == 0, ok.stderr
+    assert ok.json["verified"] is True
+    names = {c["name"] for c in ok.json["checks"]}
+    assert {"signature: provenance", "signature: sbom", "signature: test-result",
+            "subjects: provenance", "builder", "build type", "twin build", "sbom"} <= names
+    by_digest = run_rebuild("verify", "sha256:" + built["artifacts"][0]["sha256"], "--key",
+                            f"{keys['ci']}.pub", store=store)
+    assert by_digest.code == 0, by_digest.stderr
+    wrong = run_rebuild("verify", "t@1.0.0", "--key", f"{keys['other']}.pub", store=store)
+    assert wrong.code == 1
+    assert "not trusted" in wrong.stderr
+
+
+def test_a_changed_artifact_byte_fails(built: dict, store: Path,  # type: ignore[type-arg]
+                                       keys: dict[str, Path]) -> None:
+    tamper(blob(store, "sha256:" + built["artifacts"][0]["sha256"]))
+    result = run_rebuild("verify", "t@1.0.0", "--key", f"{keys['ci']}.pub", store=store)
+    assert result.code in (1, 5)
+    assert "FAIL artifacts" in result.stderr
+
+
+def test_a_tampered_payload_fails(built: dict, store: Path,  # type: ignore[type-arg]
+                                  keys: dict[str, Path]) -> None:
+    old = evidence_layers(store, built)["provenance.sigstore.json"]
+    bundle = json.loads(blob(store, old).read_bytes())
+    statement = json.loads(base64.b64decode(bundle["dsseEnvelope"]["payload"]))
+    statement["predicate"]["runDetails"]["builder"]["id"] = "https://evil.example/builder"
+    bundle["dsseEnvelope"]["payload"] = base64.b64encode(canonical_json(statement)).decode()
+    repoint_blob(store, old, canonical_json(bundle))
+    result = run_rebuild("verify", "t@1.0.0", "--key", f"{keys['ci']}.pub", store=store)
+    assert result.code == 1
+    assert "FAIL signature: provenance" in result.stderr
+    # edited in place instead, the store itself refuses the blob
+    tamper(blob(store, evidence_layers(store, built)["sbom.sigstore.json"]))
+    result = run_rebuild("verify", "t@1.0.0", "--key", f"{keys['ci']}.pub", store=store)
+    assert result.code in (1, 5)
+
+
+def test_a_swapped_artifact_fails(built: dict, store: Path,  # type: ignore[type-arg]
+                                  keys: dict[str, Path]) -> None:
+    # Other bytes in place of the artifact, every manifest rewritten to match: only the
+    # signed subjects can tell.
+    repoint_blob(store, "sha256:" + built["artifacts"][0]["sha256"], b"forged\n")
+    result = run_rebuild("verify", "t@1.0.0", "--key", f"{keys['ci']}.pub", store=store)
+    assert result.code == 1
+    assert "FAIL subjects: provenance" in result.stderr
+
+
+def test_sbom_is_valid_and_lists_the_image_packages(built: dict,  # type: ignore[type-arg]
+                                                    store: Path) -> None:
+    sbom = blob(store, built["evidence"]["sbom"]).read_text()
+    assert JsonStrictValidator(SchemaVersion.V1_6).validate_str(sbom) is None
+    data = json.loads(sbom)
+    purls = {c.get("purl", "") for c in data["components"]}
+    assert any(p.startswith("pkg:deb/debian/coreutils@") and "distro=debian-12" in p
+               for p in purls)
+    hashes = {h["content"] for c in data["components"] for h in c.get("hashes", [])}
+    assert built["artifacts"][0]["sha256"] in hashes
+
+
+def test_test_result_is_attested(built: dict, store: Path) -> None:  # type: ignore[type-arg]
+    statement = json.loads(blob(store, built["evidence"]["statements"]["test-result"])
+                           .read_bytes())
+    assert statement["predicateType"] == "https://in-toto.io/attestation/test-result/v0.1"
+    assert statement["predicate"]["result"] == "PASSED"
+
+
+def test_failing_test_exits_4_and_names_no_release(minimal_image: str,
+                                                   write_recipe: RecipeWriter,
+                                                   store: Path) -> None:
+    recipe = write_recipe(minimal_image, SCRIPT, ["usr/bin/hello"],
+                          extra='\n[test]\ncommand = ["sh", "-c", "grep -q nope /out/n"]\n')
+    result = run_rebuild("build", recipe, store=store)
+    assert result.code == 4
+    assert "test command failed" in result.stderr
+    ls = run_rebuild("store", "ls", "--json", store=store)
+    assert not [e for e in ls.json["entries"] if e["kind"] == "release"]
+
+
+def test_independent_verifier_on_stored_bundles(built: dict,  # type: ignore[type-arg]
+                                                store: Path, keys: dict[str, Path],
+                                                node_verifier: Path,  # noqa: F811
+                                                tmp_path: Path) -> None:
+    layers = evidence_layers(store, built)
+    bundles = [t for t in layers if t.endswith(".sigstore.json")]
+    assert sorted(bundles) == ["provenance.sigstore.json", "sbom.sigstore.json",
+                               "test-result.sigstore.json"]
+    for title in bundles:
+        data = blob(store, layers[title]).read_bytes()
+        code, result = run_node_verifier(node_verifier, data, Path(f"{keys['ci']}.pub"),
+                                         tmp_path)
+        assert (code, result["ok"]) == (0, True), result
+        code, result = run_node_verifier(node_verifier, data, Path(f"{keys['other']}.pub"),
+                                         tmp_path)
+        assert code == 1
