@@ -153,3 +153,18 @@ def build_statements(facts: BuildFacts, test_result: Mapping[str, Any] | None
     if test_result is not None:
         statements["test-result"] = test_result
     return statements, sbom
+
+
+def attach_statement(store: Store, subject: Descriptor, release: str, kind: str,
+                     statement: Mapping[str, Any], signer: Signer) -> str:
+    """Sign one statement (a QA verdict, an approval) and attach it to a release; returns the
+    digest of the artifact manifest that carries it."""
+    digest, size = store.put_bytes(canonical_json(statement))
+    bundle, bundle_size = store.put_bytes(sign_statement(statement, signer))
+    layers = [Descriptor(STATEMENT_MEDIA, digest, size, {TITLE: f"{kind}.json"}),
+              Descriptor(BUNDLE_MEDIA, bundle, bundle_size, {TITLE: f"{kind}.sigstore.json"})]
+    annotations = {RELEASE_ANN: release, SIGNER_ANN: signer.public_key.keyid}
+    manifest = store.put_artifact(f"application/vnd.rebuild.{kind}.v1+json", layers,
+                                  subject=subject, annotations=annotations)
+    store.add_to_index(manifest, {KIND: kind, SUBJECT_ANN: subject.digest, **annotations})
+    return manifest.digest

@@ -17,9 +17,17 @@ from typing import Any
 from securesystemslib.signer import Signer  # type: ignore[attr-defined]
 
 from rebuild.attest import Evidence, attach_evidence, build_statements, gather_facts
-from rebuild.compare import Artifact, Difference, collect_outputs, compare_artifacts, diff_report
+from rebuild.compare import (
+    Artifact,
+    Difference,
+    collect_outputs,
+    compare_artifacts,
+    diff_reports,
+    keep_outputs,
+)
 from rebuild.errors import BuildFailed, ClaimFailed, StoreError
-from rebuild.fetch import Inputs, fetch_inputs
+from rebuild.explain import Blame, Explanation, explain_differences
+from rebuild.fetch import Inputs, export_wheels, fetch_inputs
 from rebuild.image import IMAGE_ID_ANN, StoredImage, find_image, load_archived, stored_image
 from rebuild.plan import BuildPlan, RunPlan, plan_build, plan_run
 from rebuild.provenance import Subject, make_test_result
@@ -32,8 +40,11 @@ ATTEMPT_TYPE = "application/vnd.rebuild.attempt.v1+json"
 INPUTS_TYPE = "application/vnd.rebuild.inputs.v1+json"
 RECORD_MEDIA = "application/vnd.rebuild.comparison.v1+json"
 LOG_MEDIA = "text/plain; charset=utf-8"
+HTML_MEDIA = "text/html; charset=utf-8"
+JSON_MEDIA = "application/json"
 RELEASE_ANN = "dev.rebuild.release"
 SUBJECT_ANN = "dev.rebuild.subject"
+EPOCH_ANN = "dev.rebuild.source-date-epoch"
 
 Log = Callable[[str], None]
 
@@ -41,14 +52,23 @@ Log = Callable[[str], None]
 @dataclass(frozen=True)
 class DifferenceReport:
     difference: Difference
-    variations: tuple[str, ...]
-    report: str  # digest of the stored report
+    variations: tuple[str, ...]  # the culprits with --explain, else every enabled variation
+    report: str  # digest of the stored text report
+    html: str | None = None  # digests of the HTML and JSON reports
+    json: str | None = None
+    blame: Blame | None = None  # with --explain: the verdict, its hints and note
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.difference.name, "variations": list(self.variations),
-                "report": self.report,
-                "a": self.difference.a.sha256 if self.difference.a else None,
-                "b": self.difference.b.sha256 if self.difference.b else None}
+        out = {"name": self.difference.name, "variations": list(self.variations),
+               "report": self.report,
+               "reports": {"text": self.report, "html": self.html, "json": self.json},
+               "explained": self.blame is not None,
+               "hints": list(self.blame.hints) if self.blame else [],
+               "a": self.difference.a.sha256 if self.difference.a else None,
+               "b": self.difference.b.sha256 if self.difference.b else None}
+        if self.blame is not None and self.blame.note:
+            out["note"] = self.blame.note
+        return out
 
 
 @dataclass(frozen=True)
@@ -63,9 +83,11 @@ class BuildOutcome:
     release_manifest: str | None
     store: Path
     evidence: Evidence
+    explanation: Explanation | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
+            **({"explain": self.explanation.to_json()} if self.explanation else {}),
             "release": self.release,
             "reproducible": self.reproducible,
             "artifacts": [a.to_json() for a in self.artifacts],
@@ -86,11 +108,16 @@ def iso_time(epoch: int) -> str:
 
 def twin_build(loaded: LoadedRecipe, store: Store, *, cache_dir: Path,
                signer: Signer | None = None, log: Log = lambda _: None,
-               debug: Log = lambda _: None) -> BuildOutcome:
-    """Build a recipe twice, compare, and store the attempt (and the release when it holds)."""
+               debug: Log = lambda _: None, explain: bool = False,
+               keep: Path | None = None) -> BuildOutcome:
+    """Build a recipe twice, compare, and store the attempt (and the release when it holds).
+
+    `explain`: when the runs differ, find the variations responsible (rebuild.explain).
+    `keep`: copy both runs' /out trees to keep/a and keep/b.
+    """
     store.init()
     fetched = fetch_inputs(loaded, store, log=log)
-    plan = plan_build(loaded.recipe, fetched.source_date_epoch)
+    plan = plan_build(loaded.recipe, fetched.source_date_epoch, wheels=fetched.wheel_files)
     image = archived_image(store, plan.image)
     inputs = _store_inputs(store, loaded, fetched, image)
     log(f"{plan.release}: twin build, run b varies {len(plan.variations)} of 12: "
@@ -101,11 +128,15 @@ def twin_build(loaded: LoadedRecipe, store: Store, *, cache_dir: Path,
         ensure_loaded(client, store, image, log)
         source_tar = sandbox.workspace / "source.tar"
         store.copy_out(fetched.source.archive, source_tar)
-        futures = [pool.submit(sandbox.run, run, source_tar) for run in plan.runs]
+        wheels = export_wheels(store, fetched, sandbox.workspace / "wheels")
+        futures = [pool.submit(sandbox.run, run, source_tar, wheels=wheels)
+                   for run in plan.runs]
         results = [f.result() for f in futures]
         for run, result in zip(plan.runs, results, strict=True):
             log(f"run {run.name}: exit {result.exit_code} after {result.seconds:.1f} s")
         logs = [store.put_bytes(r.log)[0] for r in results]
+        if keep is not None:
+            keep_outputs({"a": results[0].out_dir, "b": results[1].out_dir}, keep)
         try:
             for result in results:
                 require_success(result, "the build command")
@@ -115,7 +146,11 @@ def twin_build(loaded: LoadedRecipe, store: Store, *, cache_dir: Path,
                                         "failed")
             raise BuildFailed(f"{exc}\nlogs kept in the store: attempt {attempt.digest}") from None
         differences = compare_artifacts(a, b)
-        reports = tuple(_report(store, d, plan.variations, log) for d in differences)
+        explanation = (explain_differences(loaded.recipe, plan, sandbox, source_tar, a,
+                                           differences, pool, wheels=wheels, log=log)
+                       if explain and differences else None)
+        reports = tuple(_report(store, d, plan.variations, explanation, log)
+                        for d in differences)
         test = None
         if not differences and loaded.recipe.test is not None:
             test = _run_test(sandbox, store, loaded, plan, source_tar, results[0], a, log)
@@ -139,7 +174,20 @@ def twin_build(loaded: LoadedRecipe, store: Store, *, cache_dir: Path,
     return BuildOutcome(plan.release, not differences, a, tuple(zip(plan.runs, results,
                                                                     strict=True)),
                         reports, attempt.digest, inputs.digest,
-                        release.digest if release else None, store.root, evidence)
+                        release.digest if release else None, store.root, evidence,
+                        explanation)
+
+
+def release_artifacts(store: Store, release: Descriptor) -> list[Artifact]:
+    """The artifacts a stored release records (name, digest, size), as the store has them."""
+    artifacts = []
+    for layer in store.read_json(release.digest)["layers"]:
+        path = store.blob_path(layer["digest"])
+        link = layer.get("annotations", {}).get("dev.rebuild.link")
+        artifacts.append(Artifact(layer["annotations"][TITLE],
+                                  layer["digest"].removeprefix("sha256:"), layer["size"],
+                                  path, link))
+    return artifacts
 
 
 def archived_image(store: Store, reference: str) -> StoredImage:
@@ -200,8 +248,16 @@ def _store_inputs(store: Store, loaded: LoadedRecipe, inputs: Inputs,
         Descriptor(OCI_MANIFEST, image.manifest, store.blob_path(image.manifest).stat().st_size,
                    {TITLE: "image", IMAGE_ID_ANN: image.image_id}),
     ]
+    # The python lock and its wheels: named here, so `rebuild store gc` keeps them.
+    if inputs.python_lock is not None:
+        layers.append(Descriptor("text/plain; charset=utf-8", inputs.python_lock,
+                                 store.blob_path(inputs.python_lock).stat().st_size,
+                                 {TITLE: "python.lock.txt"}))
+    layers += [Descriptor("application/zip", w.blob, store.blob_path(w.blob).stat().st_size,
+                          {TITLE: f"wheels/{w.filename}"}) for w in inputs.wheels]
     return store.put_artifact(INPUTS_TYPE, layers,
-                              annotations={RELEASE_ANN: loaded.recipe.release})
+                              annotations={RELEASE_ANN: loaded.recipe.release,
+                                           EPOCH_ANN: str(inputs.source_date_epoch)})
 
 
 def _store_release(store: Store, plan: BuildPlan, artifacts: Sequence[Artifact]) -> Descriptor:
@@ -228,10 +284,14 @@ def _store_release(store: Store, plan: BuildPlan, artifacts: Sequence[Artifact])
 
 
 def _report(store: Store, diff: Difference, variations: tuple[str, ...],
-            log: Log) -> DifferenceReport:
+            explanation: Explanation | None, log: Log) -> DifferenceReport:
     log(f"differs: {diff.name}; running diffoscope")
-    digest, _ = store.put_bytes(diff_report(diff))
-    return DifferenceReport(diff, variations, digest)
+    reports = diff_reports(diff)
+    text, html, json = (store.put_bytes(r)[0] for r in (reports.text, reports.html,
+                                                         reports.json))
+    blame = explanation.blames.get(diff.name) if explanation else None
+    return DifferenceReport(diff, blame.variations if blame else variations, text, html, json,
+                            blame)
 
 
 def _store_attempt(store: Store, plan: BuildPlan, inputs: Descriptor,
@@ -258,8 +318,12 @@ def _store_attempt(store: Store, plan: BuildPlan, inputs: Descriptor,
     layers += [Descriptor(LOG_MEDIA, digest, store.blob_path(digest).stat().st_size,
                           {TITLE: f"run-{run.name}.log"})
                for run, digest in zip(plan.runs, logs, strict=True)]
-    layers += [Descriptor(LOG_MEDIA, d.report, store.blob_path(d.report).stat().st_size,
-                          {TITLE: f"diff/{d.difference.name}.txt"}) for d in reports]
+    layers += [Descriptor(media, digest, store.blob_path(digest).stat().st_size,
+                          {TITLE: f"diff/{d.difference.name}.{suffix}"})
+               for d in reports
+               for media, digest, suffix in ((LOG_MEDIA, d.report, "txt"),
+                                             (HTML_MEDIA, d.html, "html"),
+                                             (JSON_MEDIA, d.json, "json")) if digest]
     if test_log is not None:
         layers.append(Descriptor(LOG_MEDIA, test_log, store.blob_path(test_log).stat().st_size,
                                  {TITLE: "test.log"}))

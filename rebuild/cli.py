@@ -18,9 +18,9 @@ import typer
 from securesystemslib.signer import Signer  # type: ignore[attr-defined]
 
 from rebuild import __version__
-from rebuild.build import BuildOutcome, twin_build
+from rebuild.build import BuildOutcome, DifferenceReport, twin_build
 from rebuild.errors import EnvironmentProblem, ExitCode, RebuildError, StoreError, UsageError
-from rebuild.fetch import fetch_bytes
+from rebuild.fetch import fetch_bytes, fetch_inputs
 from rebuild.image import build_image, mirror_release_url
 from rebuild.lock import lock_recipe
 from rebuild.recipe import load_recipe
@@ -104,14 +104,26 @@ def build(
     store: StoreOpt = None,
     json_out: JsonOpt = False,
     key: KeyOpt = None,
+    explain: Annotated[bool, typer.Option(
+        "--explain", help="When the runs differ, find the variation(s) responsible for each "
+        "differing artifact (extra runs: one per variation).")] = False,
+    keep: Annotated[Path | None, typer.Option(
+        "--keep", help="Copy both runs' /out trees to DIR/a and DIR/b (one recipe only).",
+        metavar="DIR", show_default=False)] = None,
 ) -> None:
     """Fetch, build twice with variations, compare, and store the release."""
     opts = _opts(store, json_out, key)
+    if keep is not None and len(recipes) != 1:
+        raise UsageError("--keep takes one recipe: both runs' outputs go to DIR/a and DIR/b")
+    if keep is not None and any((keep / run).exists() for run in ("a", "b")):
+        raise UsageError(f"--keep {keep}: {keep}/a or {keep}/b already exists; remove them "
+                         "or name another directory")
     loaded = [load_recipe(path) for path in recipes]  # every recipe is checked before any runs
     signer = _signer(opts)
     outcomes = [twin_build(recipe, Store(opts.store), cache_dir=opts.cache, signer=signer,
                            log=say,
-                           debug=say if opts.debug else lambda _: None)
+                           debug=say if opts.debug else lambda _: None,
+                           explain=explain, keep=keep)
                 for recipe in loaded]
     for outcome in outcomes:
         _print_outcome(outcome)
@@ -122,11 +134,11 @@ def build(
         raise typer.Exit(ExitCode.CLAIM_FAILED)
 
 
-def _signer(opts: Options) -> Signer | None:
+def _signer(opts: Options, what: str = "evidence") -> Signer | None:
     from rebuild.sign import load_signer, passphrase_from_env
 
     if opts.key is None:
-        say("warning: the evidence will not be signed; pass --key PREFIX.key "
+        say(f"warning: the {what} will not be signed; pass --key PREFIX.key "
             "(`rebuild keygen --out PREFIX` makes one)")
         return None
     return load_signer(opts.key, passphrase_from_env())
@@ -154,6 +166,21 @@ def keygen(
         f"{pair.keyid}")
 
 
+def _difference_line(diff: DifferenceReport) -> str:
+    """`share/stamp.txt: caused by time, hostname — hint: …` (with --explain)."""
+    name, blame = diff.difference.name, diff.blame
+    if blame is None:
+        return f"{name}: differs (run with --explain to find the variations responsible)"
+    cause = ("differs between identical runs (randomness or a race)" if blame.inherent
+             else f"caused by {', '.join(blame.variations)}")
+    note = f" ({blame.note})" if blame.note and not blame.inherent else ""
+    if len(blame.hints) == 1:
+        return f"{name}: {cause}{note} — hint: {blame.hints[0]}"
+    hints = "".join(f"\n    {variation}: {hint}"
+                    for variation, hint in zip(blame.variations, blame.hints, strict=True))
+    return f"{name}: {cause}{note} — hints:{hints}"
+
+
 def _print_outcome(outcome: BuildOutcome) -> None:
     if outcome.reproducible:
         say(f"{outcome.release}: reproducible: {len(outcome.artifacts)} artifact(s) "
@@ -166,8 +193,9 @@ def _print_outcome(outcome: BuildOutcome) -> None:
         say(f"{outcome.release}: NOT reproducible: {len(outcome.differences)} of "
             f"{len(names)} artifact(s) differ")
         for diff in outcome.differences:
-            say(f"  {diff.difference.name}: differs; report: "
-                f"rebuild store cat {diff.report}")
+            say(f"  {_difference_line(diff)}")
+            say(f"    report: rebuild store cat {diff.report} (HTML {diff.html}, "
+                f"JSON {diff.json})")
     evidence = outcome.evidence
     signed = f"signed by key {evidence.signer[:16]}…" if evidence.signer else "NOT signed"
     say(f"evidence: provenance {evidence.statements['provenance'][:19]}…, SBOM "
@@ -195,6 +223,40 @@ def lock(
                            "changed": {k: {"old": old, "new": new}
                                        for k, (old, new) in r.changed.items()}}
                           for r in results]})
+
+
+@app.command()
+def fetch(
+    recipes: Annotated[list[Path], typer.Argument(help="Recipe files (recipes/NAME.toml).")],
+    store: StoreOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Fetch every input (source, wheels) into the store, verifying hashes."""
+    opts = _opts(store, json_out)
+    loaded = [load_recipe(path) for path in recipes]
+    reports = []
+    for recipe in loaded:
+        inputs = fetch_inputs(recipe, Store(opts.store), log=say)
+        new = inputs.downloaded
+        source = inputs.source
+        where = ("local" if source.fetched is None else
+                 "downloaded" if source.fetched in new else "found in the store")
+        say(f"{recipe.recipe.release}: source {source.uri} {source.tree_digest} ({where})")
+        if inputs.python_lock is not None:
+            fetched = sum(w.blob in new for w in inputs.wheels)
+            say(f"{recipe.recipe.release}: {len(inputs.wheels)} wheel(s): {fetched} downloaded, "
+                f"{len(inputs.wheels) - fetched} already in the store")
+        reports.append({
+            "recipe": str(recipe.path), "release": recipe.recipe.release,
+            "source": {"kind": recipe.recipe.source.kind, "uri": source.uri,
+                       "tree": source.tree_digest, "archive": source.archive,
+                       "fetched": source.fetched, "downloaded": source.fetched in new},
+            "source_date_epoch": inputs.source_date_epoch,
+            "python_lock": inputs.python_lock,
+            "wheels": [{**w.to_json(), "downloaded": w.blob in new} for w in inputs.wheels],
+            "downloaded": sorted(new)})
+    if opts.json:
+        emit({"recipes": reports, "store": str(opts.store)})
 
 
 @image_app.command("build")
@@ -225,6 +287,36 @@ def image_build(
     else:
         print(image.reference)
     say(f"{len(image.packages)} Debian packages; archived in {opts.store} as {image.manifest}")
+
+
+@app.command("reproduce")
+def reproduce_cmd(
+    target: Annotated[str, typer.Argument(help="A release (name@version) or an artifact "
+                                                "digest (sha256:<hex>).")],
+    runs: Annotated[int, typer.Option("--runs", min=1, max=2, help="1: rebuild once; 2: also "
+                                      "repeat the twin check with every variation.")] = 1,
+    store: StoreOpt = None,
+    json_out: JsonOpt = False,
+    key: KeyOpt = None,
+) -> None:
+    """Rebuild a stored release from its recorded inputs only; sign the verdict with --key."""
+    from rebuild.reproduce import reproduce
+
+    opts = _opts(store, json_out, key)
+    signer = _signer(opts, what="verdict")
+    verdict = reproduce(Store(opts.store), target, runs=runs, cache_dir=opts.cache,
+                        signer=signer, log=say, debug=say if opts.debug else lambda _: None)
+    for artifact in verdict.artifacts:
+        state = "same" if artifact.match else "DIFFERS"
+        say(f"  {state:<8} {artifact.name}  recorded sha256:{artifact.recorded}  "
+            f"rebuilt sha256:{artifact.rebuilt}")
+    outcome = "REPRODUCED bit for bit" if verdict.reproducible else "NOT reproduced"
+    signed = f"; signed verdict {verdict.verdict}" if verdict.verdict else ""
+    say(f"{verdict.release}: {outcome}{signed}")
+    if opts.json:
+        emit(verdict.to_json())
+    if not verdict.reproducible:
+        raise typer.Exit(ExitCode.CLAIM_FAILED)
 
 
 @app.command()

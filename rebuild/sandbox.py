@@ -30,7 +30,7 @@ import docker.errors
 import requests.exceptions
 
 from rebuild.errors import BuildFailed, EnvironmentProblem
-from rebuild.plan import FAKETIME_LIB, LOCALE_DIR, OUT_DIR, RunPlan
+from rebuild.plan import FAKETIME_LIB, LOCALE_DIR, OUT_DIR, WHEELS_DIR, RunPlan
 from rebuild.variations import BY_NAME
 
 SESSION_LABEL = "dev.rebuild.session"
@@ -124,7 +124,9 @@ class Sandbox:
     def __init__(self, client: Any, *, cache_dir: Path,
                  debug: Callable[[str], None] = lambda _: None) -> None:
         self.client = client
-        self.session = uuid.uuid4().hex
+        # The label that finds every container of this sandbox; a caller may prefix it to
+        # find its own among other users of the engine (the test suite does).
+        self.session = os.environ.get("REBUILD_SESSION_PREFIX", "") + uuid.uuid4().hex
         self.debug = debug
         cache_dir.mkdir(parents=True, exist_ok=True)
         # In the system temporary directory, not the cache: disorderfs re-enters the source
@@ -155,11 +157,13 @@ class Sandbox:
 
     # -- runs -----------------------------------------------------------------------------
 
-    def run(self, plan: RunPlan, source_tar: Path, *, outputs: Path | None = None) -> RunResult:
+    def run(self, plan: RunPlan, source_tar: Path, *, outputs: Path | None = None,
+            wheels: Path | None = None) -> RunResult:
         """Run one plan on a fresh copy of the source; outputs stay in `RunResult.out_dir`.
 
         With `outputs` (a finished run's /out), that is mounted read-only at /out instead:
-        how a recipe's tests see the artifacts they check.
+        how a recipe's tests see the artifacts they check. `wheels` (the wheels and the lock
+        of a python_lock) is mounted read-only at WHEELS_DIR for the plan's venv.
         """
         settings = plan.settings
         run_dir = Path(tempfile.mkdtemp(prefix=f"run-{plan.name}-", dir=self.workspace))
@@ -176,6 +180,8 @@ class Sandbox:
             _mount_disorderfs(src, build_dir)
             self._mounts.append(build_dir)
         kwargs = self._container_args(plan, build_dir, out, writable_out=outputs is None)
+        if wheels is not None:
+            kwargs["volumes"][str(wheels)] = {"bind": WHEELS_DIR, "mode": "ro"}
         self.debug(f"run {plan.name}: {docker_run_line(kwargs)}")
         started = time.monotonic()
         container = self.client.containers.create(**kwargs)

@@ -18,6 +18,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+# Containers started by this test session carry this prefix in their session label.
+SESSION_PREFIX = f"pytest-{os.getpid()}-"
+os.environ["REBUILD_SESSION_PREFIX"] = SESSION_PREFIX
 # Base images are cached in a store of their own across test sessions; `rebuild image build`
 # rebuilds them whenever the definition or the Debian mirror changes.
 IMAGE_STORE = ROOT / ".rebuild" / "test-images"
@@ -138,8 +141,10 @@ def no_containers_left(request: pytest.FixtureRequest) -> object:
     yield
     if request.node.get_closest_marker("docker") is None or shutil.which("docker") is None:
         return
-    left = subprocess.run(["docker", "ps", "-aq", "--filter", "label=dev.rebuild.session"],
-                          capture_output=True, text=True, check=False).stdout.split()
+    listed = subprocess.run(["docker", "ps", "-a", "--filter", "label=dev.rebuild.session",
+                             "--format", '{{.ID}} {{.Label "dev.rebuild.session"}}'],
+                            capture_output=True, text=True, check=False).stdout.splitlines()
+    left = [line for line in listed if line.split()[1].startswith(SESSION_PREFIX)]
     assert not left, f"containers left behind: {left}"
 
 

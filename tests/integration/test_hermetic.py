@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, RecipeWriter, run_rebuild
+from tests.conftest import ROOT, SESSION_PREFIX, RecipeWriter, run_rebuild
 
 pytestmark = pytest.mark.docker
 
@@ -138,8 +138,9 @@ def test_ctrl_c_removes_containers(minimal_image: str, write_recipe: RecipeWrite
                             cwd=ROOT)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        running = subprocess.run(["docker", "ps", "-q", "--filter", "label=dev.rebuild.session"],
-                                 capture_output=True, text=True, check=True).stdout.split()
+        listed = subprocess.run(["docker", "ps", "--format", '{{.Label "dev.rebuild.session"}}'],
+                                capture_output=True, text=True, check=True).stdout.split()
+        running = [s for s in listed if s.startswith(SESSION_PREFIX)]
         if len(running) == 2:
             break
         time.sleep(0.2)

@@ -1,0 +1,194 @@
+"""Reproduce: rebuild a stored release from its recorded inputs alone, and judge it.
+
+Everything comes out of the store: the recipe's bytes, the source tar, the wheels, the base
+image (loaded back into Docker from its archive when the engine has forgotten it). Nothing is
+fetched, so this works with no network and no registry. The verdict compares every rebuilt
+artifact with the recorded digest; with a key it is signed as a SLSA verification summary and
+attached to the release, so a release can collect verdicts from independent rebuilders.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from securesystemslib.signer import Signer  # type: ignore[attr-defined]
+
+from rebuild import __version__
+from rebuild.attest import STATEMENT_MEDIA, attach_statement
+from rebuild.build import EPOCH_ANN, INPUTS_TYPE, ensure_loaded, release_artifacts
+from rebuild.compare import Artifact, collect_outputs
+from rebuild.errors import StoreError
+from rebuild.image import stored_image
+from rebuild.plan import plan_build
+from rebuild.provenance import STATEMENT_TYPE
+from rebuild.recipe import LoadedRecipe, parse_recipe
+from rebuild.sandbox import RunResult, Sandbox, connect, require_success
+from rebuild.store import KIND, OCI_MANIFEST, REF_NAME, TITLE, Descriptor, Store
+from rebuild.verify import resolve_release
+
+VSA = "https://slsa.dev/verification_summary/v1"
+VERIFIER_ID = "https://rebuild.dev/verifier/reproduce@v1"
+POLICY_URI = "https://rebuild.dev/policies/bit-for-bit/v1"
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class StoredInputs:
+    recipe: LoadedRecipe
+    source: str  # digest of the canonical source tar
+    image_manifest: str
+    source_date_epoch: int
+    layers: Mapping[str, Descriptor]  # every input by title
+
+
+@dataclass(frozen=True)
+class Rebuilt:
+    name: str
+    recorded: str | None  # sha256 hex, None if the release has no such artifact
+    rebuilt: str | None
+
+    @property
+    def match(self) -> bool:
+        return self.recorded is not None and self.recorded == self.rebuilt
+
+
+@dataclass(frozen=True)
+class Verdict:
+    release: str
+    manifest: str
+    artifacts: tuple[Rebuilt, ...]
+    runs: tuple[RunResult, ...]
+    verdict: str | None  # digest of the stored verification summary
+
+    @property
+    def reproducible(self) -> bool:
+        return bool(self.artifacts) and all(a.match for a in self.artifacts)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "release": self.release,
+            "manifest": self.manifest,
+            "reproducible": self.reproducible,
+            "artifacts": [{"name": a.name, "sha256": a.rebuilt, "recorded": a.recorded,
+                           "match": a.match} for a in self.artifacts],
+            "runs": [{"name": r.name, "exit_code": r.exit_code,
+                      "seconds": round(r.seconds, 3)} for r in self.runs],
+            "differences": [a.name for a in self.artifacts if not a.match],
+            "verdict": self.verdict,
+        }
+
+
+def stored_inputs(store: Store, release: Descriptor) -> StoredInputs:
+    """The inputs a release was built from, read back from the store and verified."""
+    name = (release.annotations or {}).get(REF_NAME, release.digest)
+    for entry in reversed(store.referrers(release.digest)):  # the newest record first
+        if (entry.annotations or {}).get(KIND) != "inputs":
+            continue
+        manifest = store.read_json(entry.digest)
+        if manifest.get("artifactType") != INPUTS_TYPE:
+            continue
+        layers = {layer["annotations"][TITLE]: Descriptor.from_json(layer)
+                  for layer in manifest["layers"]}
+        recipe_title = next(t for t in layers if t.endswith(".toml"))
+        text = store.read_bytes(layers[recipe_title].digest)
+        recipe = parse_recipe(tomllib.loads(text.decode()), source=f"{name}: {recipe_title}")
+        epoch = int(manifest.get("annotations", {}).get(EPOCH_ANN, -1))
+        if epoch < 0:
+            raise StoreError(f"the inputs of {name} do not record SOURCE_DATE_EPOCH")
+        return StoredInputs(LoadedRecipe(Path(recipe_title), text, recipe),
+                            layers["source.tar"].digest, layers["image"].digest, epoch, layers)
+    raise StoreError(f"the store {store.root} holds no inputs for {name}: it cannot be "
+                     "reproduced from the store alone")
+
+
+def reproduce(store: Store, target: str, *, runs: int = 1, cache_dir: Path,
+              signer: Signer | None = None, log: Log = lambda _: None,
+              debug: Log = lambda _: None) -> Verdict:
+    """Rebuild `target` (a release or an artifact digest) from the store alone."""
+    release = resolve_release(store, target)
+    name = (release.annotations or {}).get(REF_NAME, target)
+    inputs = stored_inputs(store, release)
+    recorded = {a.name: a.sha256 for a in release_artifacts(store, release)}
+    image = stored_image(store, Descriptor(OCI_MANIFEST, inputs.image_manifest, 0,
+                                           _image_annotations(store, inputs.image_manifest)))
+    plan = plan_build(inputs.recipe.recipe, inputs.source_date_epoch)
+    chosen = plan.runs[:runs]
+    log(f"{name}: rebuilding from the store alone ({len(chosen)} run(s))")
+    client = connect()
+    with ThreadPoolExecutor(max_workers=2) as pool, \
+            Sandbox(client, cache_dir=cache_dir, debug=debug) as sandbox:
+        ensure_loaded(client, store, image, log)
+        source_tar = sandbox.workspace / "source.tar"
+        store.copy_out(inputs.source, source_tar)
+        results = [f.result() for f in [pool.submit(sandbox.run, run, source_tar)
+                                         for run in chosen]]
+        for result in results:
+            log(f"run {result.name}: exit {result.exit_code} after {result.seconds:.1f} s")
+            require_success(result, "the build command")
+        outputs = [collect_outputs(r.out_dir, plan.outputs, r.name) for r in results]
+    rebuilt = _judge(recorded, outputs)
+    verdict = Verdict(name, release.digest, rebuilt, tuple(results), None)
+    if signer is not None:
+        statement = verification_summary(store, release, name, verdict)
+        digest = attach_statement(store, release, name, "verdict", statement, signer)
+        verdict = Verdict(name, release.digest, rebuilt, tuple(results), digest)
+    return verdict
+
+
+def _judge(recorded: Mapping[str, str],
+           outputs: Sequence[Sequence[Artifact]]) -> tuple[Rebuilt, ...]:
+    """Every artifact of every run against the record: all must match."""
+    judged: dict[str, Rebuilt] = {}
+    for artifacts in outputs:
+        by_name = {a.name: a.sha256 for a in artifacts}
+        for name in sorted(recorded.keys() | by_name.keys()):
+            entry = Rebuilt(name, recorded.get(name), by_name.get(name))
+            if name not in judged or judged[name].match:
+                judged[name] = entry
+    return tuple(judged[n] for n in sorted(judged))
+
+
+def verification_summary(store: Store, release: Descriptor, name: str,
+                         verdict: Verdict) -> dict[str, Any]:
+    provenance = _provenance_digest(store, release)
+    return {
+        "_type": STATEMENT_TYPE,
+        "subject": [{"name": a.name, "digest": {"sha256": a.recorded}}
+                    for a in verdict.artifacts if a.recorded],
+        "predicateType": VSA,
+        "predicate": {
+            "verifier": {"id": VERIFIER_ID, "version": {"rebuild": __version__}},
+            "timeVerified": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "resourceUri": f"rebuild:release:{name}",
+            "policy": {"uri": POLICY_URI},
+            "inputAttestations": [{"uri": "provenance.json",
+                                   "digest": {"sha256": provenance.removeprefix("sha256:")}}]
+            if provenance else [],
+            "verificationResult": "PASSED" if verdict.reproducible else "FAILED",
+            "verifiedLevels": ["REBUILD_BIT_FOR_BIT"] if verdict.reproducible else [],
+            "rebuiltArtifacts": [{"name": a.name, "digest": {"sha256": a.rebuilt}}
+                                 for a in verdict.artifacts if a.rebuilt],
+        },
+    }
+
+
+def _provenance_digest(store: Store, release: Descriptor) -> str | None:
+    for entry in store.referrers(release.digest):
+        if (entry.annotations or {}).get(KIND) == "evidence":
+            for layer in store.read_json(entry.digest)["layers"]:
+                if layer["annotations"][TITLE] == "provenance.json" and \
+                        layer["mediaType"] == STATEMENT_MEDIA:
+                    return str(layer["digest"])
+    return None
+
+
+def _image_annotations(store: Store, manifest: str) -> dict[str, str]:
+    return dict(store.read_json(manifest).get("annotations", {}))
+

@@ -1,0 +1,84 @@
+"""Reproduce a stored release from the store alone: no network, no source, no image."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, RecipeWriter, Result, repoint_blob, require_tool, run_rebuild
+
+pytestmark = pytest.mark.docker
+
+SCRIPT = ("mkdir -p /out/usr/bin && printf 'hello\\n' > /out/usr/bin/hello && "
+          "tar --sort=name --mtime=@$SOURCE_DATE_EPOCH --owner=0 --group=0 --numeric-owner "
+          "--mode=go-w -cf - . | gzip -n > /out/src.tar.gz")
+
+
+@pytest.fixture
+def released(minimal_image: str, write_recipe: RecipeWriter, store: Path,
+             tmp_path: Path) -> tuple[Path, Path, str]:
+    assert run_rebuild("keygen", "--out", tmp_path / "ci").code == 0
+    recipe = write_recipe(minimal_image, SCRIPT, ["usr/bin/hello", "*.tar.gz"],
+                          files={"a.txt": "a\n", "sub/b.txt": "b\n"})
+    built = run_rebuild("build", recipe, "--key", tmp_path / "ci.key", store=store)
+    assert built.code == 0, built.stderr
+    return recipe, tmp_path / "src-t", minimal_image
+
+
+def reproduce_offline(store: Path, *args: str) -> Result:
+    """`rebuild reproduce` in a network namespace of its own: no interface but lo."""
+    require_tool("unshare")
+    proc = subprocess.run(["unshare", "-n", sys.executable, "-m", "rebuild", "--store",
+                           str(store), "reproduce", *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=600, check=False)
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def test_reproduce_with_nothing_but_the_store(released: tuple[Path, Path, str], store: Path,
+                                              tmp_path: Path) -> None:
+    _, source, image = released
+    moved = tmp_path / "elsewhere" / "archive"
+    shutil.copytree(store, moved, copy_function=os.link)
+    shutil.rmtree(store)
+    shutil.rmtree(source)
+    image_id = image.rsplit("@", 1)[1]
+    subprocess.run(["docker", "rmi", "-f", image_id], check=True, capture_output=True)
+    result = reproduce_offline(moved, "t@1.0.0", "--json", "--key", str(tmp_path / "ci.key"))
+    assert result.code == 0, result.stderr
+    assert result.json["reproducible"] is True
+    assert {a["name"]: a["match"] for a in result.json["artifacts"]} == {
+        "src.tar.gz": True, "usr/bin/hello": True}
+    assert "loading image" in result.stderr
+    assert subprocess.run(["docker", "image", "inspect", image_id],
+                          capture_output=True).returncode == 0
+    assert result.json["verdict"].startswith("sha256:")
+
+
+def test_reproduce_by_artifact_digest_with_the_twin_check(
+        released: tuple[Path, Path, str], store: Path) -> None:
+    ls = run_rebuild("build", released[0], "--json", store=store)
+    digest = "sha256:" + ls.json["artifacts"][0]["sha256"]
+    result = run_rebuild("reproduce", digest, "--runs", "2", "--json", store=store)
+    assert result.code == 0, result.stderr
+    assert [r["name"] for r in result.json["runs"]] == ["a", "b"]
+
+
+def test_a_record_the_inputs_do_not_produce_fails(released: tuple[Path, Path, str],
+                                                  store: Path) -> None:
+    listing = run_rebuild("build", released[0], "--json", store=store)
+    hello = next(a for a in listing.json["artifacts"] if a["name"] == "usr/bin/hello")
+    repoint_blob(store, "sha256:" + hello["sha256"], b"forged\n")
+    result = run_rebuild("reproduce", "t@1.0.0", "--json", store=store)
+    assert result.code == 1
+    assert result.json["reproducible"] is False
+    assert result.json["differences"] == ["usr/bin/hello"]
+
+
+def test_unknown_release_exits_5(store: Path, minimal_image: str) -> None:
+    result = run_rebuild("reproduce", "nope@1", store=store)
+    assert result.code == 5
