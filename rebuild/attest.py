@@ -20,6 +20,7 @@ from rebuild import __version__
 from rebuild.compare import Artifact
 from rebuild.fetch import Inputs
 from rebuild.image import StoredImage
+from rebuild.intoto import intoto_keyid, link_filename, make_link
 from rebuild.plan import BuildPlan
 from rebuild.provenance import (
     STATEMENT_TYPE,
@@ -38,6 +39,7 @@ EVIDENCE_TYPE = "application/vnd.rebuild.evidence.v1+json"
 STATEMENT_MEDIA = "application/vnd.in-toto+json"
 SBOM_MEDIA = "application/vnd.cyclonedx+json"
 BUNDLE_MEDIA = "application/vnd.dev.sigstore.bundle.v0.3+json"
+LINK_MEDIA = "application/vnd.in-toto.link+dsse+json"
 SBOM_PREDICATE = "https://cyclonedx.org/bom"
 SIGNER_ANN = "dev.rebuild.signer"
 SUBJECT_ANN = "dev.rebuild.subject"
@@ -97,9 +99,22 @@ def sbom_statement(facts: BuildFacts, sbom: bytes) -> dict[str, Any]:
             "predicate": json.loads(sbom)}
 
 
+def build_link(facts: BuildFacts, command: Sequence[str], signer: Signer) -> tuple[str, bytes]:
+    """The in-toto link of the build step (file name, DSSE bytes): materials are the inputs,
+    products the artifacts, signed by the builder (docs/in-toto/README.md)."""
+    materials = {"recipe.toml": facts.recipe_digest, "source.tar": facts.source.annotations[
+        "archive"], "image": facts.image.annotations["archive"]}
+    materials.update({f"wheels/{w.name}": f"sha256:{w.digest['sha256']}" for w in facts.wheels})
+    link = make_link("build", materials={k: v.removeprefix("sha256:")
+                                         for k, v in materials.items()},
+                     products={s.name: s.sha256 for s in facts.subjects},
+                     command=command, signer=signer)
+    return link_filename("build", intoto_keyid(signer.public_key)), link
+
+
 def attach_evidence(store: Store, subject: Descriptor, release: str,
                     statements: Mapping[str, Mapping[str, Any]], sbom: bytes,
-                    signer: Signer | None) -> Evidence:
+                    signer: Signer | None, link: tuple[str, bytes] | None = None) -> Evidence:
     """Store the statements (and their bundles when a signer is given) as one artifact."""
     signer_id = signer.public_key.keyid if signer else None
     digests = {kind: store.put_bytes(canonical_json(st))[0] for kind, st in statements.items()}
@@ -116,6 +131,9 @@ def attach_evidence(store: Store, subject: Descriptor, release: str,
             bundles[kind], size = store.put_bytes(sign_statement(statement, signer))
             layers.append(Descriptor(BUNDLE_MEDIA, bundles[kind], size,
                                      {TITLE: f"{kind}.sigstore.json"}))
+    if link is not None:
+        link_digest, link_size = store.put_bytes(link[1])
+        layers.append(Descriptor(LINK_MEDIA, link_digest, link_size, {TITLE: link[0]}))
     annotations = {RELEASE_ANN: release}
     if signer_id:
         annotations[SIGNER_ANN] = signer_id

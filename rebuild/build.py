@@ -16,7 +16,13 @@ from typing import Any
 
 from securesystemslib.signer import Signer  # type: ignore[attr-defined]
 
-from rebuild.attest import Evidence, attach_evidence, build_statements, gather_facts
+from rebuild.attest import (
+    Evidence,
+    attach_evidence,
+    build_link,
+    build_statements,
+    gather_facts,
+)
 from rebuild.compare import (
     Artifact,
     Difference,
@@ -166,8 +172,9 @@ def twin_build(loaded: LoadedRecipe, store: Store, *, cache_dir: Path,
                                               zip(plan.runs, logs, strict=True)},
                          invocation_id=attempt.digest)
     statements, sbom = build_statements(facts, test.statement if test else None)
+    link = build_link(facts, loaded.recipe.build.command, signer) if signer else None
     evidence = attach_evidence(store, release or attempt, plan.release, statements, sbom,
-                               signer)
+                               signer, link)
     if test is not None and not test.passed:
         raise BuildFailed(f"the test command failed; the release is not recorded as good\n"
                           f"{test.tail}\nevidence: attempt {attempt.digest}")

@@ -10,6 +10,7 @@ import pytest
 from cyclonedx.schema import SchemaVersion
 from cyclonedx.validation.json import JsonStrictValidator
 
+from rebuild.errors import ClaimFailed
 from rebuild.store import canonical_json
 from tests.conftest import RecipeWriter, repoint_blob, run_rebuild, tamper
 from tests.test_sign import node_verifier, run_node_verifier  # noqa: F401 (fixture)
@@ -145,3 +146,27 @@ def test_independent_verifier_on_stored_bundles(built: dict,  # type: ignore[typ
         code, result = run_node_verifier(node_verifier, data, Path(f"{keys['other']}.pub"),
                                          tmp_path)
         assert code == 1
+
+
+def test_build_link_verifies_against_a_layout(built: dict, store: Path,  # type: ignore[type-arg]
+                                              keys: dict[str, Path], tmp_path: Path) -> None:
+    from rebuild.intoto import make_layout, verify_chain
+    from rebuild.sign import generate_keypair, load_public_key, load_signer
+
+    layers = evidence_layers(store, built)
+    [link] = [t for t in layers if t.endswith(".link")]
+    links = tmp_path / "links"
+    links.mkdir()
+    (links / link).write_bytes(blob(store, layers[link]).read_bytes())
+    owner = generate_keypair(tmp_path / "owner", algorithm="ed25519")
+    layout = make_layout(builder_keys=[load_public_key(Path(f"{keys['ci']}.pub"))],
+                         owner_signer=load_signer(owner.private_path, None),
+                         expires="2099-12-31T00:00:00Z",
+                         products=[a["name"] for a in built["artifacts"]])
+    verify_chain(layout, [load_public_key(owner.public_path)], links)
+    # a layout that expects another product refuses the chain
+    wrong = make_layout(builder_keys=[load_public_key(Path(f"{keys['ci']}.pub"))],
+                        owner_signer=load_signer(owner.private_path, None),
+                        expires="2099-12-31T00:00:00Z", products=["usr/bin/other"])
+    with pytest.raises(ClaimFailed):
+        verify_chain(wrong, [load_public_key(owner.public_path)], links)
