@@ -319,6 +319,46 @@ def reproduce_cmd(
         raise typer.Exit(ExitCode.CLAIM_FAILED)
 
 
+@app.command("approve")
+def approve_cmd(
+    target: Annotated[str, typer.Argument(help="A release (name@version).")],
+    role: Annotated[str, typer.Option("--role", help="e.g. quality, release-manager.")],
+    meaning: Annotated[str, typer.Option("--meaning", help='What the signature means, e.g. '
+                                         '"released for clinical pilot".')],
+    comment: Annotated[str | None, typer.Option("--comment")] = None,
+    name: Annotated[str | None, typer.Option(
+        "--name", help="The signer's printed name (default: env REBUILD_SIGNER_NAME, or the "
+        "login name).")] = None,
+    policy: Annotated[Path | None, typer.Option(
+        "--policy", help="Policy the evidence must meet first.")] = None,
+    trust: Annotated[list[Path] | None, typer.Option(
+        "--trust", help="Trusted builder key (PREFIX.pub), instead of a policy.")] = None,
+    store: StoreOpt = None,
+    json_out: JsonOpt = False,
+    key: KeyOpt = None,
+) -> None:
+    """Sign an approval (name, role, meaning, time) of a release whose evidence verifies."""
+    import getpass
+    from datetime import UTC, datetime
+
+    from rebuild.approve import approve
+    from rebuild.verify import keys_policy, load_policy
+
+    opts = _opts(store, json_out, key)
+    if opts.key is None:
+        raise UsageError("an approval must be signed: pass --key PREFIX.key")
+    signer = _signer(opts, what="approval")
+    assert signer is not None
+    rules = load_policy(policy) if policy else keys_policy(trust or [])
+    signer_name = name or os.environ.get("REBUILD_SIGNER_NAME") or getpass.getuser()
+    digest = approve(Store(opts.store), target, role=role, meaning=meaning, name=signer_name,
+                     comment=comment, signer=signer, policy=rules, time=datetime.now(UTC))
+    say(f"{target}: approved by {signer_name} as {role} ({meaning}); approval {digest}")
+    if opts.json:
+        emit({"release": target, "approval": digest, "role": role, "name": signer_name,
+              "keyid": signer.public_key.keyid})
+
+
 @app.command()
 def verify(
     target: Annotated[str, typer.Argument(help="A release (name@version) or an artifact "

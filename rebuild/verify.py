@@ -30,11 +30,19 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class ApprovalRule(_Strict):
+    role: str = Field(min_length=1)
+    keys: tuple[str, ...] = Field(min_length=1)
+
+
 class PolicyRules(_Strict):
     builder_keys: tuple[str, ...] = Field(min_length=1)  # .pub files, relative to the policy
     reproducible: bool = True
     sbom: bool = True
     tests: bool = False
+    verdicts: int = Field(default=0, ge=0)  # PASSED QA verdicts, each from another qa key
+    qa_keys: tuple[str, ...] = ()
+    approvals: tuple[ApprovalRule, ...] = ()
 
 
 class PolicyFile(_Strict):
@@ -47,6 +55,9 @@ class Policy:
     reproducible: bool = True
     sbom: bool = True
     tests: bool = False
+    verdicts: int = 0
+    qa_keys: tuple[SSlibKey, ...] = ()
+    approvals: Mapping[str, tuple[SSlibKey, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -87,11 +98,19 @@ def load_policy(path: Path) -> Policy:
         raise UsageError(f"{path}: not valid TOML ({exc})") from None
     except ValidationError as exc:
         raise UsageError(format_validation_error(exc, PolicyFile, str(path))) from None
-    try:
-        keys = tuple(load_public_key(path.parent / k) for k in rules.builder_keys)
-    except RebuildError as exc:
-        raise UsageError(f"{path}: policy.builder_keys: {exc}") from None
-    return Policy(keys, rules.reproducible, rules.sbom, rules.tests)
+    if rules.verdicts and not rules.qa_keys:
+        raise UsageError(f"{path}: policy.verdicts = {rules.verdicts} needs policy.qa_keys: "
+                         "whose verdicts count")
+
+    def keys(key: str, files: Sequence[str]) -> tuple[SSlibKey, ...]:
+        try:
+            return tuple(load_public_key(path.parent / f) for f in files)
+        except RebuildError as exc:
+            raise UsageError(f"{path}: policy.{key}: {exc}") from None
+
+    return Policy(keys("builder_keys", rules.builder_keys), rules.reproducible, rules.sbom,
+                  rules.tests, rules.verdicts, keys("qa_keys", rules.qa_keys),
+                  {a.role: keys(f"approvals[{a.role}].keys", a.keys) for a in rules.approvals})
 
 
 def resolve_release(store: Store, target: str) -> Descriptor:
@@ -143,7 +162,47 @@ def verify_release(store: Store, target: str, policy: Policy) -> Report:
     if policy.tests:
         result = verified.get("test-result", {}).get("predicate", {}).get("result")
         report.add("tests", result == "PASSED", f"test result: {result or 'none'}")
+    if policy.verdicts:
+        passed = signed_statements(store, release, "verdict", policy.qa_keys, artifacts)
+        keyids = {keyid for keyid, st in passed
+                  if st.get("predicate", {}).get("verificationResult") == "PASSED"}
+        report.add("QA verdicts", len(keyids) >= policy.verdicts,
+                   f"{len(keyids)} PASSED verdict(s) from trusted QA keys, "
+                   f"{policy.verdicts} required")
+    for role, role_keys in sorted(policy.approvals.items()):
+        approvals = [st for _, st in signed_statements(store, release, "approval", role_keys,
+                                                        artifacts)
+                     if st.get("predicate", {}).get("role") == role]
+        names = ", ".join(sorted({a["predicate"]["signer"]["name"] for a in approvals}))
+        report.add(f"approval: {role}", bool(approvals),
+                   f"approved by {names}" if approvals
+                   else f"no {role} approval by a trusted key")
     return report
+
+
+def signed_statements(store: Store, release: Descriptor, kind: str,
+                      trusted: Sequence[SSlibKey], artifacts: Mapping[str, str]
+                      ) -> list[tuple[str, dict[str, Any]]]:
+    """(key id, statement) of every `kind` statement attached to the release that a trusted
+    key signed and whose subjects are the release's artifacts; the rest do not count."""
+    found = []
+    for entry in store.referrers(release.digest):
+        if (entry.annotations or {}).get(KIND) != kind:
+            continue
+        layers = {layer["annotations"][TITLE]: layer
+                  for layer in store.read_json(entry.digest)["layers"]}
+        bundle = layers.get(f"{kind}.sigstore.json")
+        if bundle is None:
+            continue
+        try:
+            verified = verify_bundle(store.read_bytes(bundle["digest"]), trusted)
+        except (ClaimFailed, StoreError):
+            continue
+        subjects = {s.get("name"): s.get("digest", {}).get("sha256")
+                    for s in verified.statement.get("subject", [])}
+        if subjects == artifacts:
+            found.append((verified.keyid, verified.statement))
+    return found
 
 
 def _check_artifacts(store: Store, release: Descriptor, report: Report) -> dict[str, str]:
@@ -197,8 +256,9 @@ def _check_provenance(statement: Mapping[str, Any], policy: Policy, report: Repo
     report.add("builder", builder == BUILDER_ID, f"builder.id {builder!r}")
     report.add("build type", build_type == BUILD_TYPE, f"buildType {build_type!r}")
     if policy.reproducible:
-        comparison: dict[str, Any] = next((b for b in predicate.get("runDetails", {}).get("byproducts", [])
-                           if b.get("name") == "comparison.json"), {})
+        byproducts = predicate.get("runDetails", {}).get("byproducts", [])
+        comparison: dict[str, Any] = next(
+            (b for b in byproducts if b.get("name") == "comparison.json"), {})
         reproducible = comparison.get("annotations", {}).get("reproducible") is True
         report.add("twin build", reproducible, "both runs gave identical artifacts"
                    if reproducible else "the twin build did not match")

@@ -1,0 +1,61 @@
+"""Approvals: an attributable, signed decision about a release.
+
+An approval names the signer (printed name and key), the role, the meaning of the signature
+and when it was made: the attributes an electronic signature must show under 21 CFR Part 11
+§11.50. It is refused for a release whose evidence does not verify.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from securesystemslib.signer import Signer  # type: ignore[attr-defined]
+
+from rebuild.attest import attach_statement
+from rebuild.build import release_artifacts
+from rebuild.errors import ClaimFailed, UsageError
+from rebuild.provenance import STATEMENT_TYPE
+from rebuild.store import REF_NAME, Store
+from rebuild.verify import Policy, resolve_release, verify_release
+
+APPROVAL = "https://rebuild.dev/attestations/approval/v1"
+
+
+def approval_statement(*, release: str, manifest: str, artifacts: Mapping[str, str],
+                       name: str, keyid: str, role: str, meaning: str, comment: str | None,
+                       time: datetime) -> dict[str, Any]:
+    predicate: dict[str, Any] = {
+        "release": release,
+        "manifest": manifest,
+        "signer": {"name": name, "keyid": keyid},
+        "role": role,
+        "meaning": meaning,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    if comment:
+        predicate["comment"] = comment
+    return {"_type": STATEMENT_TYPE,
+            "subject": [{"name": n, "digest": {"sha256": d}} for n, d in sorted(artifacts.items())],
+            "predicateType": APPROVAL,
+            "predicate": predicate}
+
+
+def approve(store: Store, target: str, *, role: str, meaning: str, name: str,
+            comment: str | None, signer: Signer, policy: Policy, time: datetime) -> str:
+    """Sign and attach an approval; returns the digest of the stored approval."""
+    if not role.strip() or not meaning.strip() or not name.strip():
+        raise UsageError("an approval needs a role, a meaning and the signer's name")
+    release = resolve_release(store, target)
+    report = verify_release(store, target, policy)
+    if not report.ok:
+        failed = "; ".join(f"{c.name}: {c.detail}" for c in report.checks if not c.ok)
+        raise ClaimFailed(f"approval refused: the evidence of {target} does not verify "
+                          f"({failed})")
+    ref = (release.annotations or {}).get(REF_NAME, target)
+    artifacts = {a.name: a.sha256 for a in release_artifacts(store, release)}
+    statement = approval_statement(release=ref, manifest=release.digest, artifacts=artifacts,
+                                   name=name, keyid=signer.public_key.keyid, role=role,
+                                   meaning=meaning, comment=comment, time=time)
+    return attach_statement(store, release, ref, "approval", statement, signer)
