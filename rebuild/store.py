@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import shutil
+import sqlite3
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
@@ -31,6 +32,7 @@ EMPTY_DIGEST = "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61
 TITLE = "org.opencontainers.image.title"
 REF_NAME = "org.opencontainers.image.ref.name"
 KIND = "dev.rebuild.kind"
+SUBJECT = "dev.rebuild.subject"  # repeats a manifest's subject in index.json, for lookups
 CHUNK = 1 << 20
 
 
@@ -249,23 +251,71 @@ class Store:
         with self._locked():
             entries = self.index()
             if entry not in entries:
+                before = self._signature()
                 self._write_index([*entries, entry])
+                self._add_to_query_index(before, len(entries), entry)
         return entry
 
     def find(self, ref_name: str) -> Descriptor | None:
         """The manifest named `ref_name` (org.opencontainers.image.ref.name), if any."""
-        for entry in self.index():
-            if (entry.annotations or {}).get(REF_NAME) == ref_name:
-                return entry
-        return None
+        found = self._query("ref_name = ?", ref_name)
+        return found[0] if found else None
 
     def entries(self, kind: str) -> list[Descriptor]:
-        return [e for e in self.index() if (e.annotations or {}).get(KIND) == kind]
+        return self._query("kind = ?", kind)
 
     def referrers(self, subject_digest: str) -> list[Descriptor]:
         """Index entries whose manifest names `subject_digest` as its subject."""
-        return [e for e in self.index()
-                if (e.annotations or {}).get("dev.rebuild.subject") == subject_digest]
+        return self._query("subject = ?", subject_digest)
+
+    # -- the query index: a cache of index.json ---------------------------------------------
+
+    def _query(self, where: str, value: str) -> list[Descriptor]:
+        """Look entries up in the SQLite cache of index.json (design.md: a query index may sit
+        beside the store; it is rebuilt from index.json whenever that file changes)."""
+        if not (self.root / "index.json").exists():
+            return []
+        with contextlib.closing(self._query_index()) as db:
+            rows = db.execute(f"SELECT entry FROM entries WHERE {where} "  # noqa: S608 (constant)
+                              "ORDER BY position", (value,)).fetchall()
+        return [Descriptor.from_json(json.loads(row[0])) for row in rows]
+
+    def _signature(self) -> str:
+        """Changes whenever index.json is replaced (every write is a new inode)."""
+        st = (self.root / "index.json").stat()
+        return f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+
+    def _open_query_index(self) -> sqlite3.Connection:
+        path = self.root / ".cache" / "query.sqlite"
+        path.parent.mkdir(exist_ok=True)
+        db = sqlite3.connect(path, timeout=60)
+        db.execute("CREATE TABLE IF NOT EXISTS meta (signature TEXT)")
+        db.execute("CREATE TABLE IF NOT EXISTS entries (position INTEGER, ref_name TEXT, "
+                   "kind TEXT, subject TEXT, entry TEXT)")
+        for column in ("ref_name", "kind", "subject"):
+            db.execute(f"CREATE INDEX IF NOT EXISTS by_{column} ON entries ({column})")
+        return db
+
+    def _query_index(self) -> sqlite3.Connection:
+        signature = self._signature()
+        db = self._open_query_index()
+        current = db.execute("SELECT signature FROM meta").fetchone()
+        if current is None or current[0] != signature:
+            with db:
+                db.execute("DELETE FROM entries")
+                db.execute("DELETE FROM meta")
+                db.executemany("INSERT INTO entries VALUES (?, ?, ?, ?, ?)",
+                               (_row(i, e) for i, e in enumerate(self.index())))
+                db.execute("INSERT INTO meta VALUES (?)", (signature,))
+        return db
+
+    def _add_to_query_index(self, before: str, position: int, entry: Descriptor) -> None:
+        """Keep an up-to-date cache up to date without re-reading index.json."""
+        with contextlib.closing(self._open_query_index()) as db, db:
+            current = db.execute("SELECT signature FROM meta").fetchone()
+            if current is not None and current[0] == before:
+                db.execute("INSERT INTO entries VALUES (?, ?, ?, ?, ?)", _row(position, entry))
+                db.execute("UPDATE meta SET signature = ?", (self._signature(),))
 
     # -- upkeep ---------------------------------------------------------------------------
 
@@ -378,6 +428,12 @@ class Store:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+
+
+def _row(position: int, entry: Descriptor) -> tuple[int, str | None, str | None, str | None, str]:
+    ann = entry.annotations or {}
+    return (position, ann.get(REF_NAME), ann.get(KIND), ann.get(SUBJECT),
+            json.dumps(entry.to_json()))
 
 
 def _hash_stream(f: IO[bytes]) -> str:

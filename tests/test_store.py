@@ -148,3 +148,22 @@ def test_gc_keeps_what_the_index_reaches(tmp_path: Path) -> None:
     assert store.gc(grace_seconds=0) == [orphan]
     assert store.has(kept) and store.has(subject.digest)
     assert store.fsck() == []
+
+
+def test_the_query_index_follows_index_json(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    first = store.put_artifact("application/x-test", [])
+    store.add_to_index(first, {REF_NAME: "x@1", "dev.rebuild.kind": "release"})
+    assert store.find("x@1") == store.index()[0]
+    second = store.put_artifact("application/x-test", [],
+                                subject=first, annotations={"n": "2"})
+    store.add_to_index(second, {"dev.rebuild.kind": "evidence",
+                                "dev.rebuild.subject": first.digest})
+    assert [e.digest for e in store.referrers(first.digest)] == [second.digest]
+    # edited by hand (or by another tool): the cache notices and is rebuilt
+    index = json.loads((store.root / "index.json").read_text())
+    index["manifests"][0]["annotations"][REF_NAME] = "y@1"
+    (store.root / "index.json").write_text(json.dumps(index))
+    assert store.find("x@1") is None
+    assert store.find("y@1") is not None
+    assert [e.digest for e in store.entries("evidence")] == [second.digest]
