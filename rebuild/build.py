@@ -7,9 +7,10 @@ again adds nothing new.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,9 @@ class BuildOutcome:
     store: Path
     evidence: Evidence
     explanation: Explanation | None = None
+    # Wall seconds per stage: fetch, runs (both, concurrently), compare (with explain and
+    # test), evidence (statements, SBOM, signatures, storing), total.
+    timings: Mapping[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -105,7 +109,22 @@ class BuildOutcome:
                          **self.evidence.to_json()},
             "manifest": self.release_manifest,
             "store": str(self.store),
+            "timings": {k: round(v, 3) for k, v in self.timings.items()},
         }
+
+
+class Stopwatch:
+    """Wall time per stage, for `timings` in the JSON output and for the benchmarks."""
+
+    def __init__(self) -> None:
+        self.start = self.last = time.monotonic()
+        self.laps: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = time.monotonic()
+        self.laps[name] = now - self.last
+        self.laps["total"] = now - self.start
+        self.last = now
 
 
 def iso_time(epoch: int) -> str:
@@ -121,6 +140,7 @@ def twin_build(loaded: LoadedRecipe, store: Store, *, cache_dir: Path,
     `explain`: when the runs differ, find the variations responsible (rebuild.explain).
     `keep`: copy both runs' /out trees to keep/a and keep/b.
     """
+    clock = Stopwatch()
     store.init()
     fetched = fetch_inputs(loaded, store, log=log)
     plan = plan_build(loaded.recipe, fetched.source_date_epoch, wheels=fetched.wheel_files)
@@ -135,9 +155,11 @@ def twin_build(loaded: LoadedRecipe, store: Store, *, cache_dir: Path,
         source_tar = sandbox.workspace / "source.tar"
         store.copy_out(fetched.source.archive, source_tar)
         wheels = export_wheels(store, fetched, sandbox.workspace / "wheels")
+        clock.lap("fetch")
         futures = [pool.submit(sandbox.run, run, source_tar, wheels=wheels)
                    for run in plan.runs]
         results = [f.result() for f in futures]
+        clock.lap("runs")
         for run, result in zip(plan.runs, results, strict=True):
             log(f"run {run.name}: exit {result.exit_code} after {result.seconds:.1f} s")
         logs = [store.put_bytes(r.log)[0] for r in results]
@@ -167,6 +189,7 @@ def twin_build(loaded: LoadedRecipe, store: Store, *, cache_dir: Path,
                   else "reproducible")
         attempt, record = _store_attempt(store, plan, inputs, results, logs, a, reports,
                                          release, status, test.log if test else None)
+    clock.lap("compare")
     facts = gather_facts(loaded, fetched, image, plan, a, reproducible=not differences,
                          record=record, logs={run.name: log for run, log in
                                               zip(plan.runs, logs, strict=True)},
@@ -175,6 +198,7 @@ def twin_build(loaded: LoadedRecipe, store: Store, *, cache_dir: Path,
     link = build_link(facts, loaded.recipe.build.command, signer) if signer else None
     evidence = attach_evidence(store, release or attempt, plan.release, statements, sbom,
                                signer, link)
+    clock.lap("evidence")
     if test is not None and not test.passed:
         raise BuildFailed(f"the test command failed; the release is not recorded as good\n"
                           f"{test.tail}\nevidence: attempt {attempt.digest}")
@@ -182,7 +206,7 @@ def twin_build(loaded: LoadedRecipe, store: Store, *, cache_dir: Path,
                                                                     strict=True)),
                         reports, attempt.digest, inputs.digest,
                         release.digest if release else None, store.root, evidence,
-                        explanation)
+                        explanation, clock.laps)
 
 
 def release_artifacts(store: Store, release: Descriptor) -> list[Artifact]:
