@@ -15,14 +15,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from securesystemslib.signer import Signer  # type: ignore[attr-defined]
-
 from rebuild.attest import (
     Evidence,
     attach_evidence,
     build_link,
     build_statements,
     gather_facts,
+    prepare_sbom,
 )
 from rebuild.compare import (
     Artifact,
@@ -40,6 +39,7 @@ from rebuild.plan import BuildPlan, RunPlan, plan_build, plan_run
 from rebuild.provenance import Subject, make_test_result
 from rebuild.recipe import LoadedRecipe
 from rebuild.sandbox import RunResult, Sandbox, connect, has_image, load_image, require_success
+from rebuild.sign import StatementSigner
 from rebuild.store import KIND, OCI_MANIFEST, REF_NAME, TITLE, Descriptor, Store, canonical_json
 
 RELEASE_TYPE = "application/vnd.rebuild.release.v1+json"
@@ -132,7 +132,7 @@ def iso_time(epoch: int) -> str:
 
 
 def twin_build(loaded: LoadedRecipe, store: Store, *, cache_dir: Path,
-               signer: Signer | None = None, log: Log = lambda _: None,
+               signer: StatementSigner | None = None, log: Log = lambda _: None,
                debug: Log = lambda _: None, explain: bool = False,
                keep: Path | None = None) -> BuildOutcome:
     """Build a recipe twice, compare, and store the attempt (and the release when it holds).
@@ -141,6 +141,7 @@ def twin_build(loaded: LoadedRecipe, store: Store, *, cache_dir: Path,
     `keep`: copy both runs' /out trees to keep/a and keep/b.
     """
     clock = Stopwatch()
+    client = connect()  # the environment first: nothing is fetched for an unusable engine
     store.init()
     fetched = fetch_inputs(loaded, store, log=log)
     plan = plan_build(loaded.recipe, fetched.source_date_epoch, wheels=fetched.wheel_files)
@@ -148,7 +149,6 @@ def twin_build(loaded: LoadedRecipe, store: Store, *, cache_dir: Path,
     inputs = _store_inputs(store, loaded, fetched, image)
     log(f"{plan.release}: twin build, run b varies {len(plan.variations)} of 12: "
         f"{', '.join(plan.variations) or 'nothing'}")
-    client = connect()
     with ThreadPoolExecutor(max_workers=2) as pool, \
             Sandbox(client, cache_dir=cache_dir, debug=debug) as sandbox:
         ensure_loaded(client, store, image, log)
@@ -156,6 +156,7 @@ def twin_build(loaded: LoadedRecipe, store: Store, *, cache_dir: Path,
         store.copy_out(fetched.source.archive, source_tar)
         wheels = export_wheels(store, fetched, sandbox.workspace / "wheels")
         clock.lap("fetch")
+        sbom_part = prepare_sbom(image)  # while the runs wait on the engine
         futures = [pool.submit(sandbox.run, run, source_tar, wheels=wheels)
                    for run in plan.runs]
         results = [f.result() for f in futures]
@@ -194,7 +195,8 @@ def twin_build(loaded: LoadedRecipe, store: Store, *, cache_dir: Path,
                          record=record, logs={run.name: log for run, log in
                                               zip(plan.runs, logs, strict=True)},
                          invocation_id=attempt.digest)
-    statements, sbom = build_statements(facts, test.statement if test else None)
+    statements, sbom = build_statements(facts, test.statement if test else None,
+                                        sbom_part.result())
     link = build_link(facts, loaded.recipe.build.command, signer) if signer else None
     evidence = attach_evidence(store, release or attempt, plan.release, statements, sbom,
                                signer, link)
