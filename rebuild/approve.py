@@ -17,6 +17,7 @@ from rebuild.attest import attach_statement
 from rebuild.build import release_artifacts
 from rebuild.errors import ClaimFailed, UsageError
 from rebuild.provenance import STATEMENT_TYPE
+from rebuild.sign import KeySigner
 from rebuild.store import REF_NAME, Store
 from rebuild.verify import Policy, resolve_release, verify_release
 
@@ -58,4 +59,4 @@ def approve(store: Store, target: str, *, role: str, meaning: str, name: str,
     statement = approval_statement(release=ref, manifest=release.digest, artifacts=artifacts,
                                    name=name, keyid=signer.public_key.keyid, role=role,
                                    meaning=meaning, comment=comment, time=time)
-    return attach_statement(store, release, ref, "approval", statement, signer)
+    return attach_statement(store, release, ref, "approval", statement, KeySigner(signer))

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
-
-from securesystemslib.signer import Signer  # type: ignore[attr-defined]
 
 from rebuild import __version__
 from rebuild.compare import Artifact
@@ -31,8 +30,8 @@ from rebuild.provenance import (
     make_provenance,
 )
 from rebuild.recipe import LoadedRecipe, parse_image_reference
-from rebuild.sbom import make_sbom
-from rebuild.sign import sign_statement
+from rebuild.sbom import DebianPart, make_sbom, render_debian
+from rebuild.sign import KeySigner, StatementSigner
 from rebuild.store import KIND, TITLE, Descriptor, Store, canonical_json
 
 EVIDENCE_TYPE = "application/vnd.rebuild.evidence.v1+json"
@@ -52,7 +51,7 @@ class Evidence:
     sbom: str  # digest of the CycloneDX document
     statements: Mapping[str, str]  # "provenance" / "sbom" / "test-result" -> blob digest
     bundles: Mapping[str, str]  # same keys -> bundle blob digest (when signed)
-    signer: str | None  # key id
+    signer: str | None  # key id, or the certificate identity of a keyless signer
 
     def to_json(self) -> dict[str, Any]:
         return {"manifest": self.manifest, "provenance": self.statements["provenance"],
@@ -99,24 +98,31 @@ def sbom_statement(facts: BuildFacts, sbom: bytes) -> dict[str, Any]:
             "predicate": json.loads(sbom)}
 
 
-def build_link(facts: BuildFacts, command: Sequence[str], signer: Signer) -> tuple[str, bytes]:
+def build_link(facts: BuildFacts, command: Sequence[str],
+               signer: StatementSigner) -> tuple[str, bytes] | None:
     """The in-toto link of the build step (file name, DSSE bytes): materials are the inputs,
     products the artifacts, signed by the builder (docs/in-toto/README.md)."""
+    # A layout trusts a link by its signer's key id; a keyless signer's key lives for one
+    # certificate, so no layout could name it: a keyless build records no link (its signed
+    # provenance names the same inputs and artifacts).
+    if not isinstance(signer, KeySigner):
+        return None
     materials = {"recipe.toml": facts.recipe_digest, "source.tar": facts.source.annotations[
         "archive"], "image": facts.image.annotations["archive"]}
     materials.update({f"wheels/{w.name}": f"sha256:{w.digest['sha256']}" for w in facts.wheels})
     link = make_link("build", materials={k: v.removeprefix("sha256:")
                                          for k, v in materials.items()},
                      products={s.name: s.sha256 for s in facts.subjects},
-                     command=command, signer=signer)
-    return link_filename("build", intoto_keyid(signer.public_key)), link
+                     command=command, signer=signer.key)
+    return link_filename("build", intoto_keyid(signer.key.public_key)), link
 
 
 def attach_evidence(store: Store, subject: Descriptor, release: str,
                     statements: Mapping[str, Mapping[str, Any]], sbom: bytes,
-                    signer: Signer | None, link: tuple[str, bytes] | None = None) -> Evidence:
+                    signer: StatementSigner | None,
+                    link: tuple[str, bytes] | None = None) -> Evidence:
     """Store the statements (and their bundles when a signer is given) as one artifact."""
-    signer_id = signer.public_key.keyid if signer else None
+    signer_id = signer.identity if signer else None
     digests = {kind: store.put_bytes(canonical_json(st))[0] for kind, st in statements.items()}
     sbom_digest, sbom_size = store.put_bytes(sbom)
     existing = _existing_evidence(store, subject.digest, digests, signer_id)
@@ -128,7 +134,7 @@ def attach_evidence(store: Store, subject: Descriptor, release: str,
     bundles: dict[str, str] = {}
     if signer is not None:
         for kind, statement in statements.items():
-            bundles[kind], size = store.put_bytes(sign_statement(statement, signer))
+            bundles[kind], size = store.put_bytes(signer.sign(statement))
             layers.append(Descriptor(BUNDLE_MEDIA, bundles[kind], size,
                                      {TITLE: f"{kind}.sigstore.json"}))
     if link is not None:
@@ -160,10 +166,24 @@ def _existing_evidence(store: Store, subject: str, digests: Mapping[str, str],
     return None
 
 
-def build_statements(facts: BuildFacts, test_result: Mapping[str, Any] | None
+def prepare_sbom(image: StoredImage) -> Future[DebianPart]:
+    """Start rendering the Debian share of the SBOM of a build on `image`, in a thread of its
+    own: it takes longer than all the rest of the evidence, and needs only the image, so it
+    can run while the containers do."""
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rebuild-sbom")
+    try:
+        # gather_facts leaves debian_distro at its default.
+        return executor.submit(render_debian, image.packages, BuildFacts.debian_distro)
+    finally:
+        executor.shutdown(wait=False)  # the thread ends when the rendering does
+
+
+def build_statements(facts: BuildFacts, test_result: Mapping[str, Any] | None,
+                     debian: DebianPart | None = None
                      ) -> tuple[dict[str, Mapping[str, Any]], bytes]:
-    """The statements of a build, and the SBOM document they include."""
-    sbom = make_sbom(facts)
+    """The statements of a build, and the SBOM document they include; `debian`, from
+    `prepare_sbom`, is the SBOM's Debian share made ahead."""
+    sbom = make_sbom(facts, debian)
     statements: dict[str, Mapping[str, Any]] = {
         "provenance": make_provenance(facts),
         "sbom": sbom_statement(facts, sbom),
@@ -174,14 +194,14 @@ def build_statements(facts: BuildFacts, test_result: Mapping[str, Any] | None
 
 
 def attach_statement(store: Store, subject: Descriptor, release: str, kind: str,
-                     statement: Mapping[str, Any], signer: Signer) -> str:
+                     statement: Mapping[str, Any], signer: StatementSigner) -> str:
     """Sign one statement (a QA verdict, an approval) and attach it to a release; returns the
     digest of the artifact manifest that carries it."""
     digest, size = store.put_bytes(canonical_json(statement))
-    bundle, bundle_size = store.put_bytes(sign_statement(statement, signer))
+    bundle, bundle_size = store.put_bytes(signer.sign(statement))
     layers = [Descriptor(STATEMENT_MEDIA, digest, size, {TITLE: f"{kind}.json"}),
               Descriptor(BUNDLE_MEDIA, bundle, bundle_size, {TITLE: f"{kind}.sigstore.json"})]
-    annotations = {RELEASE_ANN: release, SIGNER_ANN: signer.public_key.keyid}
+    annotations = {RELEASE_ANN: release, SIGNER_ANN: signer.identity}
     manifest = store.put_artifact(f"application/vnd.rebuild.{kind}.v1+json", layers,
                                   subject=subject, annotations=annotations)
     store.add_to_index(manifest, {KIND: kind, SUBJECT_ANN: subject.digest, **annotations})

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from securesystemslib.signer import Signer  # type: ignore[attr-defined]
 
 from rebuild import __version__
 from rebuild.build import BuildOutcome, DifferenceReport, twin_build
@@ -25,6 +24,7 @@ from rebuild.image import build_image, mirror_release_url
 from rebuild.lock import lock_recipe
 from rebuild.recipe import load_recipe
 from rebuild.sandbox import connect, has_image, load_image
+from rebuild.sign import KeySigner, StatementSigner
 from rebuild.store import KIND, REF_NAME, Store
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -42,6 +42,13 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="One JSON document on stdo
 KeyOpt = Annotated[Path | None, typer.Option(
     "--key", help="Key file: PREFIX.key signs, PREFIX.pub verifies (passphrase: env "
     "REBUILD_KEY_PASSPHRASE).", show_default=False)]
+KeylessOpt = Annotated[bool, typer.Option(
+    "--keyless", help="Sign keyless with Sigstore (Fulcio certificate, Rekor entry) as the "
+    "OIDC identity of env SIGSTORE_ID_TOKEN or of the CI's ambient credential.")]
+TrustConfigOpt = Annotated[Path | None, typer.Option(
+    "--trust-config", help="Sigstore client trust config (JSON) naming Fulcio, Rekor and "
+    "their roots (default: Sigstore's public-good instance).", metavar="FILE",
+    show_default=False)]
 
 
 @dataclass
@@ -110,6 +117,8 @@ def build(
     keep: Annotated[Path | None, typer.Option(
         "--keep", help="Copy both runs' /out trees to DIR/a and DIR/b (one recipe only).",
         metavar="DIR", show_default=False)] = None,
+    keyless: KeylessOpt = False,
+    trust_config: TrustConfigOpt = None,
 ) -> None:
     """Fetch, build twice with variations, compare, and store the release."""
     opts = _opts(store, json_out, key)
@@ -119,14 +128,14 @@ def build(
         raise UsageError(f"--keep {keep}: {keep}/a or {keep}/b already exists; remove them "
                          "or name another directory")
     loaded = [load_recipe(path) for path in recipes]  # every recipe is checked before any runs
-    signer = _signer(opts)
+    signer = _signer(opts, keyless=keyless, trust_config=trust_config)
     outcomes = [twin_build(recipe, Store(opts.store), cache_dir=opts.cache, signer=signer,
                            log=say,
                            debug=say if opts.debug else lambda _: None,
                            explain=explain, keep=keep)
                 for recipe in loaded]
     for outcome in outcomes:
-        _print_outcome(outcome)
+        _print_outcome(outcome, signer)
     if opts.json:
         emit(outcomes[0].to_json() if len(outcomes) == 1
              else {"builds": [o.to_json() for o in outcomes]})
@@ -134,14 +143,25 @@ def build(
         raise typer.Exit(ExitCode.CLAIM_FAILED)
 
 
-def _signer(opts: Options, what: str = "evidence") -> Signer | None:
-    from rebuild.sign import load_signer, passphrase_from_env
+def _signer(opts: Options, what: str = "evidence", *, keyless: bool = False,
+            trust_config: Path | None = None) -> StatementSigner | None:
+    from rebuild.sign import KeylessSigner, load_signer, passphrase_from_env
 
+    if keyless and opts.key is not None:
+        raise UsageError("--key and --keyless: choose one way to sign")
+    if trust_config is not None and not keyless:
+        raise UsageError("--trust-config is for keyless signing: add --keyless")
+    if keyless:
+        if trust_config is None:
+            say("signing keyless with Sigstore's public-good instance (Fulcio, Rekor); pass "
+                "--trust-config FILE for another")
+        # Fails now (exit 6) without a token or with a bad trust config, before any build.
+        return KeylessSigner(trust_config)
     if opts.key is None:
         say(f"warning: the {what} will not be signed; pass --key PREFIX.key "
-            "(`rebuild keygen --out PREFIX` makes one)")
+            "(`rebuild keygen --out PREFIX` makes one) or --keyless")
         return None
-    return load_signer(opts.key, passphrase_from_env())
+    return KeySigner(load_signer(opts.key, passphrase_from_env()))
 
 
 @app.command()
@@ -181,7 +201,7 @@ def _difference_line(diff: DifferenceReport) -> str:
     return f"{name}: {cause}{note} — hints:{hints}"
 
 
-def _print_outcome(outcome: BuildOutcome) -> None:
+def _print_outcome(outcome: BuildOutcome, signer: StatementSigner | None) -> None:
     if outcome.reproducible:
         say(f"{outcome.release}: reproducible: {len(outcome.artifacts)} artifact(s) "
             "identical in both runs")
@@ -197,7 +217,8 @@ def _print_outcome(outcome: BuildOutcome) -> None:
             say(f"    report: rebuild store cat {diff.report} (HTML {diff.html}, "
                 f"JSON {diff.json})")
     evidence = outcome.evidence
-    signed = f"signed by key {evidence.signer[:16]}…" if evidence.signer else "NOT signed"
+    signed = (f"signed by {signer.description}" if evidence.signer and signer is not None
+              else "NOT signed")
     say(f"evidence: provenance {evidence.statements['provenance'][:19]}…, SBOM "
         f"{evidence.sbom[:19]}…, {signed}; attempt {outcome.attempt} in {outcome.store}")
 
@@ -298,12 +319,15 @@ def reproduce_cmd(
     store: StoreOpt = None,
     json_out: JsonOpt = False,
     key: KeyOpt = None,
+    keyless: KeylessOpt = False,
+    trust_config: TrustConfigOpt = None,
 ) -> None:
-    """Rebuild a stored release from its recorded inputs only; sign the verdict with --key."""
+    """Rebuild a stored release from its recorded inputs only; sign the verdict with --key
+    or --keyless."""
     from rebuild.reproduce import reproduce
 
     opts = _opts(store, json_out, key)
-    signer = _signer(opts, what="verdict")
+    signer = _signer(opts, what="verdict", keyless=keyless, trust_config=trust_config)
     verdict = reproduce(Store(opts.store), target, runs=runs, cache_dir=opts.cache,
                         signer=signer, log=say, debug=say if opts.debug else lambda _: None)
     for artifact in verdict.artifacts:
@@ -348,34 +372,58 @@ def approve_cmd(
     if opts.key is None:
         raise UsageError("an approval must be signed: pass --key PREFIX.key")
     signer = _signer(opts, what="approval")
-    assert signer is not None
+    assert isinstance(signer, KeySigner)
     rules = load_policy(policy) if policy else keys_policy(trust or [])
     signer_name = name or os.environ.get("REBUILD_SIGNER_NAME") or getpass.getuser()
     digest = approve(Store(opts.store), target, role=role, meaning=meaning, name=signer_name,
-                     comment=comment, signer=signer, policy=rules, time=datetime.now(UTC))
+                     comment=comment, signer=signer.key, policy=rules, time=datetime.now(UTC))
     say(f"{target}: approved by {signer_name} as {role} ({meaning}); approval {digest}")
     if opts.json:
         emit({"release": target, "approval": digest, "role": role, "name": signer_name,
-              "keyid": signer.public_key.keyid})
+              "keyid": signer.identity})
 
 
 @app.command()
 def verify(
-    target: Annotated[str, typer.Argument(help="A release (name@version) or an artifact "
-                                                "digest (sha256:<hex>).")],
+    target: Annotated[str, typer.Argument(help="A release (name@version), an artifact "
+                                                "digest (sha256:<hex>), or an exported bundle "
+                                                "FILE (`rebuild export`).")],
     policy: Annotated[Path | None, typer.Option("--policy", help="Policy file (TOML).")] = None,
     store: StoreOpt = None,
     json_out: JsonOpt = False,
     key: Annotated[list[Path] | None, typer.Option(
         "--key", help="Trusted public key (PREFIX.pub); repeatable.")] = None,
+    identity: Annotated[str | None, typer.Option(
+        "--certificate-identity", help="Trusted keyless signer: the certificate's identity "
+        "(e-mail address or URI), exactly.", metavar="ID", show_default=False)] = None,
+    issuer: Annotated[str | None, typer.Option(
+        "--certificate-oidc-issuer", help="The OIDC issuer of --certificate-identity.",
+        metavar="URL", show_default=False)] = None,
+    trust_config: TrustConfigOpt = None,
 ) -> None:
-    """Check a release's artifacts, signatures, subjects and provenance, offline."""
-    from rebuild.verify import keys_policy, load_policy, verify_release
+    """Check a release's artifacts, signatures, subjects and provenance, offline; or every
+    byte of an exported bundle FILE, then the release inside it (no store needed)."""
+    from dataclasses import replace
+
+    from rebuild.sign import load_keyless_identity
+    from rebuild.verify import keys_policy, load_policy, verify_bundle_file, verify_release
 
     opts = _opts(store, json_out)
     keys = key or ([OPTIONS.key] if OPTIONS.key else [])
-    rules = load_policy(policy) if policy else keys_policy(keys)
-    report = verify_release(Store(opts.store), target, rules)
+    if (identity is None) != (issuer is None) or (trust_config and identity is None):
+        raise UsageError("keyless verification takes --certificate-identity ID and "
+                         "--certificate-oidc-issuer URL together (and --trust-config FILE "
+                         "unless the signer used Sigstore's public-good instance)")
+    keyless = ([load_keyless_identity(identity, issuer, trust_config)]
+               if identity is not None and issuer is not None else [])
+    rules = (replace(load_policy(policy), keyless=tuple(keyless)) if policy
+             else keys_policy(keys, keyless))
+    if Path(target).is_file():
+        report = verify_bundle_file(Path(target), rules)
+    elif target.endswith((".tar", ".gz", ".tgz")) or "/" in target:
+        raise UsageError(f"{target}: no such bundle file")
+    else:
+        report = verify_release(Store(opts.store), target, rules)
     for check in report.checks:
         say(f"  {'ok  ' if check.ok else 'FAIL'} {check.name}: {check.detail}")
     say(f"{report.release or target}: {'VERIFIED' if report.ok else 'NOT VERIFIED'}")
@@ -383,6 +431,40 @@ def verify(
         emit(report.to_json())
     if not report.ok:
         raise typer.Exit(ExitCode.CLAIM_FAILED)
+
+
+@app.command("export")
+def export_cmd(
+    target: Annotated[str, typer.Argument(help="A release (name@version) or an artifact "
+                                                "digest (sha256:<hex>).")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="The bundle: a tar, "
+                                         "compressed when the name ends in .gz or .tgz.",
+                                         metavar="FILE")],
+    with_inputs: Annotated[bool, typer.Option(
+        "--with-inputs", help="Include the inputs (source, base image, wheels), so that the "
+        "release can be reproduced from the bundle alone.")] = False,
+    store: StoreOpt = None,
+    json_out: JsonOpt = False,
+    key: Annotated[list[Path] | None, typer.Option(
+        "--key", help="A signer's public key (PREFIX.pub), copied into the bundle and used "
+        "to check the evidence for the report; repeatable.")] = None,
+) -> None:
+    """Write one self-contained, byte-reproducible evidence bundle of a release."""
+    from rebuild.export import export_release
+
+    opts = _opts(store, json_out)
+    keys = key or ([OPTIONS.key] if OPTIONS.key else [])
+    if not keys:
+        say("warning: no --key: the bundle's report will not say whether the signatures "
+            "verify; pass the signers' public keys (PREFIX.pub)")
+    exported = export_release(Store(opts.store), target, output, keys=keys,
+                              with_inputs=with_inputs)
+    state = {True: "evidence verified", False: "evidence NOT verified",
+             None: "signatures not checked"}[exported.verified]
+    say(f"{exported.release}: wrote {output} ({exported.files} files, "
+        f"{'with' if with_inputs else 'without'} inputs; {state}); sha256 {exported.sha256}")
+    if opts.json:
+        emit(exported.to_json())
 
 
 @store_app.command("ls")

@@ -17,8 +17,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from securesystemslib.signer import Signer  # type: ignore[attr-defined]
-
 from rebuild import __version__
 from rebuild.attest import STATEMENT_MEDIA, attach_statement
 from rebuild.build import EPOCH_ANN, INPUTS_TYPE, ensure_loaded, release_artifacts
@@ -29,6 +27,7 @@ from rebuild.plan import plan_build
 from rebuild.provenance import STATEMENT_TYPE
 from rebuild.recipe import LoadedRecipe, parse_recipe
 from rebuild.sandbox import RunResult, Sandbox, connect, require_success
+from rebuild.sign import StatementSigner
 from rebuild.store import KIND, OCI_MANIFEST, REF_NAME, TITLE, Descriptor, Store
 from rebuild.verify import resolve_release
 
@@ -109,7 +108,7 @@ def stored_inputs(store: Store, release: Descriptor) -> StoredInputs:
 
 
 def reproduce(store: Store, target: str, *, runs: int = 1, cache_dir: Path,
-              signer: Signer | None = None, log: Log = lambda _: None,
+              signer: StatementSigner | None = None, log: Log = lambda _: None,
               debug: Log = lambda _: None) -> Verdict:
     """Rebuild `target` (a release or an artifact digest) from the store alone."""
     release = resolve_release(store, target)

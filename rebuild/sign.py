@@ -12,6 +12,9 @@ Two ways to sign:
   `dsseEnvelope` holds the signature, so `@sigstore/verify` and cosign can check them too;
 - keyless, with a CI's OIDC token: sigstore-python gets a Fulcio certificate and a Rekor entry,
   using the services and roots named in a Sigstore client trust config file.
+
+The pipeline signs through `StatementSigner`: a `KeySigner` or a `KeylessSigner`;
+`verify_signed` checks a bundle signed either way.
 """
 
 from __future__ import annotations
@@ -21,11 +24,14 @@ import binascii
 import hashlib
 import json
 import os
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric.ec import (
     SECP256R1,
@@ -64,10 +70,12 @@ from rebuild.store import canonical_json
 
 if TYPE_CHECKING:
     from sigstore.models import ClientTrustConfig
+    from sigstore.sign import Signer as SigstoreSigner
 
 BUNDLE_MEDIA_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
 IN_TOTO_PAYLOAD_TYPE = "application/vnd.in-toto+json"
 PASSPHRASE_ENV = "REBUILD_KEY_PASSPHRASE"  # noqa: S105 (a variable name, not a secret)
+ID_TOKEN_ENV = "SIGSTORE_ID_TOKEN"  # noqa: S105 (the variable cosign and GitLab use)
 
 Algorithm = Literal["ecdsa-p256", "ed25519"]
 SigningKey = EllipticCurvePrivateKey | Ed25519PrivateKey
@@ -85,11 +93,48 @@ class KeyPair:
 
 @dataclass(frozen=True)
 class Verified:
-    """What a verified bundle says, and which trusted key vouched for it."""
+    """What a verified bundle says, and which trusted key vouched for it.
+
+    For a keyless bundle, `keyid` is the id of the certificate's short-lived key and `identity`
+    the certificate's identity and issuer that the verifier trusted.
+    """
 
     statement: dict[str, Any]
     keyid: str
     payload_type: str
+    identity: KeylessIdentity | None = None
+
+
+@dataclass(frozen=True)
+class KeylessIdentity:
+    """Whom a keyless bundle must name: the certificate identity (its SAN: an e-mail address
+    or a URI) and OIDC issuer, and the trust config whose roots vouch for certificate and log.
+    `trust_config` None is Sigstore's public-good instance, as sigstore-python ships it."""
+
+    identity: str
+    issuer: str
+    trust_config: Path | None
+
+    def __str__(self) -> str:
+        return f"{self.identity} (issuer {self.issuer})"
+
+
+class StatementSigner(Protocol):
+    """What the pipeline signs with: a local key (`KeySigner`) or keyless (`KeylessSigner`)."""
+
+    @property
+    def identity(self) -> str:
+        """Who signs: the key id, or the certificate identity (SAN) of a keyless signer."""
+        ...
+
+    @property
+    def description(self) -> str:
+        """Who signs, for people."""
+        ...
+
+    def sign(self, statement: Mapping[str, Any]) -> bytes:
+        """The statement signed as a DSSE envelope in a Sigstore bundle v0.3 (canonical JSON)."""
+        ...
 
 
 # -- keys -----------------------------------------------------------------------------------
@@ -265,6 +310,24 @@ def sign_statement(statement: Mapping[str, Any], signer: Signer) -> bytes:
     return canonical_json(bundle)
 
 
+@dataclass(frozen=True)
+class KeySigner:
+    """Signs with a local key; `key` also signs in-toto links (rebuild.intoto)."""
+
+    key: Signer
+
+    @property
+    def identity(self) -> str:
+        return str(self.key.public_key.keyid)
+
+    @property
+    def description(self) -> str:
+        return f"key {_short(self.identity)}"
+
+    def sign(self, statement: Mapping[str, Any]) -> bytes:
+        return sign_statement(statement, self.key)
+
+
 def verify_bundle(data: bytes, trusted: Sequence[SSlibKey]) -> Verified:
     """Verify a key-signed bundle against the trusted keys; returns its statement."""
     bundle = _parse_bundle(data)
@@ -273,7 +336,8 @@ def verify_bundle(data: bytes, trusted: Sequence[SSlibKey]) -> Verified:
                           f"{IN_TOTO_PAYLOAD_TYPE!r}: it is not an in-toto statement.")
     if bundle.hint is None:
         raise ClaimFailed("bundle is not signed with a key (no verificationMaterial.publicKey); "
-                          "a keyless bundle needs keyless verification.")
+                          "a keyless bundle needs keyless verification: a certificate identity, "
+                          "its OIDC issuer and a trust config.")
     if bundle.signature_keyid not in (None, "", bundle.hint):
         raise ClaimFailed(f"bundle names key {_short(bundle.hint)} but its signature names key "
                           f"{_short(bundle.signature_keyid or '')}; the bundle is malformed.")
@@ -300,9 +364,18 @@ def read_bundle_statement(data: bytes) -> dict[str, Any]:
 # sigstore is imported inside these functions: it costs half a second at start-up, and only
 # keyless signing needs it.
 
+NO_TOKEN = (f"keyless signing needs an OIDC identity token and none was found: set "
+            f"{ID_TOKEN_ENV}, or run in a CI that provides one (GitHub Actions: `permissions: "
+            f"id-token: write`; GitLab: an `id_tokens` entry {ID_TOKEN_ENV} with `aud: "
+            "sigstore`).")
+
 
 def ambient_identity_token() -> str | None:
-    """The CI's OIDC token for keyless signing (GitHub Actions, GitLab, ...), if there is one."""
+    """The OIDC token for keyless signing: SIGSTORE_ID_TOKEN when set (as cosign reads it),
+    else the CI's ambient credential (GitHub Actions, GitLab, Buildkite, CircleCI, ...), if any."""
+    token = os.environ.get(ID_TOKEN_ENV)
+    if token:
+        return token
     from sigstore.oidc import IdentityError, detect_credential
 
     try:
@@ -312,36 +385,117 @@ def ambient_identity_token() -> str | None:
                            "job an id-token (GitHub: `permissions: id-token: write`).") from e
 
 
-def sign_keyless(statement: Mapping[str, Any], *, trust_config: Path,
+class KeylessSigner:
+    """Signs with short-lived Fulcio certificates for an OIDC identity and logs every signature
+    in Rekor (sigstore-python), with the services and roots of a client trust config (None:
+    Sigstore's public-good instance).
+
+    The certificate is requested when the signer is made, so that a missing or refused token
+    or an unreachable Fulcio fails before a build rather than after it. It signs every statement
+    until shortly before it expires (10 minutes at Fulcio, and a build can take longer); then a
+    fresh token from `identity_token` buys a new one.
+    """
+
+    RENEW_BEFORE = 60  # seconds of validity a certificate must have left to sign with it
+
+    def __init__(self, trust_config: Path | None,
+                 identity_token: Callable[[], str | None] = ambient_identity_token) -> None:
+        self._trust_config = trust_config
+        self._config = _load_trust_config(trust_config)  # a bad file fails before any build
+        self._identity_token = identity_token
+        self._signer, self._certificate, self._issuer = self._new_signer()
+
+    @property
+    def identity(self) -> str:
+        """The certificate's identity (every renewal in one CI job gets the same)."""
+        return _certificate_identity(self._certificate)
+
+    @property
+    def description(self) -> str:
+        return f"{self.identity} (keyless; OIDC issuer {self._issuer})"
+
+    def sign(self, statement: Mapping[str, Any]) -> bytes:
+        from sigstore import dsse
+
+        expires = self._certificate.not_valid_after_utc.timestamp()
+        if time.time() > expires - self.RENEW_BEFORE:
+            self._signer, self._certificate, self._issuer = self._new_signer()
+        with self._errors():
+            bundle = self._signer.sign_dsse(dsse.Statement(canonical_json(dict(statement))))
+        return canonical_json(json.loads(bundle.to_json()))
+
+    def _new_signer(self) -> tuple[SigstoreSigner, x509.Certificate, str]:
+        """A sigstore signer with a fresh key and its certificate, and the token's issuer."""
+        from sigstore.oidc import IdentityToken
+        from sigstore.sign import Signer as SigstoreSigner
+        from sigstore.sign import SigningContext
+
+        token = self._identity_token()
+        if token is None:
+            raise SigningError(NO_TOKEN)
+        with self._errors():
+            identity_token = IdentityToken(token)
+            # cache=True is required, not an optimization: it makes one key and requests its
+            # certificate now; without it sigstore-python 4.5 makes a fresh key on every use,
+            # so the certificate and the signature would disagree.
+            signer = SigstoreSigner(identity_token, SigningContext.from_trust_config(
+                self._config), cache=True)
+            # sigstore-python has no public accessor for the certificate it holds; this returns
+            # the cached one (checked against the CT log's SCT when it was issued).
+            certificate = signer._signing_cert()
+        return signer, certificate, identity_token.federated_issuer
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        from sigstore._internal.fulcio.client import ExpiredCertificate, FulcioClientError
+        from sigstore._internal.rekor import RekorClientError
+        from sigstore.errors import Error
+        from sigstore.oidc import ExpiredIdentity
+
+        try:
+            yield
+        except (Error, ExpiredIdentity, ExpiredCertificate, FulcioClientError,
+                RekorClientError, OSError, ValueError) as e:
+            # requests' errors are OSErrors; Fulcio's HTTP errors keep their reason in
+            # __cause__.
+            reason = str(e) or str(e.__cause__ or type(e).__name__)
+            raise SigningError(f"keyless signing failed ({type(e).__name__}): {reason}. Check "
+                               f"the identity token and that the services in "
+                               f"{_trust_config_name(self._trust_config)} are reachable."
+                               ) from e
+
+
+def sign_keyless(statement: Mapping[str, Any], *, trust_config: Path | None,
                  identity_token: str) -> bytes:
     """Sign a statement with a short-lived Fulcio certificate for `identity_token` and log it in
     Rekor (sigstore-python); returns the Sigstore bundle v0.3, canonical JSON."""
-    from sigstore import dsse
-    from sigstore._internal.fulcio.client import ExpiredCertificate, FulcioClientError
-    from sigstore._internal.rekor import RekorClientError
-    from sigstore.errors import Error
-    from sigstore.oidc import ExpiredIdentity, IdentityToken
-    from sigstore.sign import SigningContext
+    return KeylessSigner(trust_config, lambda: identity_token).sign(statement)
 
-    config = _load_trust_config(trust_config)
+
+def _certificate_identity(certificate: x509.Certificate) -> str:
+    """The identity a Fulcio certificate vouches for: its SAN e-mail address or URI."""
     try:
-        token = IdentityToken(identity_token)
-        context = SigningContext.from_trust_config(config)
-        # cache=True is required, not an optimization: without it sigstore-python 4.5 makes a
-        # fresh key on every use, so the certificate and the signature would disagree.
-        with context.signer(token, cache=True) as signer:
-            bundle = signer.sign_dsse(dsse.Statement(canonical_json(dict(statement))))
-    except (Error, ExpiredIdentity, ExpiredCertificate, FulcioClientError, RekorClientError,
-            OSError, ValueError) as e:
-        # requests' errors are OSErrors; Fulcio's HTTP errors keep their reason in __cause__.
-        reason = str(e) or str(e.__cause__ or type(e).__name__)
-        raise SigningError(f"keyless signing failed ({type(e).__name__}): {reason}. Check the "
-                           f"identity token and that the services in {trust_config} are "
-                           "reachable.") from e
-    return canonical_json(json.loads(bundle.to_json()))
+        san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound as e:
+        raise SigningError("the signing certificate from Fulcio has no subject alternative "
+                           "name, so no identity; check the trust config's CA URL.") from e
+    names = (san.get_values_for_type(x509.RFC822Name)
+             + san.get_values_for_type(x509.UniformResourceIdentifier))
+    if not names:
+        raise SigningError("the signing certificate from Fulcio names no e-mail address or "
+                           "URI identity; check the trust config's CA URL.")
+    return names[0]
 
 
-def verify_keyless(data: bytes, *, trust_config: Path, identity: str, issuer: str) -> Verified:
+def load_keyless_identity(identity: str, issuer: str, trust_config: Path | None
+                          ) -> KeylessIdentity:
+    """A keyless identity to trust, its trust config checked now (SigningError if unusable)."""
+    _load_trust_config(trust_config)
+    return KeylessIdentity(identity, issuer, trust_config)
+
+
+def verify_keyless(data: bytes, *, trust_config: Path | None, identity: str,
+                   issuer: str) -> Verified:
     """Verify a keyless bundle offline: certificate chain to the trusted Fulcio root, SCT, Rekor
     inclusion proof and promise, signer identity and OIDC issuer, DSSE signature.
 
@@ -369,13 +523,42 @@ def verify_keyless(data: bytes, *, trust_config: Path, identity: str, issuer: st
         raise ClaimFailed(f"bundle payload type is {payload_type!r}, not "
                           f"{IN_TOTO_PAYLOAD_TYPE!r}: it is not an in-toto statement.")
     return Verified(_statement(payload), keyid(bundle.signing_certificate.public_key()),
-                    payload_type)
+                    payload_type, KeylessIdentity(identity, issuer, trust_config))
 
 
-def _load_trust_config(path: Path) -> ClientTrustConfig:
+def verify_signed(data: bytes, *, keys: Sequence[SSlibKey],
+                  keyless: Sequence[KeylessIdentity] = ()) -> Verified:
+    """Verify a bundle signed either way: with one of the trusted keys, or keyless by one of
+    the trusted identities."""
+    if _parse_bundle(data).hint is not None or not keyless:
+        return verify_bundle(data, keys)
+    failures = []
+    for trusted in keyless:
+        try:
+            return verify_keyless(data, trust_config=trusted.trust_config,
+                                  identity=trusted.identity, issuer=trusted.issuer)
+        except ClaimFailed as e:
+            failures.append(str(e))
+    raise ClaimFailed("; ".join(failures))
+
+
+def _trust_config_name(path: Path | None) -> str:
+    return str(path) if path is not None else "Sigstore's public-good trust config"
+
+
+def _load_trust_config(path: Path | None) -> ClientTrustConfig:
     from sigstore.errors import Error
     from sigstore.models import ClientTrustConfig
 
+    if path is None:
+        # sigstore-python ships the public-good trusted root and signing config; offline, it
+        # uses that copy (or a newer one a previous online run cached) without asking TUF.
+        try:
+            return ClientTrustConfig.production(offline=True)
+        except (Error, OSError, ValueError) as e:
+            raise SigningError(f"cannot load Sigstore's public-good trust config as "
+                               f"sigstore-python ships it ({e}); pass --trust-config FILE."
+                               ) from e
     try:
         config = ClientTrustConfig.from_json(path.read_text())
         config.trusted_root  # noqa: B018 (validates the root now, not mid-signing)

@@ -42,7 +42,6 @@ AUDIENCE = "sigstore"
 OIDC_ISSUER_V1 = ObjectIdentifier("1.3.6.1.4.1.57264.1.1")  # raw bytes
 OIDC_ISSUER_V2 = ObjectIdentifier("1.3.6.1.4.1.57264.1.8")  # DER UTF8String
 SCT_LIST = ObjectIdentifier("1.3.6.1.4.1.11129.2.4.2")
-LOG_ORIGIN = "rekor.standin.invalid"
 
 
 def _der_spki(key: ec.EllipticCurvePublicKey) -> bytes:
@@ -143,8 +142,9 @@ class KeylessStandin:
 
     # -- trust config ------------------------------------------------------------------------
 
-    def trust_config(self) -> dict[str, Any]:
-        """A sigstore ClientTrustConfig v0.1 that trusts this stand-in and nothing else."""
+    def trusted_root(self) -> dict[str, Any]:
+        """Sigstore's TrustedRoot v0.1 JSON for this stand-in: its Fulcio CA, CT log and Rekor
+        keys (what `@sigstore/verify` and sigstore-python verify against)."""
         start = {"start": self.started.isoformat().replace("+00:00", "Z")}
 
         def log(key: ec.EllipticCurvePrivateKey) -> dict[str, Any]:
@@ -153,23 +153,29 @@ class KeylessStandin:
                                   "keyDetails": "PKIX_ECDSA_P256_SHA_256", "validFor": start},
                     "logId": {"keyId": _b64(_log_id(key.public_key()))}}
 
+        der = self.ca_cert.public_bytes(serialization.Encoding.DER)
+        return {
+            "mediaType": "application/vnd.dev.sigstore.trustedroot+json;version=0.1",
+            "tlogs": [log(self.rekor_key)],
+            "certificateAuthorities": [{
+                "subject": {"organization": "standin", "commonName": "standin-fulcio"},
+                "uri": self.url, "certChain": {"certificates": [{"rawBytes": _b64(der)}]},
+                "validFor": start}],
+            "ctlogs": [log(self.ct_key)],
+            "timestampAuthorities": [],
+        }
+
+    def trust_config(self) -> dict[str, Any]:
+        """A sigstore ClientTrustConfig v0.1 that trusts this stand-in and nothing else."""
+        start = {"start": self.started.isoformat().replace("+00:00", "Z")}
+
         def service() -> dict[str, Any]:
             return {"url": self.url, "majorApiVersion": 1, "validFor": start,
                     "operator": "standin"}
 
-        der = self.ca_cert.public_bytes(serialization.Encoding.DER)
         return {
             "mediaType": "application/vnd.dev.sigstore.clienttrustconfig.v0.1+json",
-            "trustedRoot": {
-                "mediaType": "application/vnd.dev.sigstore.trustedroot+json;version=0.1",
-                "tlogs": [log(self.rekor_key)],
-                "certificateAuthorities": [{
-                    "subject": {"organization": "standin", "commonName": "standin-fulcio"},
-                    "uri": self.url, "certChain": {"certificates": [{"rawBytes": _b64(der)}]},
-                    "validFor": start}],
-                "ctlogs": [log(self.ct_key)],
-                "timestampAuthorities": [],
-            },
+            "trustedRoot": self.trusted_root(),
             "signingConfig": {
                 "mediaType": "application/vnd.dev.sigstore.signingconfig.v0.2+json",
                 "caUrls": [service()],
@@ -294,10 +300,14 @@ class KeylessStandin:
         root = _root(leaves)
         promise = rfc8785.dumps({"body": _b64(body), "integratedTime": integrated_time,
                                  "logID": log_id, "logIndex": index})
-        note = f"{LOG_ORIGIN}\n{len(leaves)}\n{_b64(root)}\n"
+        # The note's signer is named after the log's address, as Rekor names its own
+        # ("rekor.sigstore.dev"): @sigstore/verify only accepts a checkpoint signature whose
+        # name is a substring of the trusted log's baseUrl (tlog/checkpoint.js).
+        name = self.url.removeprefix("http://")
+        note = f"{name}\n{len(leaves)}\n{_b64(root)}\n"
         note_signature = _log_id(self.rekor_key.public_key())[:4] + _sign(self.rekor_key,
                                                                           note.encode())
-        checkpoint = f"{note}\n\u2014 {LOG_ORIGIN} {_b64(note_signature)}\n"
+        checkpoint = f"{note}\n\u2014 {name} {_b64(note_signature)}\n"
         entry = {
             "body": _b64(body), "integratedTime": integrated_time, "logID": log_id,
             "logIndex": index,

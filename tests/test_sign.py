@@ -502,7 +502,7 @@ def test_keyless_bad_trust_config(standin: KeylessStandin, tmp_path: Path) -> No
 
 
 def test_ambient_identity_token(standin: KeylessStandin, monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in ("GITHUB_ACTIONS", "BUILDKITE", "GITLAB_CI", "CIRCLECI"):
+    for var in ("SIGSTORE_ID_TOKEN", "GITHUB_ACTIONS", "BUILDKITE", "GITLAB_CI", "CIRCLECI"):
         monkeypatch.delenv(var, raising=False)
     assert ambient_identity_token() is None
     token = standin.token("https://gitlab.example.com/jobs/1")
