@@ -12,36 +12,146 @@ Components: the release (metadata.component), each artifact (a file with its sha
 source, every Python package of the lock, the base image and every Debian package in it.
 Graph: release -> artifacts; artifact -> source, Python packages, image; image -> Debian
 packages.
+
+The Debian packages are most of the document and most of the time it takes (purls and the
+library's serializer). Their share depends on the image's package list only, so
+`render_debian` makes it ahead, while the build runs, and `make_sbom(facts, debian)` merges
+it into a BOM of the rest: the same bytes as one BOM of everything, which
+tests/test_evidence_formats.py checks.
+
+cyclonedx and packageurl are imported where they are used: they add a tenth of a second to
+the start of every `rebuild` command, and only a build needs them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import json
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
-
-from cyclonedx.model import HashAlgorithm, HashType, Property
-from cyclonedx.model.bom import Bom, BomMetaData
-from cyclonedx.model.component import Component, ComponentType
-from cyclonedx.model.tool import ToolRepository
-from cyclonedx.output.json import JsonV1Dot6
-from packageurl import PackageURL
+from typing import TYPE_CHECKING, Any
 
 from rebuild.image import DebPackage
 from rebuild.provenance import BuildFacts, Dependency, PyPackage, plain_json
 from rebuild.store import canonical_json
 
+if TYPE_CHECKING:
+    from cyclonedx.model import Property
+    from cyclonedx.model.bom import Bom
+    from cyclonedx.model.component import Component
+    from packageurl import PackageURL
+
 # Serial numbers are uuid5(SERIAL_NAMESPACE, canonical JSON of the sorted facts): stable for
 # the same facts, different for any other build. The namespace is fixed forever: changing it
 # changes every serial number.
 SERIAL_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://rebuild.dev/sbom/serial-number")
+IMAGE_REF = "image"
 
 
-def make_sbom(facts: BuildFacts) -> bytes:
-    """The release's CycloneDX 1.6 JSON, byte-identical for the same facts."""
+@dataclass(frozen=True)
+class DebianPart:
+    """The Debian packages' share of an SBOM, as cyclonedx renders it (JSON values, read-only).
+
+    `components` are the packages' components and `dependencies` the image's entry and the
+    packages' own, each in the library's order.
+    """
+
+    packages: tuple[DebPackage, ...]  # sorted as `sort_facts` sorts them
+    distro: str
+    components: tuple[Any, ...]
+    dependencies: tuple[Any, ...]
+
+
+def make_sbom(facts: BuildFacts, debian: DebianPart | None = None) -> bytes:
+    """The release's CycloneDX 1.6 JSON, byte-identical for the same facts.
+
+    `debian`, from `render_debian` for the facts' packages, saves rendering them again; a
+    part made for other packages is not used.
+    """
     facts = sort_facts(facts)
+    if debian is None or (debian.packages, debian.distro) != (facts.deb_packages,
+                                                              facts.debian_distro):
+        debian_components = [_debian_component(p, facts.debian_distro)
+                             for p in facts.deb_packages]
+        # Re-serialized canonically (design.md: JSON that is hashed is canonical), so that
+        # the SBOM's digest depends on its content, not on the library's key order or
+        # whitespace.
+        return canonical_json(_render(_release_bom(facts, debian_components)))
+    # Both BOMs list their components and dependencies in the library's order; merging keeps
+    # it (components: `_component_order`; dependencies: by ref, as BomRef compares). The path
+    # above is the reference: tests/test_evidence_formats.py checks both give the same bytes.
+    document = _render(_release_bom(facts, []))
+    document["components"] = list(heapq.merge(document["components"], debian.components,
+                                              key=_component_order))
+    document["dependencies"] = list(heapq.merge(
+        (d for d in document["dependencies"] if d["ref"] != IMAGE_REF), debian.dependencies,
+        key=lambda d: d["ref"]))
+    return canonical_json(document)
+
+
+def render_debian(packages: Sequence[DebPackage], distro: str) -> DebianPart:
+    """The Debian share of the SBOM of any release built on an image with these packages."""
+    from cyclonedx.model.bom import Bom
+    from cyclonedx.model.component import Component, ComponentType
+
+    packages = _sort_packages(packages)
+    # A stand-in for the image: only its bom-ref and its dependencies are kept.
+    image = Component(type=ComponentType.CONTAINER, name=IMAGE_REF, bom_ref=IMAGE_REF)
+    debian = [_debian_component(p, distro) for p in packages]
+    bom = Bom()
+    bom.components.update([image, *debian])
+    bom.register_dependency(image, debian)
+    document = _render(bom)
+    return DebianPart(
+        packages, distro,
+        components=tuple(c for c in document["components"] if c["bom-ref"] != IMAGE_REF),
+        dependencies=tuple(document["dependencies"]))
+
+
+def serial_number(facts: BuildFacts) -> uuid.UUID:
+    """A UUIDv5 of all the facts (sorted first, so that their order does not matter)."""
+    return uuid.uuid5(SERIAL_NAMESPACE, canonical_json(plain_json(sort_facts(facts))).decode())
+
+
+def sort_facts(facts: BuildFacts) -> BuildFacts:
+    """The same facts with every unordered collection in one order."""
+    return dataclasses.replace(
+        facts,
+        subjects=tuple(sorted(facts.subjects, key=lambda s: s.name)),
+        wheels=tuple(sorted(facts.wheels, key=lambda w: (w.name, w.uri))),
+        deb_packages=_sort_packages(facts.deb_packages),
+        py_packages=tuple(sorted(
+            (dataclasses.replace(p, sha256=tuple(sorted(p.sha256))) for p in facts.py_packages),
+            key=lambda p: (p.name, p.version))),
+    )
+
+
+def pypi_purl(package: PyPackage) -> PackageURL:
+    from packageurl import PackageURL
+
+    return PackageURL(type="pypi", name=package.name, version=package.version)
+
+
+def deb_purl(package: DebPackage, distro: str) -> PackageURL:
+    from packageurl import PackageURL
+
+    # purl-spec: pkg:deb/debian/NAME@VERSION?arch=ARCH&distro=debian-12 (an empty arch,
+    # from a dpkg record without one, is left out by packageurl).
+    return PackageURL(type="deb", namespace="debian", name=package.name,
+                      version=package.version,
+                      qualifiers={"arch": package.architecture, "distro": distro})
+
+
+def _release_bom(facts: BuildFacts, debian: Sequence[Component]) -> Bom:
+    """The BOM of the sorted `facts`, with `debian` as the image's packages."""
+    from cyclonedx.model import HashAlgorithm, HashType, Property
+    from cyclonedx.model.bom import Bom, BomMetaData
+    from cyclonedx.model.component import Component, ComponentType
+    from cyclonedx.model.tool import ToolRepository
+
     release = Component(
         type=ComponentType.APPLICATION, name=facts.name, version=facts.version,
         bom_ref=facts.release,
@@ -63,53 +173,41 @@ def make_sbom(facts: BuildFacts) -> bytes:
     source = Component(type=ComponentType.FILE, name=facts.source.name, bom_ref="source",
                        properties=_properties(facts.source, "rebuild:tree-digest"))
     # Likewise the image id is the digest of the image's config, not of an archive.
-    image = Component(type=ComponentType.CONTAINER, name=facts.image.name, bom_ref="image",
+    image = Component(type=ComponentType.CONTAINER, name=facts.image.name, bom_ref=IMAGE_REF,
                       properties=_properties(facts.image, "rebuild:image-id"))
     python = [_python_component(p) for p in facts.py_packages]
-    debian = [_debian_component(p, facts.debian_distro) for p in facts.deb_packages]
 
     bom.components.update([*artifacts, source, *python, image, *debian])
     bom.register_dependency(release, artifacts)
     for artifact in artifacts:
         bom.register_dependency(artifact, [source, *python, image])
     bom.register_dependency(image, debian)
-    # Re-serialized canonically (design.md: JSON that is hashed is canonical), so that the
-    # SBOM's digest depends on its content, not on the library's key order or whitespace.
-    return canonical_json(json.loads(JsonV1Dot6(bom).output_as_string()))
+    return bom
 
 
-def serial_number(facts: BuildFacts) -> uuid.UUID:
-    """A UUIDv5 of all the facts (sorted first, so that their order does not matter)."""
-    return uuid.uuid5(SERIAL_NAMESPACE, canonical_json(plain_json(sort_facts(facts))).decode())
+def _render(bom: Bom) -> Any:
+    from cyclonedx.output.json import JsonV1Dot6
+
+    return json.loads(JsonV1Dot6(bom).output_as_string())
 
 
-def sort_facts(facts: BuildFacts) -> BuildFacts:
-    """The same facts with every unordered collection in one order."""
-    return dataclasses.replace(
-        facts,
-        subjects=tuple(sorted(facts.subjects, key=lambda s: s.name)),
-        wheels=tuple(sorted(facts.wheels, key=lambda w: (w.name, w.uri))),
-        deb_packages=tuple(sorted(facts.deb_packages,
-                                  key=lambda p: (p.name, p.architecture, p.version))),
-        py_packages=tuple(sorted(
-            (dataclasses.replace(p, sha256=tuple(sorted(p.sha256))) for p in facts.py_packages),
-            key=lambda p: (p.name, p.version))),
-    )
+def _component_order(component: Any) -> tuple[Any, ...]:
+    """Where cyclonedx puts a component (JSON) among the components of this module: its
+    Component.__comparable_tuple begins (type, group, name, version, bom-ref), None last; none
+    of ours has a group, and bom-refs are unique, so nothing after them counts."""
+    version = component.get("version")
+    return component["type"], component["name"], version is None, version or "", \
+        component["bom-ref"]
 
 
-def pypi_purl(package: PyPackage) -> PackageURL:
-    return PackageURL(type="pypi", name=package.name, version=package.version)
-
-
-def deb_purl(package: DebPackage, distro: str) -> PackageURL:
-    # purl-spec: pkg:deb/debian/NAME@VERSION?arch=ARCH&distro=debian-12 (an empty arch,
-    # from a dpkg record without one, is left out by packageurl).
-    return PackageURL(type="deb", namespace="debian", name=package.name,
-                      version=package.version,
-                      qualifiers={"arch": package.architecture, "distro": distro})
+def _sort_packages(packages: Iterable[DebPackage]) -> tuple[DebPackage, ...]:
+    return tuple(sorted(packages, key=lambda p: (p.name, p.architecture, p.version)))
 
 
 def _python_component(package: PyPackage) -> Component:
+    from cyclonedx.model import HashAlgorithm, HashType
+    from cyclonedx.model.component import Component, ComponentType
+
     purl = pypi_purl(package)
     return Component(type=ComponentType.LIBRARY, name=package.name, version=package.version,
                      purl=purl, bom_ref=purl.to_string(),
@@ -118,12 +216,16 @@ def _python_component(package: PyPackage) -> Component:
 
 
 def _debian_component(package: DebPackage, distro: str) -> Component:
+    from cyclonedx.model.component import Component, ComponentType
+
     purl = deb_purl(package, distro)
     return Component(type=ComponentType.LIBRARY, name=package.name, version=package.version,
                      purl=purl, bom_ref=purl.to_string())
 
 
 def _properties(dependency: Dependency, digest_name: str) -> Iterable[Property]:
+    from cyclonedx.model import Property
+
     yield Property(name="rebuild:uri", value=dependency.uri)
     for algorithm, value in sorted(dependency.digest.items()):
         yield Property(name=digest_name, value=f"{algorithm}:{value}")

@@ -11,6 +11,8 @@ import dataclasses
 import hashlib
 import json
 import os
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -19,11 +21,12 @@ import pytest
 from cyclonedx.schema import SchemaVersion
 from cyclonedx.validation.json import JsonStrictValidator
 
+from rebuild.attest import build_statements, prepare_sbom
+from rebuild.image import DebPackage, StoredImage
 from rebuild.provenance import (
     BUILD_TYPE,
     BUILDER_ID,
     BuildFacts,
-    DebPackage,
     Dependency,
     PyPackage,
     Subject,
@@ -31,7 +34,13 @@ from rebuild.provenance import (
     make_provenance,
     make_test_result,
 )
-from rebuild.sbom import SERIAL_NAMESPACE, make_sbom, serial_number, sort_facts
+from rebuild.sbom import (
+    SERIAL_NAMESPACE,
+    make_sbom,
+    render_debian,
+    serial_number,
+    sort_facts,
+)
 from rebuild.store import canonical_json
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -281,3 +290,83 @@ def test_sbom_dependency_graph() -> None:
     assert graph["image"] == sorted(c["bom-ref"] for c in sbom_json()["components"]
                                     if c["bom-ref"].startswith("pkg:deb/"))
     assert graph["pkg:deb/debian/libcap2@1:2.66-4?arch=amd64&distro=debian-12"] == []
+
+
+# -- SBOM: the Debian share made ahead ----------------------------------------------------------
+# make_sbom(facts, debian) merges a part rendered by render_debian (while the build runs) into a
+# BOM of the rest; it must give the very bytes of one cyclonedx BOM of everything,
+# make_sbom(facts).
+
+# The 180 packages of rebuild/debian-c:bookworm, the image of the demo release (its
+# packages.json in the store).
+DEBIAN_C = tuple(DebPackage(**p) for p in json.loads(
+    (Path(__file__).parent / "data" / "debian-c-packages.json").read_text()))
+
+# Python and Debian packages that cyclonedx must interleave: equal names (the bom-ref decides),
+# versions that sort as strings, upper case, an empty architecture, two architectures.
+COLLIDING = dataclasses.replace(
+    FACTS,
+    deb_packages=(*FACTS.deb_packages, DebPackage("aaa", "1", ""),
+                  DebPackage("libcap2", "1:2.66-4", "i386"), DebPackage("zzz", "1.0", "amd64"),
+                  DebPackage("click", "8.1.7", "all")),
+    py_packages=(*FACTS.py_packages,
+                 PyPackage("tzdata", "2024a-0+deb12u1", (sha("tzdata"),)),
+                 PyPackage("libcap2", "1:2.66-3", (sha("libcap2"),)),
+                 PyPackage("base-files", "9", (sha("base-files"),)),
+                 PyPackage("Zope", "5.0", (sha("zope"),))),
+)
+
+
+def made_ahead(facts: BuildFacts) -> bytes:
+    return make_sbom(facts, render_debian(facts.deb_packages, facts.debian_distro))
+
+
+@pytest.mark.parametrize("facts", [
+    FACTS, shuffled(FACTS), COLLIDING, shuffled(COLLIDING),
+    dataclasses.replace(FACTS, deb_packages=()),
+    dataclasses.replace(FACTS, deb_packages=DEBIAN_C),
+    dataclasses.replace(FACTS, deb_packages=DEBIAN_C, py_packages=(), wheels=(),
+                        subjects=FACTS.subjects[:1], change=None),
+], ids=["golden", "golden-shuffled", "colliding", "colliding-shuffled", "no-debian",
+        "debian-c", "demo-release"])
+def test_sbom_with_debian_made_ahead_is_byte_identical(facts: BuildFacts) -> None:
+    assert made_ahead(facts) == make_sbom(facts)
+
+
+def test_sbom_with_debian_made_ahead_matches_golden() -> None:
+    check_golden("sbom.json", made_ahead(FACTS))
+
+
+def test_sbom_of_a_real_image_passes_the_strict_schema() -> None:
+    sbom = made_ahead(dataclasses.replace(FACTS, deb_packages=DEBIAN_C))
+    assert sum(c["bom-ref"].startswith("pkg:deb/") for c in json.loads(sbom)["components"]) == 180
+    errors = JsonStrictValidator(SchemaVersion.V1_6).validate_str(sbom.decode())
+    assert errors is None, errors
+
+
+def test_debian_part_does_not_depend_on_package_order() -> None:
+    assert render_debian(DEBIAN_C[::-1], "debian-12") == render_debian(DEBIAN_C, "debian-12")
+
+
+def test_debian_part_of_other_packages_is_not_used() -> None:
+    assert make_sbom(FACTS, render_debian(DEBIAN_C, "debian-12")) == make_sbom(FACTS)
+    assert make_sbom(FACTS, render_debian(FACTS.deb_packages, "debian-11")) == make_sbom(FACTS)
+
+
+def test_prepare_sbom_gives_the_statements_of_a_build_on_the_image() -> None:
+    image = StoredImage("rebuild/debian-c:bookworm@sha256:" + sha("image"),
+                        "sha256:" + sha("image"), "sha256:" + sha("manifest"),
+                        "sha256:" + sha("archive"), DEBIAN_C, cached=True)
+    facts = dataclasses.replace(FACTS, deb_packages=image.packages)
+    part = prepare_sbom(image).result(timeout=120)
+    assert build_statements(facts, passed_test_result(), part) == build_statements(
+        facts, passed_test_result())
+
+
+def test_cli_start_does_not_import_cyclonedx() -> None:
+    # They cost a tenth of a second at every start; only a build's evidence needs them.
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, rebuild.cli; print(sorted({m.split('.')[0] for m "
+         "in sys.modules} & {'cyclonedx', 'packageurl', 'sortedcontainers'}))"],
+        capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"
