@@ -549,6 +549,7 @@ def build_image(path: Path, store: Store, *, mirror_state: str | None,
 
 def load_archived(store: Store, image: StoredImage, load: Callable[[Path], str]) -> None:
     """Load an archived image into Docker, checking that it comes back with its id."""
+    store.init()  # a store unpacked from an export may lack the temporary directory
     with tempfile.TemporaryDirectory(dir=store.root / ".tmp") as tmp:
         archive = Path(tmp) / "image.tar"
         store.copy_out(image.archive, archive)
