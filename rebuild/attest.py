@@ -17,7 +17,7 @@ from typing import Any
 
 from rebuild import __version__
 from rebuild.compare import Artifact
-from rebuild.fetch import Inputs
+from rebuild.fetch import Inputs, LockedRequirement
 from rebuild.image import StoredImage
 from rebuild.intoto import intoto_keyid, link_filename, make_link
 from rebuild.plan import BuildPlan
@@ -25,6 +25,7 @@ from rebuild.provenance import (
     STATEMENT_TYPE,
     BuildFacts,
     Dependency,
+    PyPackage,
     Subject,
     digest_set,
     make_provenance,
@@ -61,7 +62,9 @@ class Evidence:
 
 def gather_facts(loaded: LoadedRecipe, inputs: Inputs, image: StoredImage, plan: BuildPlan,
                  artifacts: Sequence[Artifact], *, reproducible: bool, record: str,
-                 logs: Mapping[str, str], invocation_id: str) -> BuildFacts:
+                 logs: Mapping[str, str], invocation_id: str,
+                 requirements: Sequence[LockedRequirement] = ()) -> BuildFacts:
+    """`requirements`: the parsed python_lock, for the SBOM's Python packages."""
     recipe = loaded.recipe
     name, tag, image_id = parse_image_reference(plan.image)
     return BuildFacts(
@@ -76,9 +79,11 @@ def gather_facts(loaded: LoadedRecipe, inputs: Inputs, image: StoredImage, plan:
                           {"archive": inputs.source.archive}),
         image=Dependency(f"{name}:{tag}" if tag else name, f"docker-image:{plan.image}",
                          digest_set(image_id), {"archive": image.archive}),
-        wheels=(),
+        wheels=tuple(Dependency(f"wheels/{w.filename}", f"pkg:pypi/{w.name}@{w.version}",
+                                {"sha256": w.sha256}) for w in inputs.wheels),
         deb_packages=image.packages,
-        py_packages=(),
+        py_packages=tuple(PyPackage(r.name, r.version, tuple(sorted(r.hashes)))
+                          for r in requirements),
         source_date_epoch=plan.source_date_epoch,
         variations={run.name: run.describe() for run in plan.runs},
         subjects=tuple(Subject(a.name, a.sha256) for a in artifacts),
@@ -109,7 +114,7 @@ def build_link(facts: BuildFacts, command: Sequence[str],
         return None
     materials = {"recipe.toml": facts.recipe_digest, "source.tar": facts.source.annotations[
         "archive"], "image": facts.image.annotations["archive"]}
-    materials.update({f"wheels/{w.name}": f"sha256:{w.digest['sha256']}" for w in facts.wheels})
+    materials.update({w.name: f"sha256:{w.digest['sha256']}" for w in facts.wheels})
     link = make_link("build", materials={k: v.removeprefix("sha256:")
                                          for k, v in materials.items()},
                      products={s.name: s.sha256 for s in facts.subjects},

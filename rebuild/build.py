@@ -33,7 +33,7 @@ from rebuild.compare import (
 )
 from rebuild.errors import BuildFailed, ClaimFailed, StoreError
 from rebuild.explain import Blame, Explanation, explain_differences
-from rebuild.fetch import Inputs, export_wheels, fetch_inputs
+from rebuild.fetch import Inputs, export_wheels, fetch_inputs, parse_lock
 from rebuild.image import IMAGE_ID_ANN, StoredImage, find_image, load_archived, stored_image
 from rebuild.plan import BuildPlan, RunPlan, plan_build, plan_run
 from rebuild.provenance import Subject, make_test_result
@@ -182,7 +182,8 @@ def twin_build(loaded: LoadedRecipe, store: Store, *, cache_dir: Path,
                         for d in differences)
         test = None
         if not differences and loaded.recipe.test is not None:
-            test = _run_test(sandbox, store, loaded, plan, source_tar, results[0], a, log)
+            test = _run_test(sandbox, store, loaded, plan, source_tar, wheels, results[0], a,
+                             log)
         release = None
         if not differences and (test is None or test.passed):
             release = _store_release(store, plan, a)
@@ -194,7 +195,9 @@ def twin_build(loaded: LoadedRecipe, store: Store, *, cache_dir: Path,
     facts = gather_facts(loaded, fetched, image, plan, a, reproducible=not differences,
                          record=record, logs={run.name: log for run, log in
                                               zip(plan.runs, logs, strict=True)},
-                         invocation_id=attempt.digest)
+                         invocation_id=attempt.digest,
+                         requirements=parse_lock(store.read_bytes(fetched.python_lock).decode())
+                         if fetched.python_lock else ())
     statements, sbom = build_statements(facts, test.statement if test else None,
                                         sbom_part.result())
     link = build_link(facts, loaded.recipe.build.command, signer) if signer else None
@@ -249,13 +252,15 @@ class TestRun:
 
 
 def _run_test(sandbox: Sandbox, store: Store, loaded: LoadedRecipe, plan: BuildPlan,
-              source_tar: Path, built: RunResult, artifacts: Sequence[Artifact],
-              log: Log) -> TestRun:
-    """Run the recipe's [test] command in a fresh baseline sandbox, over run a's outputs."""
+              source_tar: Path, wheels: Path | None, built: RunResult,
+              artifacts: Sequence[Artifact], log: Log) -> TestRun:
+    """Run the recipe's [test] command in a fresh baseline sandbox, over run a's outputs,
+    with the same locked Python packages as the build."""
     assert loaded.recipe.test is not None
     command = loaded.recipe.test.command
-    run = plan_run(loaded.recipe, "test", (), plan.source_date_epoch, command=command)
-    result = sandbox.run(run, source_tar, outputs=built.out_dir)
+    run = plan_run(loaded.recipe, "test", (), plan.source_date_epoch, command=command,
+                   wheels=plan.runs[0].wheels)
+    result = sandbox.run(run, source_tar, outputs=built.out_dir, wheels=wheels)
     passed = result.exit_code == 0 and not result.timed_out
     log(f"test: {'passed' if passed else 'FAILED'} (exit {result.exit_code}, "
         f"{result.seconds:.1f} s)")

@@ -384,6 +384,33 @@ def approve_cmd(
 
 
 @app.command()
+def show(
+    target: Annotated[str, typer.Argument(help="A release (name@version) or an artifact "
+                                                "digest (sha256:<hex>).")],
+    policy: Annotated[Path | None, typer.Option("--policy", help="Policy file (TOML).")] = None,
+    store: StoreOpt = None,
+    json_out: JsonOpt = False,
+    key: Annotated[list[Path] | None, typer.Option(
+        "--key", help="Trusted public key (PREFIX.pub); repeatable. Without keys nothing is "
+        "shown as verified.")] = None,
+) -> None:
+    """The release's story: what, from what, by whom, how checked, who approved."""
+    from rebuild.report import release_story, render_text
+    from rebuild.sign import load_public_key
+    from rebuild.verify import Policy, load_policy
+
+    opts = _opts(store, json_out)
+    keys = key or ([OPTIONS.key] if OPTIONS.key else [])
+    rules = load_policy(policy) if policy else (
+        Policy(tuple(load_public_key(k) for k in keys)) if keys else Policy(()))
+    story = release_story(Store(opts.store), target, rules)
+    if opts.json:
+        emit(story)
+    else:
+        print(render_text(story), end="")
+
+
+@app.command()
 def verify(
     target: Annotated[str, typer.Argument(help="A release (name@version), an artifact "
                                                 "digest (sha256:<hex>), or an exported bundle "

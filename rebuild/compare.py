@@ -2,26 +2,42 @@
 
 Outputs are read from a run's `/out` without ever following a link (a build could point one
 at a host file). Equal hashes end the comparison; diffoscope runs only on files that differ,
-bounded in time and report size.
+bounded in time and report size, and writes each report as text, HTML and JSON. Archives are
+compared member by member first, so that diffoscope sees only the members that differ.
 """
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import hashlib
+import html
+import io
+import json
+import lzma
 import os
 import re
 import shutil
+import signal
 import stat
 import subprocess
-from collections.abc import Mapping, Sequence
+import tarfile
+import tempfile
+import zipfile
+import zlib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
-from rebuild.errors import BuildFailed
+from rebuild.errors import BuildFailed, UsageError
 from rebuild.store import CHUNK
 
 DIFFOSCOPE_TIMEOUT = 120  # seconds per differing file
-DIFFOSCOPE_MAX_REPORT = 4 << 20  # bytes of text report
+DIFFOSCOPE_MAX_REPORT = 4 << 20  # bytes of each report (text, HTML, JSON)
+# Lines fed to diff(1): a hexdump of 800 KB of binary. Its default (4 Mi lines) let two 28 MB
+# random files run for minutes; the reports are cut far below what more lines would show.
+DIFFOSCOPE_MAX_DIFF_INPUT = 50_000
 
 
 @dataclass(frozen=True)
@@ -112,29 +128,347 @@ def compare_artifacts(a: Sequence[Artifact], b: Sequence[Artifact]) -> tuple[Dif
                  or by_a[n].sha256 != by_b[n].sha256)
 
 
+# -- reports ---------------------------------------------------------------------------------
+#
+# Each differing output gets diffoscope's text, HTML and JSON reports, bounded in time and
+# size. An archive (tar, compressed tar, zip) is read member by member in Python first: only
+# the members whose content differs are extracted and given to diffoscope, next to a listing
+# of every member's metadata, so a 150 MB archive with one changed member takes seconds
+# where diffoscope on the whole archives took minutes (notes/libraries.md).
+
+COMPRESSION_MAGIC = {b"\x1f\x8b": "gz", b"BZh": "bz2", b"\xfd7zXZ\x00": "xz"}
+ARCHIVE_ERRORS = (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError, ValueError,
+                  zlib.error, lzma.LZMAError)
+LISTING = "listing.txt"
+
+
+@dataclass(frozen=True)
+class DiffReports:
+    """One difference reported three ways, as diffoscope writes them."""
+
+    text: bytes
+    html: bytes
+    json: bytes
+
+
+@dataclass(frozen=True)
+class Member:
+    """One archive member: a listing line of its metadata, and its content's hash."""
+
+    key: str  # its name, made unique when an archive holds a name twice
+    line: str
+    sha256: str | None  # None: not a regular file (its listing line says all)
+
+
 def diff_report(diff: Difference, *, timeout: int = DIFFOSCOPE_TIMEOUT) -> bytes:
-    """A text report of one difference: diffoscope's, bounded; a plain note without it."""
+    """The text report of one difference (see `diff_reports`)."""
+    return diff_reports(diff, timeout=timeout).text
+
+
+def diff_reports(diff: Difference, *, timeout: int = DIFFOSCOPE_TIMEOUT,
+                 max_report_size: int = DIFFOSCOPE_MAX_REPORT) -> DiffReports:
+    """Text, HTML and JSON reports of one difference; plain notes where diffoscope can't."""
     if diff.a is None or diff.b is None:
         present = "a" if diff.a is not None else "b"
-        return f"{diff.name}: only run {present} produced this output\n".encode()
+        return note_reports(diff.name, f"{diff.name}: only run {present} produced this output")
     header = (f"--- a/{diff.name}\tsha256:{diff.a.sha256}\n"
               f"+++ b/{diff.name}\tsha256:{diff.b.sha256}\n").encode()
+    if diff.a.link is not None or diff.b.link is not None:
+        return note_reports(diff.name, f"link a -> {diff.a.link}\nlink b -> {diff.b.link}",
+                            header)
     diffoscope = shutil.which("diffoscope")
     if diffoscope is None:
-        return header + b"(diffoscope is not installed: apt-get install -y diffoscope-minimal)\n"
-    if diff.a.link is not None or diff.b.link is not None:
-        return header + f"link a -> {diff.a.link}\nlink b -> {diff.b.link}\n".encode()
-    command = [diffoscope, "--text", "-", "--text-color", "never", "--no-progress",
-               "--timeout", str(timeout), "--max-report-size", str(DIFFOSCOPE_MAX_REPORT),
-               "--exclude-directory-metadata", "yes", str(diff.a.path), str(diff.b.path)]
+        return note_reports(diff.name, "(diffoscope is not installed: apt-get install -y "
+                            "diffoscope-minimal)", header)
+    with tempfile.TemporaryDirectory(prefix="rebuild-diff-") as tmp:
+        work = Path(tmp)
+        left, right, summary = diff.a.path, diff.b.path, ""
+        kind = archive_kind(diff.a.path)
+        if kind is not None and kind == archive_kind(diff.b.path):
+            try:
+                summary = stage_archives(kind, diff.a.path, diff.b.path, work / "a", work / "b")
+                left, right = work / "a", work / "b"
+            except ARCHIVE_ERRORS as exc:
+                summary = (f"(could not read the {kind} archives member by member: {exc}; "
+                           "diffoscope compares them whole)\n")
+        reports = _run_diffoscope(diffoscope, left, right, diff.name, work, timeout,
+                                  max_report_size)
+    return DiffReports(header + summary.encode() + reports.text, reports.html, reports.json)
+
+
+def note_reports(name: str, note: str, header: bytes = b"") -> DiffReports:
+    """Reports that carry a note only, in the three formats."""
+    text = header + note.encode() + b"\n"
+    page = (f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(name)}'
+            f"</title></head><body><pre>{html.escape(text.decode(errors='replace'))}</pre>"
+            "</body></html>\n")
+    document = {"diffoscope-json-version": 1, "source1": f"a/{name}", "source2": f"b/{name}",
+                "unified_diff": None, "comments": note.splitlines(), "details": []}
+    return DiffReports(text, page.encode(), json.dumps(document, indent=2).encode() + b"\n")
+
+
+def _run_diffoscope(tool: str, left: Path, right: Path, name: str, work: Path, timeout: int,
+                    limit: int) -> DiffReports:
+    files = {fmt: work / f"report.{fmt}" for fmt in ("text", "html", "json")}
+    # Report files are named relative to `work` (the cwd): the HTML title shows the command.
+    command = [tool, "--text", files["text"].name, "--html", files["html"].name,
+               "--json", files["json"].name, "--text-color", "never", "--no-progress",
+               "--timeout", str(timeout), "--max-report-size", str(limit),
+               "--max-text-report-size", str(limit), "--max-page-size", str(limit),
+               "--max-diff-input-lines", str(DIFFOSCOPE_MAX_DIFF_INPUT),
+               "--exclude-directory-metadata", "yes", "--new-file", str(left), str(right)]
+    # A session of its own, so that a timeout kills its helpers (xxd, diff, …) too.
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=work,
+                          start_new_session=True,
+                          env={"PATH": os.environ.get("PATH", ""), "LC_ALL": "C.UTF-8",
+                               "TZ": "UTC", "HOME": "/nonexistent"}) as proc:
+        try:
+            _, stderr = proc.communicate(timeout=timeout + 30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            return note_reports(name, f"(diffoscope did not finish within {timeout + 30} s)")
+    # Host paths out, a/NAME and b/NAME in: reports must not depend on where they were made.
+    swaps: dict[str, Callable[[str], str]] = {
+        "text": str, "html": html.escape, "json": lambda s: json.dumps(s)[1:-1]}
+    out: dict[str, bytes] = {}
+    for fmt, path in files.items():
+        data = path.read_bytes() if path.is_file() else b""
+        quote = swaps[fmt]
+        for side, host in (("a", left), ("b", right)):
+            data = data.replace(quote(str(host)).encode(), quote(f"{side}/{name}").encode())
+        out[fmt] = data
+    failed = proc.returncode not in (0, 1)
+    problem = f"(diffoscope failed: {stderr.strip()[-2000:].decode(errors='replace')})"
+    if failed or len(out["json"]) > limit or not out["json"]:
+        fallback = note_reports(name, problem if failed else
+                                f"(the JSON report is over {limit} bytes or missing: see the "
+                                "text report)")
+        out["json"] = fallback.json
+        out["html"] = out["html"] if out["html"] and not failed else fallback.html
+    if len(out["text"]) > limit:  # diffoscope's own cut counts characters, not bytes
+        out["text"] = out["text"][:limit] + f"\n[report cut at {limit} bytes]\n".encode()
+    if failed:
+        out["text"] += f"\n{problem}\n".encode()
+    return DiffReports(out["text"], out["html"], out["json"])
+
+
+def archive_kind(path: Path) -> str | None:
+    """"tar", "tar.gz", "tar.bz2", "tar.xz" or "zip" when `path` is one, else None."""
     try:
-        result = subprocess.run(command, capture_output=True, timeout=timeout + 30, check=False,
-                                env={"PATH": os.environ.get("PATH", ""), "LC_ALL": "C.UTF-8",
-                                     "TZ": "UTC", "HOME": "/nonexistent"})
-    except subprocess.TimeoutExpired:
-        return header + f"(diffoscope did not finish within {timeout + 30} s)\n".encode()
-    report = result.stdout.replace(str(diff.a.path).encode(), f"a/{diff.name}".encode())
-    report = report.replace(str(diff.b.path).encode(), f"b/{diff.name}".encode())
-    if result.returncode not in (0, 1):
-        report += b"\n(diffoscope failed: " + result.stderr.strip()[-2000:] + b")\n"
-    return header + report
+        with path.open("rb") as f:
+            head = f.read(512)
+        if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
+            return "zip" if zipfile.is_zipfile(path) else None
+        compression = _compression(head)
+        if compression is not None:
+            with _open_tar_stream(path) as stream:
+                head = stream.read(512)
+        if head[257:262] != b"ustar":
+            return None
+        return "tar" if compression is None else f"tar.{compression}"
+    except ARCHIVE_ERRORS:
+        return None
+
+
+def stage_archives(kind: str, a: Path, b: Path, dest_a: Path, dest_b: Path) -> str:
+    """Lay out two archives for diffoscope: a listing, and the members whose content differs.
+
+    Returns a summary for the top of the text report.
+    """
+    listed = [_list_zip(p) if kind == "zip" else _list_tar(p) for p in (a, b)]
+    (head_a, members_a), (head_b, members_b) = listed
+    by_a = {m.key: m for m in members_a}
+    by_b = {m.key: m for m in members_b}
+    keys = [m.key for m in members_a] + [m.key for m in members_b if m.key not in by_a]
+    differ = [k for k in keys if (k in by_a) != (k in by_b)
+              or (by_a[k].sha256 != by_b[k].sha256)]
+    for path, dest, head, members in ((a, dest_a, head_a, members_a),
+                                      (b, dest_b, head_b, members_b)):
+        dest.mkdir()
+        notes = _extract_members(kind, path, dest, set(differ))
+        lines = [*head, *notes, *(m.line for m in members)]
+        (dest / LISTING).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    shown = ", ".join(differ[:20]) + (f" and {len(differ) - 20} more" if len(differ) > 20
+                                       else "")
+    return (f"{kind} archive: {len(members_a)} member(s) in a, {len(members_b)} in b; "
+            f"content differs in {len(differ)}: {shown or 'none (metadata only)'}; "
+            f"{LISTING} compares every member's metadata\n")
+
+
+class _HashingReader:
+    """A read-only stream that hashes what passes through it (the decompressed tar)."""
+
+    def __init__(self, raw: io.BufferedIOBase) -> None:
+        self.raw = raw
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n)
+        self.digest.update(data)
+        self.size += len(data)
+        return data
+
+    def drain(self) -> None:
+        while self.read(CHUNK):
+            pass
+
+
+def _compression(head: bytes) -> str | None:
+    return next((c for magic, c in COMPRESSION_MAGIC.items() if head.startswith(magic)), None)
+
+
+def _open_tar_stream(path: Path) -> io.BufferedIOBase:
+    """The tar inside `path`, decompressed as it is read."""
+    with path.open("rb") as f:
+        compression = _compression(f.read(8))
+    if compression == "gz":
+        return gzip.open(path, "rb")
+    if compression == "bz2":
+        return bz2.open(path, "rb")
+    if compression == "xz":
+        return lzma.open(path, "rb")
+    return path.open("rb")
+
+
+def _list_tar(path: Path) -> tuple[list[str], list[Member]]:
+    head = [f"archive: sha256:{_sha256_path(path)} {path.stat().st_size} bytes"]
+    with path.open("rb") as f:
+        if f.read(2) == b"\x1f\x8b":
+            head.append(_gzip_header(path))
+    members: list[Member] = []
+    seen: dict[str, int] = {}
+    with _open_tar_stream(path) as raw:
+        reader = _HashingReader(raw)
+        with tarfile.open(fileobj=reader, mode="r|") as tar:  # type: ignore[call-overload]
+            for info in tar:
+                key = _unique(info.name, seen)
+                sha = None
+                if info.isreg():
+                    digest = hashlib.sha256()
+                    extracted = tar.extractfile(info)
+                    assert extracted is not None
+                    while chunk := extracted.read(CHUNK):
+                        digest.update(chunk)
+                    sha = digest.hexdigest()
+                members.append(Member(key, _tar_line(info, sha), sha))
+        reader.drain()
+    head.append(f"tar stream: sha256:{reader.digest.hexdigest()} {reader.size} bytes")
+    return head, members
+
+
+def _tar_line(info: tarfile.TarInfo, sha: str | None) -> str:
+    kinds = {tarfile.REGTYPE: "-", tarfile.AREGTYPE: "-", tarfile.DIRTYPE: "d",
+             tarfile.SYMTYPE: "l", tarfile.LNKTYPE: "h", tarfile.CHRTYPE: "c",
+             tarfile.BLKTYPE: "b", tarfile.FIFOTYPE: "p"}
+    line = (f"{kinds.get(info.type, '?')}{stat.filemode(info.mode)[1:]} "
+            f"{info.uid}/{info.gid} {info.uname or '-'}/{info.gname or '-'} {info.size:>10} "
+            f"{info.mtime} {info.name}")
+    if info.linkname:
+        line += f" -> {info.linkname}"
+    if info.pax_headers:
+        line += " pax:" + ",".join(f"{k}={v}" for k, v in sorted(info.pax_headers.items()))
+    return line + (f" sha256:{sha[:16]}" if sha else "")
+
+
+def _gzip_header(path: Path) -> str:
+    with path.open("rb") as f:
+        fixed = f.read(10)
+        name = b""
+        if fixed[3] & 0x08:  # FNAME: a NUL-terminated original file name follows
+            if fixed[3] & 0x04:  # FEXTRA comes first
+                f.read(int.from_bytes(f.read(2), "little"))
+            while (c := f.read(1)) not in (b"", b"\0"):
+                name += c
+    mtime = int.from_bytes(fixed[4:8], "little")
+    return (f"gzip header: mtime {mtime}, name {name.decode(errors='replace') or '-'}, "
+            f"flags {fixed[3]:#04x}, xfl {fixed[8]}, os {fixed[9]}")
+
+
+def _list_zip(path: Path) -> tuple[list[str], list[Member]]:
+    head = [f"archive: sha256:{_sha256_path(path)} {path.stat().st_size} bytes"]
+    members: list[Member] = []
+    seen: dict[str, int] = {}
+    with zipfile.ZipFile(path) as zf:
+        head.append(f"zip comment: {zf.comment!r}")
+        for info in zf.infolist():
+            key = _unique(info.filename, seen)
+            sha = None
+            if not info.is_dir():
+                digest = hashlib.sha256()
+                with zf.open(info) as member:
+                    while chunk := member.read(CHUNK):
+                        digest.update(chunk)
+                sha = digest.hexdigest()
+            mode = stat.filemode(info.external_attr >> 16) if info.external_attr >> 16 else "-"
+            line = (f"{mode} {info.file_size:>10} {info.date_time} crc {info.CRC:08x} "
+                    f"method {info.compress_type} system {info.create_system} "
+                    f"version {info.create_version} extra {info.extra.hex() or '-'} "
+                    f"{info.filename}")
+            if info.comment:
+                line += f" comment {info.comment!r}"
+            members.append(Member(key, line + (f" sha256:{sha[:16]}" if sha else ""), sha))
+    return head, members
+
+
+def _extract_members(kind: str, path: Path, dest: Path, keys: set[str]) -> list[str]:
+    """Write the named members' content under dest/members; returns notes on what failed."""
+    if not keys:
+        return []
+    notes: list[str] = []
+    seen: dict[str, int] = {}
+
+    def write(key: str, stream: IO[bytes]) -> None:
+        target = _member_path(dest, key)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with target.open("xb") as out:
+                shutil.copyfileobj(stream, out, CHUNK)
+        except OSError as exc:
+            notes.append(f"(member {key} not extracted for comparison: {exc.strerror})")
+
+    if kind == "zip":
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                key = _unique(info.filename, seen)
+                if key in keys and not info.is_dir():
+                    with zf.open(info) as member:
+                        write(key, member)
+        return notes
+    with _open_tar_stream(path) as raw, tarfile.open(fileobj=raw, mode="r|") as tar:
+        for entry in tar:
+            key = _unique(entry.name, seen)
+            if key in keys and entry.isreg():
+                extracted = tar.extractfile(entry)
+                assert extracted is not None
+                write(key, extracted)
+    return notes
+
+
+def _member_path(dest: Path, key: str) -> Path:
+    # Never outside dest: no absolute paths, and ".." becomes a plain name.
+    parts = [p if p != ".." else "__" for p in key.split("/") if p not in ("", ".")]
+    return dest.joinpath("members", *(parts or ["__unnamed__"]))
+
+
+def _unique(name: str, seen: dict[str, int]) -> str:
+    seen[name] = seen.get(name, 0) + 1
+    return name if seen[name] == 1 else f"{name}#{seen[name]}"
+
+
+def _sha256_path(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def keep_outputs(out_dirs: Mapping[str, Path], dest: Path) -> None:
+    """Copy each run's /out tree to dest/<run> (`rebuild build --keep DIR`), links as links."""
+    for run, out_dir in out_dirs.items():
+        target = dest / run
+        if target.exists():
+            raise UsageError(f"--keep: {target} already exists; remove it or keep elsewhere")
+        shutil.copytree(out_dir, target, symlinks=True)

@@ -16,6 +16,16 @@ from rebuild.variations import RunSettings, apply_variations, describe
 FAKETIME_LIB = "/usr/lib/rebuild/faketime/libfaketime.so.1"
 LOCALE_DIR = "/usr/lib/rebuild/locale"
 OUT_DIR = "/out"
+# A build with a python_lock: the wheels and the lock are mounted here (read-only), and are
+# installed offline into a venv on the tmpfs, at the same path in every run.
+WHEELS_DIR = "/usr/lib/rebuild/wheels"
+WHEELS_LOCK_NAME = "python.lock.txt"
+VENV_DIR = "/tmp/rebuild-venv"
+CREATE_VENV = f"python3 -m venv {VENV_DIR}"
+INSTALL_WHEELS = (
+    f"PIP_CONFIG_FILE=/dev/null {VENV_DIR}/bin/pip install --quiet --no-cache-dir "
+    f"--disable-pip-version-check --no-index --find-links {WHEELS_DIR} --require-hashes "
+    f"-r {WHEELS_DIR}/{WHEELS_LOCK_NAME}")
 
 
 @dataclass(frozen=True)
@@ -31,6 +41,8 @@ class RunPlan:
     timeout: int
     memory: str
     pids_limit: int = 1024
+    # Wheel files to install into a venv before the command (None: no python_lock, no venv).
+    wheels: tuple[str, ...] | None = None
 
     @property
     def user(self) -> str:
@@ -39,7 +51,11 @@ class RunPlan:
     @property
     def argv(self) -> tuple[str, ...]:
         # Docker has no umask option: set it in a shell, then exec the recipe's argv as is.
-        return ("/bin/sh", "-c", 'umask "$0" && exec "$@"', self.settings.umask, *self.command)
+        steps = ['umask "$0"']
+        if self.wheels is not None:  # a python_lock: its venv, with exactly the locked wheels
+            steps += [CREATE_VENV, INSTALL_WHEELS] if self.wheels else [CREATE_VENV]
+        script = " && ".join([*steps, 'exec "$@"'])
+        return ("/bin/sh", "-c", script, self.settings.umask, *self.command)
 
     def describe(self) -> dict[str, str]:
         return describe(self.variations)
@@ -78,22 +94,31 @@ def run_environment(settings: RunSettings, source_date_epoch: int,
 
 
 def plan_run(recipe: Recipe, name: str, variations: tuple[str, ...],
-             source_date_epoch: int, command: tuple[str, ...] | None = None) -> RunPlan:
+             source_date_epoch: int, command: tuple[str, ...] | None = None, *,
+             wheels: tuple[str, ...] | None = None) -> RunPlan:
     settings = apply_variations(RunSettings(), variations)
+    env = run_environment(settings, source_date_epoch, recipe.build.env)
+    if wheels is not None:
+        env.update(PATH=f"{VENV_DIR}/bin:{env['PATH']}", VIRTUAL_ENV=VENV_DIR)
     return RunPlan(
         name=name,
         variations=variations,
         settings=settings,
         image=recipe.environment.image,
         command=command or recipe.build.command,
-        env=run_environment(settings, source_date_epoch, recipe.build.env),
+        env=env,
         timeout=recipe.build.timeout,
         memory=recipe.build.memory,
+        wheels=wheels,
     )
 
 
-def plan_build(recipe: Recipe, source_date_epoch: int) -> BuildPlan:
-    """Run A is the baseline; run B differs in every variation the recipe enables."""
+def plan_build(recipe: Recipe, source_date_epoch: int, *,
+               wheels: tuple[str, ...] | None = None) -> BuildPlan:
+    """Run A is the baseline; run B differs in every variation the recipe enables.
+
+    `wheels` (from `Inputs.wheel_files`): both runs install them into a venv first.
+    """
     variations = recipe.variations
     return BuildPlan(
         release=recipe.release,
@@ -101,6 +126,6 @@ def plan_build(recipe: Recipe, source_date_epoch: int) -> BuildPlan:
         outputs=recipe.build.outputs,
         source_date_epoch=source_date_epoch,
         variations=variations,
-        runs=(plan_run(recipe, "a", (), source_date_epoch),
-              plan_run(recipe, "b", variations, source_date_epoch)),
+        runs=(plan_run(recipe, "a", (), source_date_epoch, wheels=wheels),
+              plan_run(recipe, "b", variations, source_date_epoch, wheels=wheels)),
     )

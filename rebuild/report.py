@@ -392,10 +392,18 @@ def _by_whom(story: Story) -> list[tuple[str, str]]:
                                                          .items()))
         rows.append(("Builder", f"{provenance['builder']['id']} ({version})"))
         rows.append(("Build type", str(provenance["build_type"])))
+    unchecked = 0
     for evidence in story["evidence"]:
+        statuses = {s["signature"].get("status") for s in evidence["statements"]}
+        if statuses == {"untrusted"}:
+            unchecked += 1  # signed by a key the reader did not give: summed up below
+            continue
         kinds = "; ".join(f"{s['kind']}: {_signature_text(s['signature'])}"
                           for s in evidence["statements"])
         rows.append(("Evidence signed by", f"{evidence['signer'] or 'nobody'} — {kinds}"))
+    if unchecked:
+        rows.append(("Other evidence", f"{unchecked} record(s) signed by keys not given, "
+                     "not checked (`rebuild show --json` lists them)"))
     return rows
 
 
@@ -406,6 +414,39 @@ def _variations(variations: Mapping[str, Any]) -> str:
 def _approval_text(a: Mapping[str, Any]) -> str:
     comment = f" — {a['comment']}" if a.get("comment") else ""
     return f"{a['name']} as {a['role']}: {a['meaning']} ({a['time']}){comment}"
+
+
+# -- terminal -------------------------------------------------------------------------------
+
+
+def render_text(story: Story) -> str:
+    """The story for a terminal (`rebuild show`): five questions, one aligned table each."""
+    _, headline = _headline(story)
+    tests = story.get("tests")
+    attempts = story["attempts"]
+    checked = [(f"twin build ({a['status']})",
+                "; ".join(f"run {r['name']}: {_variations(r['variations'])}" for r in a["runs"]))
+               for a in attempts[-1:]]
+    checked.append(("tests", f"{tests['result']}, {_signature_text(tests['signature'])}"
+                    if tests else "none recorded"))
+    checked += [(f"QA verdict {v['result']}", f"{v['verifier']}, key {_short(v['signer'])}, "
+                 f"{_signature_text(v['signature'])}, {v['time']}") for v in story["verdicts"]]
+    checked += [(f"check {c['name']}", ("ok: " if c["ok"] else "FAIL: ") + c["detail"])
+                for c in story["verification"]["checks"]]
+    sections = [
+        ("What was built", [(a["name"], f"sha256:{a['sha256']} ({a['size']} bytes)")
+                            for a in story["artifacts"]]),
+        ("From what", _from_what(story)),
+        ("By whom", _by_whom(story) or [("builder", "no provenance recorded")]),
+        ("How it was checked", checked),
+        ("Who approved", [(f"approval ({_signature_text(a['signature'])})", _approval_text(a))
+                          for a in story["approvals"]] or [("", "no approval yet")]),
+    ]
+    width = max((len(k) for _, rows in sections for k, _ in rows), default=0)
+    out = [f"{story['release']}  {story['manifest']}", headline]
+    for title, rows in sections:
+        out += ["", title] + [f"  {k:<{width}}  {v}" for k, v in rows]
+    return "\n".join(out) + "\n"
 
 
 # -- Markdown -------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from rebuild.attest import STATEMENT_MEDIA, attach_statement
 from rebuild.build import EPOCH_ANN, INPUTS_TYPE, ensure_loaded, release_artifacts
 from rebuild.compare import Artifact, collect_outputs
 from rebuild.errors import StoreError
+from rebuild.fetch import export_recorded_wheels
 from rebuild.image import stored_image
 from rebuild.plan import plan_build
 from rebuild.provenance import STATEMENT_TYPE
@@ -117,16 +118,18 @@ def reproduce(store: Store, target: str, *, runs: int = 1, cache_dir: Path,
     recorded = {a.name: a.sha256 for a in release_artifacts(store, release)}
     image = stored_image(store, Descriptor(OCI_MANIFEST, inputs.image_manifest, 0,
                                            _image_annotations(store, inputs.image_manifest)))
-    plan = plan_build(inputs.recipe.recipe, inputs.source_date_epoch)
-    chosen = plan.runs[:runs]
-    log(f"{name}: rebuilding from the store alone ({len(chosen)} run(s))")
     client = connect()
     with ThreadPoolExecutor(max_workers=2) as pool, \
             Sandbox(client, cache_dir=cache_dir, debug=debug) as sandbox:
+        wheel_files, wheels = export_recorded_wheels(store, inputs.layers,
+                                                     sandbox.workspace / "wheels")
+        plan = plan_build(inputs.recipe.recipe, inputs.source_date_epoch, wheels=wheel_files)
+        chosen = plan.runs[:runs]
+        log(f"{name}: rebuilding from the store alone ({len(chosen)} run(s))")
         ensure_loaded(client, store, image, log)
         source_tar = sandbox.workspace / "source.tar"
         store.copy_out(inputs.source, source_tar)
-        results = [f.result() for f in [pool.submit(sandbox.run, run, source_tar)
+        results = [f.result() for f in [pool.submit(sandbox.run, run, source_tar, wheels=wheels)
                                          for run in chosen]]
         for result in results:
             log(f"run {result.name}: exit {result.exit_code} after {result.seconds:.1f} s")

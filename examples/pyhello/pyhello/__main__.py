@@ -1,0 +1,3 @@
+from pyhello import main
+
+main()

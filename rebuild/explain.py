@@ -1,0 +1,311 @@
+"""Explain: which variations make each differing output differ, and what to do about it.
+
+Owns the search for culprits (issue "Explain non-reproducibility") and the hints that go with
+them. The decisions are pure functions over observations (which differing outputs a run with
+a given set of variations changed, compared with run A); `explain_differences` is the one
+function with side effects: it runs the extra builds through the caller's `Sandbox`.
+
+The search (adaptive bisection over the enabled variations, in table order):
+
+1. Rerun A unchanged, beside a run of the first half of the enabled set (runs go two at a
+   time). Run A pins everything, its clock included, so the rerun differs from A only by
+   chance.
+2. An output that the rerun changes is *inherent* (randomness, a race, or a file time the
+   kernel stamped with the real clock): no variation can be judged for it, so none is
+   blamed, and the hint says what to fix. When every difference is inherent, the search
+   ends there.
+3. For every other output, each group that changes it (B to start with) is split in two and
+   each half run, until single variations remain: the output is blamed on every variation
+   whose run alone changes it. One run changes or keeps every output at once, so the splits
+   for several outputs share runs, and a half seen to change something is split without
+   waiting for its sibling, which keeps both workers busy.
+4. A group that changes an output while neither of its halves does needs variations
+   together. One leave-one-out run per member (the group without it) shows which are
+   needed: those whose absence makes the output equal to A's again. That set, run on its
+   own, must change the output; when it does not (two alternative combinations, say), every
+   enabled variation is blamed, with a note that says so.
+
+Why bisection and not one run per variation: a run costs ~1 s with two at a time, nearly
+all container start and teardown. With one culprit among twelve, bisection needs 7-9 runs
+in 4-5 rounds where single runs need 13 in 7; on the corpus (tests/corpus/RESULTS.md) it
+needed 27% fewer rounds overall. It costs more only when many variations are culprits (an
+environment dump: 21 runs); it would be wrong when two variations cancel each other out,
+which no corpus build does.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rebuild.compare import Artifact, Difference, collect_outputs
+from rebuild.errors import BuildFailed
+from rebuild.plan import BuildPlan, plan_run
+from rebuild.recipe import Recipe
+from rebuild.sandbox import Sandbox
+from rebuild.variations import NAMES
+
+INHERENT = "inherent"
+
+# Plain words, with the fix, per variation (and for differences no variation explains).
+HINTS: Mapping[str, str] = {
+    "time": "the build embeds the current time or file times: honour SOURCE_DATE_EPOCH "
+            "(date -d @$SOURCE_DATE_EPOCH), clamp file times to it (touch -d, tar "
+            "--mtime=@$SOURCE_DATE_EPOCH --clamp-mtime) and compress with gzip -n",
+    "build_path": "the build records the directory it ran in: map it away "
+                  "(-ffile-prefix-map=$PWD=. for gcc/clang) and write relative paths",
+    "hostname": "the build records the machine's name: do not embed hostname or uname -n",
+    "timezone": "the build formats times in the local time zone (date, zip, __TIME__): "
+                "set TZ=UTC for the build or format in UTC (date -u)",
+    "locale": "the build sorts or formats by the locale: set LC_ALL=C for sort, ls and "
+              "other locale-aware steps",
+    "umask": "file modes follow the umask: set modes explicitly (chmod, install -m, "
+             "tar --mode=go-w)",
+    "user": "the build records the user: do not embed id -un or the uid; archive with "
+            "tar --owner=0 --group=0 --numeric-owner (zip -X)",
+    "home": "the build records $HOME: do not embed it, keep caches and configuration "
+            "under it out of the outputs",
+    "env": "the build records its environment: do not dump env into outputs; record only "
+           "the variables you chose",
+    "exec_path": "the build records $PATH or where it found its tools: do not embed it",
+    "cpus": "the output depends on the number of CPUs (parallel jobs racing, -j$(nproc)): "
+            "make parallel steps write in a fixed order, or fix the number of jobs",
+    "file_order": "the output follows directory order: sort file lists (tar --sort=name, "
+                  "find | LC_ALL=C sort, sorted(os.listdir()))",
+    INHERENT: "it differs between two runs with identical settings: seed or remove "
+              "randomness (PYTHONHASHSEED, mktemp names, random ids), fix races, and clamp "
+              "the times of files the build writes (the kernel stamps them with the real "
+              "clock, which no variation pins: touch -d @$SOURCE_DATE_EPOCH, tar "
+              "--mtime=@$SOURCE_DATE_EPOCH --clamp-mtime)",
+}
+
+Log = Callable[[str], None]
+# What a run with a set of variations changed among the differing outputs; None: it failed.
+Observed = Mapping[frozenset[str], frozenset[str] | None]
+
+
+@dataclass(frozen=True)
+class Blame:
+    """The verdict for one differing output."""
+
+    variations: tuple[str, ...]  # the culprits, in table order; () when inherent
+    inherent: bool = False
+    note: str | None = None
+
+    @property
+    def hints(self) -> tuple[str, ...]:
+        return (HINTS[INHERENT],) if self.inherent else tuple(HINTS[v] for v in self.variations)
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One extra run of the search."""
+
+    variations: tuple[str, ...]
+    changed: frozenset[str] | None  # differing outputs this run changed; None when it failed
+    exit_code: int
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"variations": list(self.variations), "exit_code": self.exit_code,
+                "changed": None if self.changed is None else sorted(self.changed),
+                "seconds": round(self.seconds, 3)}
+
+
+@dataclass(frozen=True)
+class Explanation:
+    blames: Mapping[str, Blame]
+    probes: tuple[Probe, ...]
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"runs": [p.to_json() for p in self.probes], "seconds": round(self.seconds, 3)}
+
+
+# -- decisions (pure) -----------------------------------------------------------------------
+
+def ordered(names: Iterable[str]) -> tuple[str, ...]:
+    chosen = set(names)
+    return tuple(n for n in NAMES if n in chosen)
+
+
+def halves(group: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    middle = len(group) // 2
+    return tuple(group[:middle]), tuple(group[middle:])
+
+
+def _changes(observed: Observed, variations: Iterable[str], name: str) -> bool | None:
+    """Whether the run with exactly these variations changed `name`; None: unknown."""
+    changed = observed.get(frozenset(variations))
+    return None if changed is None else name in changed
+
+
+@dataclass(frozen=True)
+class _Walk:
+    """Where the bisection stands for one output."""
+
+    wanted: tuple[tuple[str, ...], ...]  # groups to run before it can go on
+    culprits: tuple[str, ...]  # variations that change it alone
+    failed: tuple[str, ...]  # variations whose run alone failed
+    tangles: tuple[tuple[str, ...], ...]  # groups that change it while neither half does
+
+
+def _walk(enabled: Sequence[str], observed: Observed, name: str) -> _Walk:
+    """Split every group that changes `name` (B first) until single variations remain.
+
+    A group whose run failed is split as if it changed `name`: nothing shows it did not.
+    """
+    wanted: list[tuple[str, ...]] = []
+    culprits: list[str] = []
+    failed: list[str] = []
+    tangles: list[tuple[str, ...]] = []
+    stack = [tuple(enabled)]
+    while stack:
+        group = stack.pop()
+        if len(group) == 1:
+            changed = _changes(observed, group, name)
+            if changed:
+                culprits.append(group[0])
+            elif changed is None:
+                failed.append(group[0])
+            continue
+        parts = halves(group)
+        missing = [part for part in parts if frozenset(part) not in observed]
+        wanted += missing
+        # A half seen to change it is split now, without waiting for the other half.
+        positive = [part for part in parts if part not in missing
+                    and _changes(observed, part, name) is not False]
+        stack += positive
+        if not missing and not positive and _changes(observed, group, name):
+            tangles.append(group)
+    return _Walk(tuple(wanted), ordered(culprits), ordered(failed), tuple(tangles))
+
+
+def _leave_one_out(group: Sequence[str]) -> list[tuple[str, ...]]:
+    return [ordered(set(group) - {v}) for v in group]
+
+
+def _needed(group: Sequence[str], observed: Observed, name: str) -> tuple[str, ...]:
+    """The variations of `group` without which `name` no longer changes (leave-one-out).
+
+    A variation whose leave-one-out run failed counts as needed: nothing shows it is not.
+    """
+    return tuple(v for v in group if _changes(observed, set(group) - {v}, name) is not True)
+
+
+def next_probes(enabled: Sequence[str], differing: Sequence[str],
+                observed: Observed) -> list[tuple[str, ...]]:
+    """The runs the search needs next, given what it has seen; [] when it is done.
+
+    `observed` holds run B (every enabled variation) from the start; a set already observed
+    is never run again.
+    """
+    if frozenset() not in observed:
+        # The rerun first, beside the first half: when the rerun shows every difference to
+        # be inherent, no other run would tell anything.
+        return [(), *halves(enabled)[:1]] if len(enabled) > 1 else [()]
+    rerun = observed[frozenset()]
+    wanted: list[tuple[str, ...]] = []
+    for name in differing:
+        if not enabled or (rerun is not None and name in rerun):
+            continue  # inherent: no variation can be judged for it
+        walk = _walk(enabled, observed, name)
+        wanted += walk.wanted
+        if walk.wanted or walk.culprits:
+            continue
+        for tangle in walk.tangles:
+            missing = [g for g in _leave_one_out(tangle) if frozenset(g) not in observed]
+            wanted += missing
+            needed = _needed(tangle, observed, name)
+            if not missing and needed and frozenset(needed) not in observed:
+                wanted.append(needed)
+    return list(dict.fromkeys(wanted))  # once each, in the order asked
+
+
+def blame_outputs(enabled: Sequence[str], differing: Sequence[str],
+                  observed: Observed) -> dict[str, Blame]:
+    """The verdict for each differing output, once `next_probes` has nothing more to run."""
+    blames: dict[str, Blame] = {}
+    rerun = observed.get(frozenset())
+    for name in differing:
+        if not enabled or (rerun is not None and name in rerun):
+            blames[name] = Blame((), inherent=True, note="differs between two runs with "
+                                 "identical settings, so no variation can be judged for it")
+            continue
+        walk = _walk(enabled, observed, name)
+        failures = (f"the run with {' and with '.join(walk.failed)} alone failed, so that "
+                    "could not be tested; " if walk.failed else "")
+        if walk.culprits:
+            blames[name] = Blame(walk.culprits, note=failures.rstrip("; ") or None)
+            continue
+        together = [needed for tangle in walk.tangles
+                    if (needed := _needed(tangle, observed, name))
+                    and _changes(observed, needed, name)]
+        if together:
+            blames[name] = Blame(ordered(v for needed in together for v in needed),
+                                 note=f"{failures}changes only when these vary together; "
+                                 "none of them alone changes it")
+        elif walk.failed:
+            blames[name] = Blame(walk.failed, note=f"{failures}nothing else changes it")
+        else:
+            blames[name] = Blame(tuple(enabled), note="no single variation changes it and no "
+                                 "one set of them is needed: every enabled variation is listed")
+    return blames
+
+
+# -- the runs -------------------------------------------------------------------------------
+
+def explain_differences(recipe: Recipe, plan: BuildPlan, sandbox: Sandbox, source_tar: Path,
+                        baseline: Sequence[Artifact], differences: Sequence[Difference],
+                        pool: Executor, *, wheels: Path | None = None,
+                        log: Log = lambda _: None) -> Explanation:
+    """Run the search of the module docstring and return a verdict per differing output.
+
+    `baseline` is run A's outputs; `pool` runs two builds at a time; `wheels` is what the
+    twin runs got (a python_lock's wheels), so that every extra run installs the same.
+    """
+    started = time.monotonic()
+    enabled = plan.variations
+    differing = tuple(d.name for d in differences)
+    by_name = {a.name: a.sha256 for a in baseline}
+    observed: dict[frozenset[str], frozenset[str] | None] = {
+        frozenset(enabled): frozenset(differing)}  # run B
+    probes: list[Probe] = []
+
+    def probe(variations: tuple[str, ...]) -> Probe:
+        name = "x-" + ("+".join(variations) or "rerun")
+        run = plan_run(recipe, name, variations, plan.source_date_epoch,
+                       wheels=plan.runs[0].wheels)
+        result = sandbox.run(run, source_tar, wheels=wheels)
+        try:
+            if result.exit_code != 0 or result.timed_out:
+                return Probe(variations, None, result.exit_code, result.seconds)
+            try:
+                outputs = collect_outputs(result.out_dir, plan.outputs, name)
+            except BuildFailed:
+                return Probe(variations, None, result.exit_code, result.seconds)
+            got = {a.name: a.sha256 for a in outputs}
+            changed = frozenset(n for n in differing if got.get(n) != by_name.get(n))
+            return Probe(variations, changed, result.exit_code, result.seconds)
+        finally:
+            # Only the hashes are kept: a large build must not pile up a copy per probe.
+            shutil.rmtree(result.out_dir, ignore_errors=True)
+
+    for _ in range(4 * len(enabled) + 4):  # a bound far above what the search can ask
+        wanted = next_probes(enabled, differing, observed)
+        if not wanted:
+            break
+        log(f"explain: {len(wanted)} more run(s): "
+            + ", ".join("+".join(w) or "a again" for w in wanted))
+        for done in pool.map(probe, wanted):
+            observed[frozenset(done.variations)] = done.changed
+            probes.append(done)
+    blames = blame_outputs(enabled, differing, observed)
+    seconds = time.monotonic() - started
+    log(f"explain: {len(probes)} extra run(s) in {seconds:.1f} s")
+    return Explanation(blames, tuple(probes), seconds)
