@@ -104,3 +104,33 @@ def test_a_failed_rebuild_is_a_signed_failed_verdict(release: Path, store: Path)
                          store=store)
     assert result.code == 1
     assert result.json["verdict"].startswith("sha256:")
+
+
+def test_show_tells_the_story_with_verified_verdicts(release: Path, store: Path) -> None:
+    keys = release
+    for qa in ("qa1", "qa2", "mallory"):
+        assert run_rebuild("reproduce", "t@1.0.0", "--key", keys / f"{qa}.key",
+                           store=store).code == 0
+    assert run_rebuild("approve", "t@1.0.0", "--role", "quality", "--meaning", "released",
+                       "--name", "Quinn Quality", "--key", keys / "quality.key", "--trust",
+                       keys / "ci.pub", store=store).code == 0
+    trusted = [arg for k in ("ci", "qa1", "qa2", "quality") for arg in ("--key", keys / f"{k}.pub")]
+    shown = run_rebuild("show", "t@1.0.0", *trusted, "--json", store=store)
+    assert shown.code == 0, shown.stderr
+    story = shown.json
+    assert story["release"] == "t@1.0.0"
+    verdicts = {v["signer"]: v["signature"]["status"] for v in story["verdicts"]}
+    assert len(verdicts) == 3
+    assert sorted(verdicts.values()) == ["untrusted", "verified", "verified"]
+    assert all(v["result"] == "PASSED" for v in story["verdicts"])
+    [approval] = story["approvals"]
+    assert approval["name"] == "Quinn Quality" and approval["signature"]["status"] == "verified"
+    assert story["verification"]["verified"] is True
+    text = run_rebuild("show", "t@1.0.0", *trusted, store=store)
+    for heading in ("What was built", "From what", "By whom", "How it was checked",
+                    "Who approved"):
+        assert heading in text.stdout
+    assert "Quinn Quality as quality" in text.stdout
+    by_digest = run_rebuild("show", "sha256:" + story["artifacts"][0]["sha256"], "--json",
+                            store=store)
+    assert by_digest.json["release"] == "t@1.0.0"
