@@ -70,6 +70,7 @@ from rebuild.store import (
     Descriptor,
     Store,
     canonical_json,
+    sha256_file,
 )
 from rebuild.verify import Check, Policy, resolve_release
 
@@ -369,16 +370,8 @@ def export_release(store: Store, target: str, out: Path, *, keys: Sequence[Path]
         Path(tmp_name).unlink(missing_ok=True)
         raise
     verification = story["verification"]
-    return Exported(name, out, _sha256_path(out), len(members), with_inputs,
+    return Exported(name, out, sha256_file(out), len(members), with_inputs,
                     verification["verified"], tuple(sorted(pems)))
-
-
-def _sha256_path(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # -- opening and checking a bundle ----------------------------------------------------------
@@ -429,7 +422,7 @@ def open_bundle(path: Path, workdir: Path) -> OpenedBundle:
         entries = _extract(tar_path, root, archive, problems)
     except _Unreadable as exc:
         return OpenedBundle(root, None, [Check(f"bundle archive {archive}", False, str(exc))])
-    digests = {e.path: _sha256_path(root / e.path) for e in entries}  # each file read once
+    digests = {e.path: sha256_file(root / e.path) for e in entries}  # each file read once
     release, release_manifest = _check_layout(root, digests, problems)
     _check_sums(root, digests, problems)
     files = digests.keys()
