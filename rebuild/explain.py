@@ -35,6 +35,7 @@ which no corpus build does.
 
 from __future__ import annotations
 
+import math
 import shutil
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -276,6 +277,11 @@ def explain_differences(recipe: Recipe, plan: BuildPlan, sandbox: Sandbox, sourc
     observed: dict[frozenset[str], frozenset[str] | None] = {
         frozenset(enabled): frozenset(differing)}  # run B
     probes: list[Probe] = []
+    # An output that follows the real clock (a file time the kernel stamped, seen through
+    # libfaketime's shifted fstat) must show as inherent, not by luck: the rerun of A starts
+    # in a later second than A's last write (a wait of 0.3 s on average).
+    last_write = max((a.path.lstat().st_mtime for a in baseline), default=0.0)
+    time.sleep(max(0.0, math.floor(last_write) + 1 - time.time()))
 
     def probe(variations: tuple[str, ...]) -> Probe:
         name = "x-" + ("+".join(variations) or "rerun")
