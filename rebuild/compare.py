@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import IO
 
 from rebuild.errors import BuildFailed, UsageError
-from rebuild.store import CHUNK
+from rebuild.store import CHUNK, sha256_file
 
 DIFFOSCOPE_TIMEOUT = 120  # seconds per differing file
 DIFFOSCOPE_MAX_REPORT = 4 << 20  # bytes of each report (text, HTML, JSON)
@@ -333,7 +333,7 @@ def _open_tar_stream(path: Path) -> io.BufferedIOBase:
 
 
 def _list_tar(path: Path) -> tuple[list[str], list[Member]]:
-    head = [f"archive: sha256:{_sha256_path(path)} {path.stat().st_size} bytes"]
+    head = [f"archive: sha256:{sha256_file(path)} {path.stat().st_size} bytes"]
     with path.open("rb") as f:
         if f.read(2) == b"\x1f\x8b":
             head.append(_gzip_header(path))
@@ -387,7 +387,7 @@ def _gzip_header(path: Path) -> str:
 
 
 def _list_zip(path: Path) -> tuple[list[str], list[Member]]:
-    head = [f"archive: sha256:{_sha256_path(path)} {path.stat().st_size} bytes"]
+    head = [f"archive: sha256:{sha256_file(path)} {path.stat().st_size} bytes"]
     members: list[Member] = []
     seen: dict[str, int] = {}
     with zipfile.ZipFile(path) as zf:
@@ -457,12 +457,6 @@ def _unique(name: str, seen: dict[str, int]) -> str:
     return name if seen[name] == 1 else f"{name}#{seen[name]}"
 
 
-def _sha256_path(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def keep_outputs(out_dirs: Mapping[str, Path], dest: Path) -> None:
