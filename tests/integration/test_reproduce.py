@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -82,3 +83,21 @@ def test_a_record_the_inputs_do_not_produce_fails(released: tuple[Path, Path, st
 def test_unknown_release_exits_5(store: Path, minimal_image: str) -> None:
     result = run_rebuild("reproduce", "nope@1", store=store)
     assert result.code == 5
+
+
+def test_gc_keeps_the_closure_of_a_release(released: tuple[Path, Path, str],
+                                           store: Path) -> None:
+    """With only the release's own records left in index.json, gc drops everything else and
+    the release still reproduces: its inputs (source, image archive) are in its closure."""
+    from rebuild.store import Store
+
+    index = json.loads((store / "index.json").read_bytes())
+    index["manifests"] = [m for m in index["manifests"]
+                          if m.get("annotations", {}).get("dev.rebuild.kind")
+                          not in ("image", "fetch")]
+    (store / "index.json").write_text(json.dumps(index))
+    removed = Store(store).gc(grace_seconds=0)
+    assert removed  # the other base image of the seeded store, at least
+    assert run_rebuild("store", "fsck", store=store).code == 0
+    result = run_rebuild("reproduce", "t@1.0.0", "--json", store=store)
+    assert result.code == 0, result.stderr
