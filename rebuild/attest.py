@@ -19,7 +19,6 @@ from rebuild import __version__
 from rebuild.compare import Artifact
 from rebuild.fetch import Inputs, LockedRequirement
 from rebuild.image import StoredImage
-from rebuild.intoto import intoto_keyid, link_filename, make_link
 from rebuild.plan import BuildPlan
 from rebuild.provenance import (
     STATEMENT_TYPE,
@@ -112,6 +111,10 @@ def build_link(facts: BuildFacts, command: Sequence[str],
     # provenance names the same inputs and artifacts).
     if not isinstance(signer, KeySigner):
         return None
+    # Imported here: in-toto is heavy and only key-signed builds need it (prepare_sbom
+    # imports it ahead, while the runs run).
+    from rebuild.intoto import intoto_keyid, link_filename, make_link
+
     materials = {"recipe.toml": facts.recipe_digest, "source.tar": facts.source.annotations[
         "archive"], "image": facts.image.annotations["archive"]}
     materials.update({w.name: f"sha256:{w.digest['sha256']}" for w in facts.wheels})
@@ -171,14 +174,21 @@ def _existing_evidence(store: Store, subject: str, digests: Mapping[str, str],
     return None
 
 
-def prepare_sbom(image: StoredImage) -> Future[DebianPart]:
+def prepare_sbom(image: StoredImage, signer: StatementSigner | None = None
+                 ) -> Future[DebianPart]:
     """Start rendering the Debian share of the SBOM of a build on `image`, in a thread of its
     own: it takes longer than all the rest of the evidence, and needs only the image, so it
-    can run while the containers do."""
+    can run while the containers do. A key-signed build's in-toto link module is loaded
+    there too."""
+    def prepare() -> DebianPart:
+        if isinstance(signer, KeySigner):
+            import rebuild.intoto  # noqa: F401 (loaded ahead for build_link)
+        # gather_facts leaves debian_distro at its default.
+        return render_debian(image.packages, BuildFacts.debian_distro)
+
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rebuild-sbom")
     try:
-        # gather_facts leaves debian_distro at its default.
-        return executor.submit(render_debian, image.packages, BuildFacts.debian_distro)
+        return executor.submit(prepare)
     finally:
         executor.shutdown(wait=False)  # the thread ends when the rendering does
 

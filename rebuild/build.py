@@ -156,7 +156,7 @@ def twin_build(loaded: LoadedRecipe, store: Store, *, cache_dir: Path,
         store.copy_out(fetched.source.archive, source_tar)
         wheels = export_wheels(store, fetched, sandbox.workspace / "wheels")
         clock.lap("fetch")
-        sbom_part = prepare_sbom(image)  # while the runs wait on the engine
+        sbom_part = prepare_sbom(image, signer)  # while the runs wait on the engine
         futures = [pool.submit(sandbox.run, run, source_tar, wheels=wheels)
                    for run in plan.runs]
         results = [f.result() for f in futures]
