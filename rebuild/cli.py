@@ -12,20 +12,20 @@ import sys
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from rebuild import __version__
-from rebuild.build import BuildOutcome, DifferenceReport, twin_build
 from rebuild.errors import EnvironmentProblem, ExitCode, RebuildError, StoreError, UsageError
-from rebuild.fetch import fetch_bytes, fetch_inputs
-from rebuild.image import build_image, mirror_release_url
-from rebuild.lock import lock_recipe
-from rebuild.recipe import load_recipe
-from rebuild.sandbox import connect, has_image, load_image
-from rebuild.sign import KeySigner, StatementSigner
 from rebuild.store import KIND, REF_NAME, Store
+
+if TYPE_CHECKING:
+    from rebuild.build import BuildOutcome, DifferenceReport
+    from rebuild.sign import StatementSigner
+
+# The stages are imported by the commands that use them: `rebuild show` or `--version` need
+# neither Docker's SDK nor the recipe models, and start-up time is most of a small command.
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Reproducible, hermetic builds: twin runs in sandboxed containers, "
@@ -121,6 +121,10 @@ def build(
     trust_config: TrustConfigOpt = None,
 ) -> None:
     """Fetch, build twice with variations, compare, and store the release."""
+    from rebuild.build import twin_build
+    from rebuild.recipe import load_recipe
+
+
     opts = _opts(store, json_out, key)
     if keep is not None and len(recipes) != 1:
         raise UsageError("--keep takes one recipe: both runs' outputs go to DIR/a and DIR/b")
@@ -145,7 +149,7 @@ def build(
 
 def _signer(opts: Options, what: str = "evidence", *, keyless: bool = False,
             trust_config: Path | None = None) -> StatementSigner | None:
-    from rebuild.sign import KeylessSigner, load_signer, passphrase_from_env
+    from rebuild.sign import KeylessSigner, KeySigner, load_signer, passphrase_from_env
 
     if keyless and opts.key is not None:
         raise UsageError("--key and --keyless: choose one way to sign")
@@ -233,6 +237,9 @@ def lock(
     json_out: JsonOpt = False,
 ) -> None:
     """Write the pins (source digest, image digest) into each recipe."""
+    from rebuild.lock import lock_recipe
+
+
     opts = _opts(store, json_out)
     results = [lock_recipe(path, Store(opts.store), update_image=update_image, log=say)
                for path in recipes]
@@ -253,6 +260,10 @@ def fetch(
     json_out: JsonOpt = False,
 ) -> None:
     """Fetch every input (source, wheels) into the store, verifying hashes."""
+    from rebuild.fetch import fetch_inputs
+    from rebuild.recipe import load_recipe
+
+
     opts = _opts(store, json_out)
     loaded = [load_recipe(path) for path in recipes]
     reports = []
@@ -288,6 +299,11 @@ def image_build(
     json_out: JsonOpt = False,
 ) -> None:
     """Build a base image with mmdebstrap, load it, archive it; print its pinned reference."""
+    from rebuild.fetch import fetch_bytes
+    from rebuild.image import build_image, mirror_release_url
+    from rebuild.sandbox import connect, has_image, load_image
+
+
     opts = _opts(store, json_out)
     try:
         mirror_state: str | None = "sha256:" + hashlib.sha256(
@@ -372,6 +388,8 @@ def approve_cmd(
     if opts.key is None:
         raise UsageError("an approval must be signed: pass --key PREFIX.key")
     signer = _signer(opts, what="approval")
+    from rebuild.sign import KeySigner
+
     assert isinstance(signer, KeySigner)
     rules = load_policy(policy) if policy else keys_policy(trust or [])
     signer_name = name or os.environ.get("REBUILD_SIGNER_NAME") or getpass.getuser()
