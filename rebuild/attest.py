@@ -21,6 +21,7 @@ from rebuild.fetch import Inputs, LockedRequirement
 from rebuild.image import StoredImage
 from rebuild.plan import BuildPlan
 from rebuild.provenance import (
+    SBOM_PREDICATE,
     STATEMENT_TYPE,
     BuildFacts,
     Dependency,
@@ -32,17 +33,21 @@ from rebuild.provenance import (
 from rebuild.recipe import LoadedRecipe, parse_image_reference
 from rebuild.sbom import DebianPart, make_sbom, render_debian
 from rebuild.sign import KeySigner, StatementSigner
-from rebuild.store import KIND, TITLE, Descriptor, Store, canonical_json
-
-EVIDENCE_TYPE = "application/vnd.rebuild.evidence.v1+json"
-STATEMENT_MEDIA = "application/vnd.in-toto+json"
-SBOM_MEDIA = "application/vnd.cyclonedx+json"
-BUNDLE_MEDIA = "application/vnd.dev.sigstore.bundle.v0.3+json"
-LINK_MEDIA = "application/vnd.in-toto.link+dsse+json"
-SBOM_PREDICATE = "https://cyclonedx.org/bom"
-SIGNER_ANN = "dev.rebuild.signer"
-SUBJECT_ANN = "dev.rebuild.subject"
-RELEASE_ANN = "dev.rebuild.release"
+from rebuild.store import (
+    BUNDLE_MEDIA,
+    EVIDENCE_TYPE,
+    KIND,
+    LINK_MEDIA,
+    RELEASE_ANN,
+    SBOM_MEDIA,
+    SIGNER_ANN,
+    STATEMENT_MEDIA,
+    SUBJECT,
+    TITLE,
+    Descriptor,
+    Store,
+    canonical_json,
+)
 
 
 @dataclass(frozen=True)
@@ -154,7 +159,7 @@ def attach_evidence(store: Store, subject: Descriptor, release: str,
     manifest = store.put_artifact(EVIDENCE_TYPE, layers, subject=subject,
                                   annotations=annotations)
     store.add_to_index(manifest, {KIND: "evidence", RELEASE_ANN: release,
-                                  SUBJECT_ANN: subject.digest, **annotations})
+                                  SUBJECT: subject.digest, **annotations})
     return Evidence(manifest.digest, sbom_digest, digests, bundles, signer_id)
 
 
@@ -219,5 +224,5 @@ def attach_statement(store: Store, subject: Descriptor, release: str, kind: str,
     annotations = {RELEASE_ANN: release, SIGNER_ANN: signer.identity}
     manifest = store.put_artifact(f"application/vnd.rebuild.{kind}.v1+json", layers,
                                   subject=subject, annotations=annotations)
-    store.add_to_index(manifest, {KIND: kind, SUBJECT_ANN: subject.digest, **annotations})
+    store.add_to_index(manifest, {KIND: kind, SUBJECT: subject.digest, **annotations})
     return manifest.digest

@@ -34,24 +34,33 @@ from rebuild.compare import (
 from rebuild.errors import BuildFailed, ClaimFailed, StoreError
 from rebuild.explain import Blame, Explanation, explain_differences
 from rebuild.fetch import Inputs, export_wheels, fetch_inputs, parse_lock
-from rebuild.image import IMAGE_ID_ANN, StoredImage, find_image, load_archived, stored_image
+from rebuild.image import StoredImage, find_image, load_archived, stored_image
 from rebuild.plan import BuildPlan, RunPlan, plan_build, plan_run
 from rebuild.provenance import Subject, make_test_result
 from rebuild.recipe import LoadedRecipe
 from rebuild.sandbox import RunResult, Sandbox, connect, has_image, load_image, require_success
 from rebuild.sign import StatementSigner
-from rebuild.store import KIND, OCI_MANIFEST, REF_NAME, TITLE, Descriptor, Store, canonical_json
+from rebuild.store import (
+    ATTEMPT_TYPE,
+    EPOCH_ANN,
+    IMAGE_ID_ANN,
+    INPUTS_TYPE,
+    KIND,
+    OCI_MANIFEST,
+    REF_NAME,
+    RELEASE_ANN,
+    RELEASE_TYPE,
+    SUBJECT,
+    TITLE,
+    Descriptor,
+    Store,
+    canonical_json,
+)
 
-RELEASE_TYPE = "application/vnd.rebuild.release.v1+json"
-ATTEMPT_TYPE = "application/vnd.rebuild.attempt.v1+json"
-INPUTS_TYPE = "application/vnd.rebuild.inputs.v1+json"
 RECORD_MEDIA = "application/vnd.rebuild.comparison.v1+json"
 LOG_MEDIA = "text/plain; charset=utf-8"
 HTML_MEDIA = "text/html; charset=utf-8"
 JSON_MEDIA = "application/json"
-RELEASE_ANN = "dev.rebuild.release"
-SUBJECT_ANN = "dev.rebuild.subject"
-EPOCH_ANN = "dev.rebuild.source-date-epoch"
 
 Log = Callable[[str], None]
 
@@ -369,8 +378,8 @@ def _store_attempt(store: Store, plan: BuildPlan, inputs: Descriptor,
     attempt = store.put_artifact(ATTEMPT_TYPE, layers, subject=release, annotations=annotations)
     index_ann = {KIND: "attempt", RELEASE_ANN: plan.release, "dev.rebuild.status": status}
     store.add_to_index(inputs, {KIND: "inputs", RELEASE_ANN: plan.release,
-                                **({SUBJECT_ANN: release.digest} if release else {})})
+                                **({SUBJECT: release.digest} if release else {})})
     if release is not None:
-        index_ann[SUBJECT_ANN] = release.digest
+        index_ann[SUBJECT] = release.digest
     store.add_to_index(attempt, index_ann)
     return attempt, record_digest

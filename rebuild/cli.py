@@ -18,7 +18,7 @@ import typer
 
 from rebuild import __version__
 from rebuild.errors import EnvironmentProblem, ExitCode, RebuildError, StoreError, UsageError
-from rebuild.store import KIND, REF_NAME, Store
+from rebuild.store import KIND, REF_NAME, RELEASE_ANN, Store
 
 if TYPE_CHECKING:
     from rebuild.build import BuildOutcome, DifferenceReport
@@ -520,7 +520,7 @@ def store_ls(store: StoreOpt = None, json_out: JsonOpt = False) -> None:
     st.require()
     rows = [{"kind": (e.annotations or {}).get(KIND, "?"),
              "name": (e.annotations or {}).get(REF_NAME)
-             or (e.annotations or {}).get("dev.rebuild.release")
+             or (e.annotations or {}).get(RELEASE_ANN)
              or (e.annotations or {}).get("dev.rebuild.image.ref", ""),
              "status": (e.annotations or {}).get("dev.rebuild.status", ""),
              "digest": e.digest} for e in st.index()]

@@ -53,18 +53,21 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_public_key,
 )
 
-from rebuild.build import INPUTS_TYPE, RELEASE_TYPE
 from rebuild.errors import SigningError, StoreError, UsageError
-from rebuild.report import CREATED_ANN, SIGNER_ANN, release_story, render_html, render_markdown
+from rebuild.report import CREATED_ANN, release_story, render_html, render_markdown
 from rebuild.sign import keyid, load_public_key
 from rebuild.store import (
     CHUNK,
     EMPTY_DIGEST,
+    INPUTS_TYPE,
     KIND,
     OCI_EMPTY,
     OCI_INDEX,
     OCI_MANIFEST,
     REF_NAME,
+    RELEASE_ANN,
+    RELEASE_TYPE,
+    SIGNER_ANN,
     SUBJECT,
     TITLE,
     Descriptor,
@@ -75,7 +78,6 @@ from rebuild.store import (
 from rebuild.verify import Check, Policy, resolve_release
 
 EXPORT_TYPE = "application/vnd.rebuild.export.v1+json"
-RELEASE_ANN = "dev.rebuild.release"
 STATUS_ANN = "dev.rebuild.status"
 WITH_INPUTS_ANN = "dev.rebuild.export.with-inputs"
 SUMS = "SHA256SUMS"

@@ -25,7 +25,16 @@ from typing import IO, Annotated, Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from rebuild.errors import BuildFailed, EnvironmentProblem, StoreError, UsageError
-from rebuild.store import KIND, TITLE, Descriptor, Store, canonical_json
+from rebuild.provenance import DebPackage
+from rebuild.store import (
+    IMAGE_ID_ANN,
+    IMAGE_REF_ANN,
+    KIND,
+    TITLE,
+    Descriptor,
+    Store,
+    canonical_json,
+)
 
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 IMAGE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -91,13 +100,6 @@ _FIELD_HINTS: dict[str, str] = {
     "packages": 'a list of Debian package names, e.g. packages = ["build-essential"]',
     "source_date_epoch": "an integer (seconds since 1970), e.g. source_date_epoch = 1700000000",
 }
-
-
-@dataclass(frozen=True)
-class DebPackage:
-    name: str
-    version: str
-    architecture: str
 
 
 @dataclass(frozen=True)
@@ -458,8 +460,6 @@ def _write_layer(rootfs_tar: Path, out: IO[bytes], epoch: int) -> None:
 IMAGE_TYPE = "application/vnd.rebuild.image.v1+json"
 ARCHIVE_MEDIA = "application/vnd.docker.image.archive.v1+tar"
 PACKAGES_MEDIA = "application/vnd.rebuild.debian-packages.v1+json"
-IMAGE_ID_ANN = "dev.rebuild.image.id"
-IMAGE_REF_ANN = "dev.rebuild.image.ref"
 DEFINITION_ANN = "dev.rebuild.image.definition"
 MIRROR_ANN = "dev.rebuild.image.mirror-state"
 

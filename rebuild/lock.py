@@ -34,9 +34,8 @@ from pydantic import ValidationError
 
 from rebuild.errors import EnvironmentProblem, UsageError
 from rebuild.fetch import hash_tree, scan_tree, source_tree_digest
-from rebuild.image import IMAGE_REF_ANN
 from rebuild.recipe import IMAGE_RE, Source, format_validation_error, parse_recipe
-from rebuild.store import Store
+from rebuild.store import IMAGE_REF_ANN, Store
 
 LOCK_SUFFIX = ".lock.txt"
 IN_MARKER = "# rebuild: in-sha256="

@@ -15,11 +15,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from rebuild.image import DebPackage
-
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 SLSA_PROVENANCE = "https://slsa.dev/provenance/v1"
 TEST_RESULT = "https://in-toto.io/attestation/test-result/v0.1"
+SBOM_PREDICATE = "https://cyclonedx.org/bom"  # an SBOM wrapped in a statement
 # What a twin-container build is and what its parameters mean: docs/build-type.md.
 BUILD_TYPE = "https://rebuild.dev/buildtypes/twin-container/v1"
 # The builder is this program running on the caller's machine, not a hosted service: the id
@@ -43,6 +42,15 @@ class Dependency:
     uri: str
     digest: Mapping[str, str]  # e.g. {"sha256": "<hex>"}
     annotations: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DebPackage:
+    """A Debian package installed in a base image."""
+
+    name: str
+    version: str
+    architecture: str
 
 
 @dataclass(frozen=True)

@@ -23,15 +23,25 @@ from typing import Any
 
 from securesystemslib.signer import SSlibKey  # type: ignore[attr-defined]
 
-from rebuild.build import EPOCH_ANN, INPUTS_TYPE
 from rebuild.errors import ClaimFailed, StoreError
-from rebuild.image import IMAGE_ID_ANN, IMAGE_REF_ANN
 from rebuild.sign import KeylessIdentity, verify_bundle, verify_signed
-from rebuild.store import KIND, OCI_MANIFEST, REF_NAME, TITLE, Descriptor, Store
+from rebuild.store import (
+    EPOCH_ANN,
+    IMAGE_ID_ANN,
+    IMAGE_REF_ANN,
+    INPUTS_TYPE,
+    KIND,
+    OCI_MANIFEST,
+    REF_NAME,
+    RELEASE_ANN,
+    SIGNER_ANN,
+    TITLE,
+    Descriptor,
+    Store,
+)
 from rebuild.verify import Policy, resolve_release, verify_release
 
 STORY_FORMAT = "rebuild-story/v1"
-SIGNER_ANN = "dev.rebuild.signer"
 CREATED_ANN = "org.opencontainers.image.created"
 
 Story = dict[str, Any]
@@ -49,7 +59,7 @@ def release_story(store: Store, release: str, policy: Policy) -> Story:
     entry = resolve_release(store, release)
     manifest = store.read_json(entry.digest)
     name = (entry.annotations or {}).get(REF_NAME) or manifest.get("annotations", {}).get(
-        "dev.rebuild.release", release)
+        RELEASE_ANN, release)
     trusted = Trusted(_trusted_keys(policy), policy.keyless)
     referrers = store.referrers(entry.digest)
 

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from rebuild import __version__
-from rebuild.attest import STATEMENT_MEDIA, attach_statement
-from rebuild.build import EPOCH_ANN, INPUTS_TYPE, ensure_loaded, release_artifacts
+from rebuild.attest import attach_statement
+from rebuild.build import ensure_loaded, release_artifacts
 from rebuild.compare import Artifact, collect_outputs
 from rebuild.errors import StoreError
 from rebuild.fetch import export_recorded_wheels
@@ -29,7 +29,17 @@ from rebuild.provenance import STATEMENT_TYPE
 from rebuild.recipe import LoadedRecipe, parse_recipe
 from rebuild.sandbox import RunResult, Sandbox, connect, require_success
 from rebuild.sign import StatementSigner
-from rebuild.store import KIND, OCI_MANIFEST, REF_NAME, TITLE, Descriptor, Store
+from rebuild.store import (
+    EPOCH_ANN,
+    INPUTS_TYPE,
+    KIND,
+    OCI_MANIFEST,
+    REF_NAME,
+    STATEMENT_MEDIA,
+    TITLE,
+    Descriptor,
+    Store,
+)
 from rebuild.verify import resolve_release
 
 VSA = "https://slsa.dev/verification_summary/v1"

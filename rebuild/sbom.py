@@ -34,8 +34,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from rebuild.image import DebPackage
-from rebuild.provenance import BuildFacts, Dependency, PyPackage, plain_json
+from rebuild.provenance import BuildFacts, DebPackage, Dependency, PyPackage, plain_json
 from rebuild.store import canonical_json
 
 if TYPE_CHECKING:

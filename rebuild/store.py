@@ -33,6 +33,22 @@ TITLE = "org.opencontainers.image.title"
 REF_NAME = "org.opencontainers.image.ref.name"
 KIND = "dev.rebuild.kind"
 SUBJECT = "dev.rebuild.subject"  # repeats a manifest's subject in index.json, for lookups
+
+# The records rebuild keeps (docs/formats.md, "Store records"): artifact types, annotations
+# and media types shared by the modules that write and read them.
+RELEASE_TYPE = "application/vnd.rebuild.release.v1+json"
+ATTEMPT_TYPE = "application/vnd.rebuild.attempt.v1+json"
+INPUTS_TYPE = "application/vnd.rebuild.inputs.v1+json"
+EVIDENCE_TYPE = "application/vnd.rebuild.evidence.v1+json"
+RELEASE_ANN = "dev.rebuild.release"
+SIGNER_ANN = "dev.rebuild.signer"
+EPOCH_ANN = "dev.rebuild.source-date-epoch"
+STATEMENT_MEDIA = "application/vnd.in-toto+json"
+BUNDLE_MEDIA = "application/vnd.dev.sigstore.bundle.v0.3+json"
+SBOM_MEDIA = "application/vnd.cyclonedx+json"
+LINK_MEDIA = "application/vnd.in-toto.link+dsse+json"
+IMAGE_ID_ANN = "dev.rebuild.image.id"
+IMAGE_REF_ANN = "dev.rebuild.image.ref"
 CHUNK = 1 << 20
 
 

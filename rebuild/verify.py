@@ -17,12 +17,17 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from securesystemslib.signer import SSlibKey  # type: ignore[attr-defined]
 
-from rebuild.attest import BUNDLE_MEDIA, SBOM_PREDICATE
 from rebuild.errors import ClaimFailed, RebuildError, StoreError, UsageError
-from rebuild.provenance import BUILD_TYPE, BUILDER_ID, SLSA_PROVENANCE, TEST_RESULT
+from rebuild.provenance import (
+    BUILD_TYPE,
+    BUILDER_ID,
+    SBOM_PREDICATE,
+    SLSA_PROVENANCE,
+    TEST_RESULT,
+)
 from rebuild.recipe import format_validation_error
 from rebuild.sign import KeylessIdentity, load_public_key, verify_bundle, verify_signed
-from rebuild.store import KIND, REF_NAME, TITLE, Descriptor, Store
+from rebuild.store import BUNDLE_MEDIA, KIND, REF_NAME, TITLE, Descriptor, Store
 
 PREDICATES = {"provenance": SLSA_PROVENANCE, "sbom": SBOM_PREDICATE,
               "test-result": TEST_RESULT}
