@@ -44,34 +44,36 @@ from typing import Any
 
 from rebuild import __version__
 from rebuild.attest import attach_evidence, build_link, build_statements
-from rebuild.build import (
-    ATTEMPT_TYPE,
-    EPOCH_ANN,
-    INPUTS_TYPE,
-    LOG_MEDIA,
-    RECORD_MEDIA,
-    RELEASE_ANN,
-    RELEASE_TYPE,
-    SUBJECT_ANN,
-    iso_time,
-)
+from rebuild.build import LOG_MEDIA, RECORD_MEDIA, iso_time
 from rebuild.cli import OPTIONS
 from rebuild.fetch import TreeEntry, fetch_inputs, hash_tree
-from rebuild.image import IMAGE_ID_ANN, StoredImage, find_image, stored_image
-from rebuild.plan import RunPlan, plan_build
+from rebuild.image import StoredImage, find_image, stored_image
+from rebuild.plan import plan_build
 from rebuild.provenance import BuildFacts, Dependency, Subject, digest_set
 from rebuild.recipe import Recipe, load_recipe, parse_image_reference, parse_recipe
 from rebuild.report import release_story
 from rebuild.sandbox import (
     Sandbox,
-    _extract_owned,
-    _mount_disorderfs,
-    _unmount,
     connect,
     docker_run_line,
 )
 from rebuild.sign import KeySigner, load_public_key, load_signer, passphrase_from_env
-from rebuild.store import KIND, OCI_MANIFEST, REF_NAME, TITLE, Descriptor, Store, canonical_json
+from rebuild.store import (
+    ATTEMPT_TYPE,
+    EPOCH_ANN,
+    IMAGE_ID_ANN,
+    INPUTS_TYPE,
+    KIND,
+    OCI_MANIFEST,
+    REF_NAME,
+    RELEASE_ANN,
+    RELEASE_TYPE,
+    SUBJECT,
+    TITLE,
+    Descriptor,
+    Store,
+    canonical_json,
+)
 from rebuild.variations import NAMES
 from rebuild.verify import Policy
 
@@ -319,7 +321,7 @@ def goal(met: bool) -> str:
 class RawPair:
     """The two `docker run --rm` lines rebuild's sandbox would run, started concurrently.
 
-    The lines come from rebuild's own plan and `Sandbox._container_args` (the same flags,
+    The lines come from rebuild's own plan and `Sandbox.prepare` (the same flags,
     mounts and environment; `docker_run_line` drops only the session label), so the pair
     follows the product as it changes. Preparing the source copies and run B's disorderfs
     mount is not timed: that work is part of rebuild's overhead.
@@ -336,42 +338,27 @@ class RawPair:
             tar.add(loaded.resolve(loaded.recipe.source.path or "."), arcname=".")
         self.lines: tuple[str, ...] = ()
 
-    def _prepare(self, run: RunPlan) -> tuple[Path, list[str]]:
-        settings = run.settings
-        run_dir = Path(tempfile.mkdtemp(prefix=f"raw-{run.name}-", dir=self.sandbox.workspace))
-        run_dir.chmod(0o711)
-        src, out = run_dir / "src", run_dir / "out"
-        _extract_owned(self.source_tar, src, settings.uid, settings.gid)
-        out.mkdir()
-        os.chown(out, settings.uid, settings.gid)
-        build_dir = src
-        if settings.shuffle_dirents:
-            build_dir = run_dir / "shuffled"
-            build_dir.mkdir()
-            _mount_disorderfs(src, build_dir)
-        line = docker_run_line(self.sandbox._container_args(run, build_dir, out))
-        return run_dir, shlex.split(line)
-
     def run(self) -> float:
-        prepared = [self._prepare(run) for run in self.plan.runs]
+        prepared = [self.sandbox.prepare(run, self.source_tar) for run in self.plan.runs]
         try:
-            self.lines = tuple(shlex.join(argv) for _, argv in prepared)
+            argvs = [shlex.split(docker_run_line(p.kwargs)) for p in prepared]
+            self.lines = tuple(shlex.join(argv) for argv in argvs)
             started = time.perf_counter()
             procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-                     for _, argv in prepared]
+                     for argv in argvs]
             outputs = [p.communicate(timeout=TIMEOUT)[0] for p in procs]
             seconds = time.perf_counter() - started
-            for proc, output, (run_dir, _) in zip(procs, outputs, prepared, strict=True):
+            for proc, output, run in zip(procs, outputs, prepared, strict=True):
                 if proc.returncode != 0:
                     raise BenchError(f"raw docker run exited with {proc.returncode}: "
                                      f"{output.decode(errors='replace')[-2000:]}")
-                if (run_dir / "out" / "r").read_bytes() != b"hello":
-                    raise BenchError(f"raw docker run in {run_dir} did not write out/r")
+                if (run.out / "r").read_bytes() != b"hello":
+                    raise BenchError(f"raw docker run in {run.run_dir} did not write out/r")
             return seconds
         finally:
-            for run_dir, _ in prepared:
-                _unmount(run_dir / "shuffled")
-                shutil.rmtree(run_dir, ignore_errors=True)
+            for run in prepared:
+                self.sandbox.release(run)
+                shutil.rmtree(run.run_dir, ignore_errors=True)
 
 
 # -- reprotest ----------------------------------------------------------------------------
@@ -936,7 +923,7 @@ class SyntheticReleases:
         st.add_to_index(manifest, {REF_NAME: release, KIND: "release"})
         inputs, recipe, text, tree, archive = self._inputs(name, release)
         st.add_to_index(inputs, {KIND: "inputs", RELEASE_ANN: release,
-                                 SUBJECT_ANN: manifest.digest})
+                                 SUBJECT: manifest.digest})
         logs = {run: st.put_bytes(f"run {run} of {name}: exit 0\n".encode())
                 for run in self.runs}
         record = {"release": release, "status": "reproducible", "image": self.image.reference,
@@ -956,7 +943,7 @@ class SyntheticReleases:
                                            "dev.rebuild.status": "reproducible"})
         st.add_to_index(attempt, {KIND: "attempt", RELEASE_ANN: release,
                                   "dev.rebuild.status": "reproducible",
-                                  SUBJECT_ANN: manifest.digest})
+                                  SUBJECT: manifest.digest})
         facts = self._facts(name, recipe, text, (tree, archive), output_digest,
                             record_digest, {run: d for run, (d, _) in logs.items()},
                             attempt.digest)

@@ -40,6 +40,14 @@ LOCALES = (str(BY_NAME["locale"].changes["locale"]),)
 
 
 @dataclass(frozen=True)
+class PreparedRun:
+    run_dir: Path
+    out: Path
+    mount: Path | None  # the disorderfs mount over the source, when file_order varies
+    kwargs: dict[str, Any]  # the container's create arguments
+
+
+@dataclass(frozen=True)
 class RunResult:
     name: str
     exit_code: int
@@ -165,23 +173,8 @@ class Sandbox:
         how a recipe's tests see the artifacts they check. `wheels` (the wheels and the lock
         of a python_lock) is mounted read-only at WHEELS_DIR for the plan's venv.
         """
-        settings = plan.settings
-        run_dir = Path(tempfile.mkdtemp(prefix=f"run-{plan.name}-", dir=self.workspace))
-        run_dir.chmod(0o711)
-        src, out = run_dir / "src", outputs or run_dir / "out"
-        _extract_owned(source_tar, src, settings.uid, settings.gid)
-        if outputs is None:
-            out.mkdir()
-            os.chown(out, settings.uid, settings.gid)
-        build_dir = src
-        if settings.shuffle_dirents:
-            build_dir = run_dir / "shuffled"
-            build_dir.mkdir()
-            _mount_disorderfs(src, build_dir)
-            self._mounts.append(build_dir)
-        kwargs = self._container_args(plan, build_dir, out, writable_out=outputs is None)
-        if wheels is not None:
-            kwargs["volumes"][str(wheels)] = {"bind": WHEELS_DIR, "mode": "ro"}
+        prepared = self.prepare(plan, source_tar, outputs=outputs, wheels=wheels)
+        kwargs, out = prepared.kwargs, prepared.out
         self.debug(f"run {plan.name}: {docker_run_line(kwargs)}")
         started = time.monotonic()
         container = self.client.containers.create(**kwargs)
@@ -198,11 +191,37 @@ class Sandbox:
             log = bytes(container.logs(stdout=True, stderr=True))
         finally:
             _remove(container)
-            if settings.shuffle_dirents:
-                _unmount(build_dir)
-                self._mounts.remove(build_dir)
+            self.release(prepared)
         return RunResult(plan.name, exit_code, log, out, timed_out,
                          time.monotonic() - started)
+
+    def prepare(self, plan: RunPlan, source_tar: Path, *, outputs: Path | None = None,
+                wheels: Path | None = None) -> PreparedRun:
+        """A run's directories (a fresh source copy, /out, the disorderfs mount) and its
+        container arguments; `release` undoes the mount."""
+        settings = plan.settings
+        run_dir = Path(tempfile.mkdtemp(prefix=f"run-{plan.name}-", dir=self.workspace))
+        run_dir.chmod(0o711)
+        src, out = run_dir / "src", outputs or run_dir / "out"
+        _extract_owned(source_tar, src, settings.uid, settings.gid)
+        if outputs is None:
+            out.mkdir()
+            os.chown(out, settings.uid, settings.gid)
+        mount = None
+        if settings.shuffle_dirents:
+            mount = run_dir / "shuffled"
+            mount.mkdir()
+            _mount_disorderfs(src, mount)
+            self._mounts.append(mount)
+        kwargs = self._container_args(plan, mount or src, out, writable_out=outputs is None)
+        if wheels is not None:
+            kwargs["volumes"][str(wheels)] = {"bind": WHEELS_DIR, "mode": "ro"}
+        return PreparedRun(run_dir, out, mount, kwargs)
+
+    def release(self, prepared: PreparedRun) -> None:
+        if prepared.mount is not None:
+            _unmount(prepared.mount)
+            self._mounts.remove(prepared.mount)
 
     def _container_args(self, plan: RunPlan, build_dir: Path, out: Path, *,
                         writable_out: bool = True) -> dict[str, Any]:
