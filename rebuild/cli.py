@@ -382,7 +382,7 @@ def approve_cmd(
     from datetime import UTC, datetime
 
     from rebuild.approve import approve
-    from rebuild.verify import keys_policy, load_policy
+    from rebuild.policy import keys_policy, load_policy
 
     opts = _opts(store, json_out, key)
     if opts.key is None:
@@ -415,12 +415,16 @@ def show(
     """The release's story: what, from what, by whom, how checked, who approved."""
     from rebuild.report import release_story, render_text
     from rebuild.sign import load_public_key
-    from rebuild.verify import Policy, load_policy
+    from rebuild.verify import Policy
 
     opts = _opts(store, json_out)
     keys = key or ([OPTIONS.key] if OPTIONS.key else [])
-    rules = load_policy(policy) if policy else (
-        Policy(tuple(load_public_key(k) for k in keys)) if keys else Policy(()))
+    if policy is not None:
+        from rebuild.policy import load_policy  # pydantic: only when a policy file is read
+
+        rules = load_policy(policy)
+    else:
+        rules = Policy(tuple(load_public_key(k) for k in keys))
     story = release_story(Store(opts.store), target, rules)
     if opts.json:
         emit(story)
@@ -450,8 +454,9 @@ def verify(
     byte of an exported bundle FILE, then the release inside it (no store needed)."""
     from dataclasses import replace
 
+    from rebuild.policy import keys_policy, load_policy
     from rebuild.sign import load_keyless_identity
-    from rebuild.verify import keys_policy, load_policy, verify_bundle_file, verify_release
+    from rebuild.verify import verify_bundle_file, verify_release
 
     opts = _opts(store, json_out)
     keys = key or ([OPTIONS.key] if OPTIONS.key else [])
