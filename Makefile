@@ -25,7 +25,8 @@ test-fast: setup
 	$(VENV)/bin/python -m pytest -m "not docker" $(PYTEST_ARGS)
 
 lint: setup
-	$(VENV)/bin/ruff check rebuild tests
+	$(VENV)/bin/ruff check rebuild tests bench
+	$(VENV)/bin/mypy --strict bench/run.py
 	$(VENV)/bin/mypy
 
 bench: setup
