@@ -140,6 +140,11 @@ class StatementSigner(Protocol):
 # -- keys -----------------------------------------------------------------------------------
 
 
+
+class UntrustedSigner(ClaimFailed):
+    """A well-formed bundle signed by a key the caller did not give: not a forgery, but
+    nothing that counts either."""
+
 def keyid(public_key: PublicKeyTypes) -> str:
     """The key's id: sha256 hex of its DER SubjectPublicKeyInfo.
 
@@ -344,8 +349,8 @@ def verify_bundle(data: bytes, trusted: Sequence[SSlibKey]) -> Verified:
     by_id = {keyid(_crypto_public_key(key)): key for key in trusted}
     key = by_id.get(bundle.hint)
     if key is None:
-        raise ClaimFailed(f"signed by key {_short(bundle.hint)}, which is not trusted; pass its "
-                          "public key (PREFIX.pub) if you trust it.")
+        raise UntrustedSigner(f"signed by key {_short(bundle.hint)}, which is not trusted; pass "
+                              "its public key (PREFIX.pub) if you trust it.")
     envelope = Envelope(bundle.payload, bundle.payload_type, {})
     try:
         key.verify_signature(Signature(key.keyid, bundle.signature.hex()), envelope.pae())

@@ -23,7 +23,7 @@ from rebuild.provenance import (
     SLSA_PROVENANCE,
     TEST_RESULT,
 )
-from rebuild.sign import KeylessIdentity, verify_bundle, verify_signed
+from rebuild.sign import KeylessIdentity, UntrustedSigner, verify_bundle, verify_signed
 from rebuild.store import BUNDLE_MEDIA, KIND, REF_NAME, TITLE, Descriptor, Store
 
 PREDICATES = {"provenance": SLSA_PROVENANCE, "sbom": SBOM_PREDICATE,
@@ -92,6 +92,7 @@ def verify_release(store: Store, target: str, policy: Policy) -> Report:
     evidence = [e for e in store.referrers(release.digest)
                 if (e.annotations or {}).get(KIND) == "evidence"]
     verified: dict[str, dict[str, Any]] = {}
+    untrusted: list[str] = []
     for entry in evidence:
         layers = {layer["annotations"][TITLE]: layer
                   for layer in store.read_json(entry.digest)["layers"]}
@@ -99,12 +100,19 @@ def verify_release(store: Store, target: str, policy: Policy) -> Report:
             bundle = layers.get(f"{kind}.sigstore.json")
             if bundle is None or bundle["mediaType"] != BUNDLE_MEDIA or kind in verified:
                 continue
-            statement = _check_bundle(store, kind, bundle["digest"], policy, report)
+            try:
+                statement = _check_bundle(store, kind, bundle["digest"], policy, report)
+            except UntrustedSigner as exc:
+                untrusted.append(f"{kind}: {exc}")
+                continue
             if statement is not None:
                 verified[kind] = statement
-    if not report.add("signed evidence", bool(verified),
-                      f"verified: {', '.join(sorted(verified)) or 'nothing'} "
-                      f"({len(evidence)} evidence artifact(s) attached)"):
+    others = f"; {len(untrusted)} statement(s) by keys not given ignored" if untrusted else ""
+    detail = (f"verified: {', '.join(sorted(verified)) or 'nothing'} "
+              f"({len(evidence)} evidence artifact(s) attached{others})")
+    if not verified and untrusted:
+        detail += f": {untrusted[0]}"
+    if not report.add("signed evidence", bool(verified), detail):
         return report
     for kind, statement in sorted(verified.items()):
         _check_subjects(kind, statement, artifacts, report)
@@ -203,6 +211,8 @@ def _check_bundle(store: Store, kind: str, digest: str, policy: Policy,
     try:
         verified = verify_signed(store.read_bytes(digest), keys=policy.builder_keys,
                                  keyless=policy.keyless)
+    except UntrustedSigner:
+        raise  # counted by the caller: another signer's statement neither counts nor fails
     except ClaimFailed as exc:
         report.add(f"signature: {kind}", False, str(exc))
         return None

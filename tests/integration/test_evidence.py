@@ -170,3 +170,22 @@ def test_build_link_verifies_against_a_layout(built: dict, store: Path,  # type:
                         expires="2099-12-31T00:00:00Z", products=["usr/bin/other"])
     with pytest.raises(ClaimFailed):
         verify_chain(wrong, [load_public_key(owner.public_path)], links)
+
+
+def test_another_signers_evidence_neither_counts_nor_fails(
+        minimal_image: str, write_recipe: RecipeWriter, built: dict,  # type: ignore[type-arg]
+        store: Path, keys: dict[str, Path]) -> None:
+    # The same release built again and signed by a second builder: both sets of evidence
+    # hang off it, and each verifier trusts whom it trusts.
+    recipe = write_recipe(minimal_image, SCRIPT, ["usr/bin/hello", "n"], extra=TEST)
+    again = run_rebuild("build", recipe, "--key", f"{keys['other']}.key", store=store)
+    assert again.code == 0, again.stderr
+    for who in ("ci", "other"):
+        result = run_rebuild("verify", "t@1.0.0", "--key", f"{keys[who]}.pub", store=store)
+        assert result.code == 0, result.stderr
+    # the second builder's check met the first builder's evidence first, and passed it by
+    assert "statement(s) by keys not given ignored" in result.stderr
+    assert run_rebuild("keygen", "--out", keys["ci"].parent / "third").code == 0
+    nobody = run_rebuild("verify", "t@1.0.0", "--key", keys["ci"].parent / "third.pub",
+                         store=store)
+    assert nobody.code == 1
