@@ -507,7 +507,7 @@ def archive_blob(store: Path, image_id: str) -> Path:
     entry = find_image(Store(store), image_id)
     if entry is None:
         raise BenchError(f"image {image_id} is not archived in {store}")
-    return Store(store).blob_path(stored_image(Store(store), entry).archive)
+    return Store(store).blob_path(stored_image(Store(store), entry.digest).archive)
 
 
 def restore_image(image_id: str, archive: Path) -> None:
@@ -1063,7 +1063,7 @@ def show_10k(ctx: Context) -> Section:
     entry = find_image(store, image.rsplit("@", 1)[1])
     if entry is None:
         raise BenchError(f"{image} is not archived in {store_path}")
-    synthetic = SyntheticReleases(bulk, stored_image(store, entry),
+    synthetic = SyntheticReleases(bulk, stored_image(store, entry.digest),
                                   {run.name: run.describe() for run in plan.runs},
                                   KeySigner(load_signer(ci_key, passphrase_from_env())))
     for number in range(1, SYNTHETIC_RELEASES + 1):

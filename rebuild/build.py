@@ -242,7 +242,7 @@ def archived_image(store: Store, reference: str) -> StoredImage:
         raise StoreError(f"image {reference} is not archived in the store {store.root}, so a "
                          "release built on it could not be reproduced later; build it into "
                          "this store with `rebuild image build images/….toml`")
-    return stored_image(store, entry)
+    return stored_image(store, entry.digest)
 
 
 def ensure_loaded(client: Any, store: Store, image: StoredImage, log: Log) -> None:

@@ -482,13 +482,14 @@ def find_image(store: Store, image_id: str) -> Descriptor | None:
     return None
 
 
-def stored_image(store: Store, entry: Descriptor, *, cached: bool = True) -> StoredImage:
-    manifest = store.read_json(entry.digest)
+def stored_image(store: Store, manifest_digest: str, *, cached: bool = True) -> StoredImage:
+    """An archived image, read from its manifest (which carries its id and reference)."""
+    manifest = store.read_json(manifest_digest)
     archive, packages = manifest["layers"][0], manifest["layers"][1]
     listed = tuple(DebPackage(**p) for p in store.read_json(packages["digest"]))
-    ann = entry.annotations or {}
-    return StoredImage(ann[IMAGE_REF_ANN], ann[IMAGE_ID_ANN], entry.digest, archive["digest"],
-                       listed, cached)
+    ann = manifest["annotations"]
+    return StoredImage(ann[IMAGE_REF_ANN], ann[IMAGE_ID_ANN], manifest_digest,
+                       archive["digest"], listed, cached)
 
 
 def build_image(path: Path, store: Store, *, mirror_state: str | None,
@@ -506,7 +507,7 @@ def build_image(path: Path, store: Store, *, mirror_state: str | None,
         for entry in store.entries("image"):
             ann = entry.annotations or {}
             if ann.get(DEFINITION_ANN) == definition and ann.get(MIRROR_ANN) == mirror_state:
-                image = stored_image(store, entry)
+                image = stored_image(store, entry.digest)
                 if not is_loaded(image.image_id):
                     log(f"loading {image.reference} from the store")
                     load_archived(store, image, load)

@@ -33,7 +33,6 @@ from rebuild.store import (
     EPOCH_ANN,
     INPUTS_TYPE,
     KIND,
-    OCI_MANIFEST,
     REF_NAME,
     STATEMENT_MEDIA,
     TITLE,
@@ -126,8 +125,7 @@ def reproduce(store: Store, target: str, *, runs: int = 1, cache_dir: Path,
     name = (release.annotations or {}).get(REF_NAME, target)
     inputs = stored_inputs(store, release)
     recorded = {a.name: a.sha256 for a in release_artifacts(store, release)}
-    image = stored_image(store, Descriptor(OCI_MANIFEST, inputs.image_manifest, 0,
-                                           _image_annotations(store, inputs.image_manifest)))
+    image = stored_image(store, inputs.image_manifest)
     client = connect()
     with ThreadPoolExecutor(max_workers=2) as pool, \
             Sandbox(client, cache_dir=cache_dir, debug=debug) as sandbox:
@@ -200,7 +198,4 @@ def _provenance_digest(store: Store, release: Descriptor) -> str | None:
                     return str(layer["digest"])
     return None
 
-
-def _image_annotations(store: Store, manifest: str) -> dict[str, str]:
-    return dict(store.read_json(manifest).get("annotations", {}))
 

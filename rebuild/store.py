@@ -58,11 +58,8 @@ def canonical_json(value: Any) -> bytes:
 
 
 def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return _hash_stream(f)
 
 
 @dataclass(frozen=True)

@@ -258,15 +258,14 @@ def test_an_extracted_bundle_can_reload_the_image(exported: Exported, tmp_path: 
     faked here: removing the shared base image would disturb concurrent test sessions."""
     from rebuild.image import load_archived, stored_image
     from rebuild.reproduce import stored_inputs
-    from rebuild.store import OCI_MANIFEST, Descriptor, Store
+    from rebuild.store import Store
     from rebuild.verify import resolve_release
 
     with tarfile.open(exported.with_inputs) as tar:
         tar.extractall(tmp_path / "layout", filter="data")
     store = Store(tmp_path / "layout")
     inputs = stored_inputs(store, resolve_release(store, RELEASE))
-    image = stored_image(store, Descriptor(OCI_MANIFEST, inputs.image_manifest, 0, store.read_json(
-        inputs.image_manifest)["annotations"]))
+    image = stored_image(store, inputs.image_manifest)
     load_archived(store, image, lambda archive: image.image_id)
 
 
