@@ -214,13 +214,16 @@ def build_statements(facts: BuildFacts, test_result: Mapping[str, Any] | None,
 
 
 def attach_statement(store: Store, subject: Descriptor, release: str, kind: str,
-                     statement: Mapping[str, Any], signer: StatementSigner) -> str:
-    """Sign one statement (a QA verdict, an approval) and attach it to a release; returns the
-    digest of the artifact manifest that carries it."""
+                     statement: Mapping[str, Any], signer: StatementSigner, *,
+                     reports: Sequence[str] = ()) -> str:
+    """Sign one statement (a QA verdict, an approval) and attach it to a release, with the
+    diff reports that back it; returns the digest of the artifact manifest that carries it."""
     digest, size = store.put_bytes(canonical_json(statement))
     bundle, bundle_size = store.put_bytes(signer.sign(statement))
     layers = [Descriptor(STATEMENT_MEDIA, digest, size, {TITLE: f"{kind}.json"}),
               Descriptor(BUNDLE_MEDIA, bundle, bundle_size, {TITLE: f"{kind}.sigstore.json"})]
+    layers += [Descriptor("text/plain; charset=utf-8", r, store.blob_path(r).stat().st_size,
+                          {TITLE: f"diff/{i}.txt"}) for i, r in enumerate(reports)]
     annotations = {RELEASE_ANN: release, SIGNER_ANN: signer.identity}
     manifest = store.put_artifact(f"application/vnd.rebuild.{kind}.v1+json", layers,
                                   subject=subject, annotations=annotations)

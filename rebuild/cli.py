@@ -332,6 +332,9 @@ def reproduce_cmd(
                                                 "digest (sha256:<hex>).")],
     runs: Annotated[int, typer.Option("--runs", min=1, max=2, help="1: rebuild once; 2: also "
                                       "repeat the twin check with every variation.")] = 1,
+    explain: Annotated[bool, typer.Option(
+        "--explain", help="Repeat the twin check and name the variation(s) behind each "
+        "difference between the two runs.")] = False,
     store: StoreOpt = None,
     json_out: JsonOpt = False,
     key: KeyOpt = None,
@@ -345,11 +348,17 @@ def reproduce_cmd(
     opts = _opts(store, json_out, key)
     signer = _signer(opts, what="verdict", keyless=keyless, trust_config=trust_config)
     verdict = reproduce(Store(opts.store), target, runs=runs, cache_dir=opts.cache,
-                        signer=signer, log=say, debug=say if opts.debug else lambda _: None)
+                        signer=signer, explain=explain, log=say,
+                        debug=say if opts.debug else lambda _: None)
     for artifact in verdict.artifacts:
         state = "same" if artifact.match else "DIFFERS"
         say(f"  {state:<8} {artifact.name}  recorded sha256:{artifact.recorded}  "
             f"rebuilt sha256:{artifact.rebuilt}")
+        if artifact.report:
+            say(f"           report: rebuild store cat {artifact.report}")
+    for name, blame in verdict.explanation.items():
+        culprits = ", ".join(blame.variations) or "no variation (inherent)"
+        say(f"  twin runs differ on {name}: caused by {culprits}")
     outcome = "REPRODUCED bit for bit" if verdict.reproducible else "NOT reproduced"
     signed = f"; signed verdict {verdict.verdict}" if verdict.verdict else ""
     say(f"{verdict.release}: {outcome}{signed}")

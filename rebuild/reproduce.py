@@ -12,7 +12,7 @@ from __future__ import annotations
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,8 +20,15 @@ from typing import Any
 from rebuild import __version__
 from rebuild.attest import attach_statement
 from rebuild.build import ensure_loaded, release_artifacts
-from rebuild.compare import Artifact, collect_outputs
+from rebuild.compare import (
+    Artifact,
+    Difference,
+    collect_outputs,
+    compare_artifacts,
+    diff_reports,
+)
 from rebuild.errors import StoreError
+from rebuild.explain import Blame, explain_differences
 from rebuild.fetch import export_recorded_wheels
 from rebuild.image import stored_image
 from rebuild.plan import plan_build
@@ -62,6 +69,7 @@ class Rebuilt:
     name: str
     recorded: str | None  # sha256 hex, None if the release has no such artifact
     rebuilt: str | None
+    report: str | None = None  # digest of the text report of a mismatch (diffoscope)
 
     @property
     def match(self) -> bool:
@@ -75,6 +83,7 @@ class Verdict:
     artifacts: tuple[Rebuilt, ...]
     runs: tuple[RunResult, ...]
     verdict: str | None  # digest of the stored verification summary
+    explanation: Mapping[str, Blame] = field(default_factory=dict)  # twin differences
 
     @property
     def reproducible(self) -> bool:
@@ -86,10 +95,12 @@ class Verdict:
             "manifest": self.manifest,
             "reproducible": self.reproducible,
             "artifacts": [{"name": a.name, "sha256": a.rebuilt, "recorded": a.recorded,
-                           "match": a.match} for a in self.artifacts],
+                           "match": a.match, "report": a.report} for a in self.artifacts],
             "runs": [{"name": r.name, "exit_code": r.exit_code,
                       "seconds": round(r.seconds, 3)} for r in self.runs],
             "differences": [a.name for a in self.artifacts if not a.match],
+            "explain": {name: {"variations": list(b.variations), "hints": list(b.hints)}
+                        for name, b in self.explanation.items()},
             "verdict": self.verdict,
         }
 
@@ -118,9 +129,15 @@ def stored_inputs(store: Store, release: Descriptor) -> StoredInputs:
 
 
 def reproduce(store: Store, target: str, *, runs: int = 1, cache_dir: Path,
-              signer: StatementSigner | None = None, log: Log = lambda _: None,
-              debug: Log = lambda _: None) -> Verdict:
-    """Rebuild `target` (a release or an artifact digest) from the store alone."""
+              signer: StatementSigner | None = None, explain: bool = False,
+              log: Log = lambda _: None, debug: Log = lambda _: None) -> Verdict:
+    """Rebuild `target` (a release or an artifact digest) from the store alone.
+
+    A rebuilt artifact that differs from the record gets a diffoscope report (stored, and
+    attached with a signed verdict). `explain` runs the twin check (`runs` = 2) and, where
+    the two runs differ, names the variations responsible as `rebuild build --explain` does.
+    """
+    runs = 2 if explain else runs
     release = resolve_release(store, target)
     name = (release.annotations or {}).get(REF_NAME, target)
     inputs = stored_inputs(store, release)
@@ -143,13 +160,35 @@ def reproduce(store: Store, target: str, *, runs: int = 1, cache_dir: Path,
             log(f"run {result.name}: exit {result.exit_code} after {result.seconds:.1f} s")
             require_success(result, "the build command")
         outputs = [collect_outputs(r.out_dir, plan.outputs, r.name) for r in results]
-    rebuilt = _judge(recorded, outputs)
-    verdict = Verdict(name, release.digest, rebuilt, tuple(results), None)
+        rebuilt = tuple(_report(store, r, release_artifacts(store, release), outputs, log)
+                        for r in _judge(recorded, outputs))
+        blames: Mapping[str, Blame] = {}
+        twin = compare_artifacts(*outputs) if len(outputs) == 2 else ()
+        if explain and twin:
+            blames = explain_differences(inputs.recipe.recipe, plan, sandbox, source_tar,
+                                         outputs[0], twin, pool, wheels=wheels,
+                                         log=log).blames
+    verdict = Verdict(name, release.digest, rebuilt, tuple(results), None, blames)
     if signer is not None:
         statement = verification_summary(store, release, name, verdict)
-        digest = attach_statement(store, release, name, "verdict", statement, signer)
-        verdict = Verdict(name, release.digest, rebuilt, tuple(results), digest)
+        reports = [r.report for r in rebuilt if r.report]
+        digest = attach_statement(store, release, name, "verdict", statement, signer,
+                                  reports=reports)
+        verdict = replace(verdict, verdict=digest)
     return verdict
+
+
+def _report(store: Store, rebuilt: Rebuilt, recorded: Sequence[Artifact],
+            outputs: Sequence[Sequence[Artifact]], log: Log) -> Rebuilt:
+    """A mismatch's diffoscope report: the recorded artifact (its blob) against the rebuilt."""
+    if rebuilt.match:
+        return rebuilt
+    old = next((a for a in recorded if a.name == rebuilt.name), None)
+    new = next((a for run in outputs for a in run
+                if a.name == rebuilt.name and a.sha256 == rebuilt.rebuilt), None)
+    log(f"differs from the record: {rebuilt.name}; running diffoscope")
+    report = diff_reports(Difference(rebuilt.name, old, new)).text
+    return replace(rebuilt, report=store.put_bytes(report)[0])
 
 
 def _judge(recorded: Mapping[str, str],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -78,6 +79,9 @@ def test_a_record_the_inputs_do_not_produce_fails(released: tuple[Path, Path, st
     assert result.code == 1
     assert result.json["reproducible"] is False
     assert result.json["differences"] == ["usr/bin/hello"]
+    [report] = [a["report"] for a in result.json["artifacts"] if a["report"]]
+    text = run_rebuild("store", "cat", report, store=store).stdout
+    assert "forged" in text and "hello" in text  # the record against the rebuilt bytes
 
 
 def test_unknown_release_exits_5(store: Path, minimal_image: str) -> None:
@@ -101,3 +105,22 @@ def test_gc_keeps_the_closure_of_a_release(released: tuple[Path, Path, str],
     assert run_rebuild("store", "fsck", store=store).code == 0
     result = run_rebuild("reproduce", "t@1.0.0", "--json", store=store)
     assert result.code == 0, result.stderr
+
+
+def test_reproduce_explain_names_the_culprit_of_a_twin_difference(
+        minimal_image: str, write_recipe: RecipeWriter, store: Path) -> None:
+    # Built without the hostname variation, the release is reproducible; its stored recipe is
+    # then forged to vary everything, so the twin check at reproduce time differs, and
+    # --explain must blame the hostname alone.
+    recipe = write_recipe(minimal_image, "uname -n > /out/r", vary=["all", "-hostname"])
+    assert run_rebuild("build", recipe, store=store).code == 0
+    stored = recipe.read_bytes()
+    old = "sha256:" + hashlib.sha256(stored).hexdigest()
+    assert (store / "blobs" / "sha256" / old[7:]).exists()  # the recipe is an input blob
+    repoint_blob(store, old, stored.replace(b'"-hostname"', b'"-cpus"'))
+    result = run_rebuild("reproduce", "t@1.0.0", "--explain", "--json", store=store)
+    assert result.code == 1
+    assert [r["name"] for r in result.json["runs"]] == ["a", "b"]
+    assert result.json["explain"] == {"r": {"variations": ["hostname"],
+                                            "hints": result.json["explain"]["r"]["hints"]}}
+    assert "twin runs differ on r: caused by hostname" in result.stderr
