@@ -26,7 +26,7 @@ test-fast: setup
 
 lint: setup
 	$(VENV)/bin/ruff check rebuild tests bench
-	$(VENV)/bin/mypy --strict bench/run.py
+	$(VENV)/bin/mypy --strict bench/*.py
 	$(VENV)/bin/mypy
 
 bench: setup
