@@ -18,7 +18,7 @@ from typing import Any
 import jinja2
 import pytest
 
-from rebuild.report import render_html, render_markdown, report_view
+from rebuild.release.report import render_html, render_markdown, report_view
 from tests.test_evidence_formats import check_golden
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -152,7 +152,7 @@ def test_markdown_table_cells_keep_their_table() -> None:
 
 
 def test_a_value_missing_from_the_view_is_an_error_not_a_blank() -> None:
-    from rebuild.report import _environment
+    from rebuild.release.report import _environment
 
     view = report_view(FAILED)
     del view["checks"]
