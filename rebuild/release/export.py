@@ -55,7 +55,8 @@ from cryptography.hazmat.primitives.serialization import (
 
 from rebuild.errors import SigningError, StoreError, UsageError
 from rebuild.evidence.sign import keyid, load_public_key
-from rebuild.release.report import CREATED_ANN, release_story, render_html, render_markdown
+from rebuild.release.pages import render_html, render_markdown
+from rebuild.release.report import CREATED_ANN, release_story
 from rebuild.release.verify import Check, Policy, resolve_release
 from rebuild.store.layout import (
     CHUNK,

@@ -5,16 +5,17 @@ dependencies, traceability ids), by whom (builder, signing keys), how it was che
 build, variations, tests, QA verdicts, the verification of the evidence) and who approved it
 (design.md: the question every release must answer).
 
-`release_story` gathers it into JSON-able data; `render_markdown` and `render_html` are pure
-and deterministic (no clock, no host paths), so an exported bundle is byte-reproducible. The
-HTML is self-contained: inline CSS, no scripts, nothing loaded from anywhere, and a Content
-Security Policy that says so. A statement's signature is checked against the keys the caller
-trusts; one that cannot be checked is shown as such, never as verified.
+`release_story` gathers it into JSON-able data; `report_view` turns it into the text the pages
+show, and `render_markdown` and `render_html` lay that out with the Jinja2 templates in
+rebuild/templates (autoescaped HTML). All three are pure and deterministic (no clock, no host
+paths), so an exported bundle is byte-reproducible. The HTML is self-contained: inline CSS, no
+scripts, nothing loaded from anywhere, and a Content Security Policy that says so. A
+statement's signature is checked against the keys the caller trusts; one that cannot be
+checked is shown as such, never as verified.
 """
 
 from __future__ import annotations
 
-import html
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -394,14 +395,16 @@ def _from_what(story: Story) -> list[tuple[str, str]]:
     return rows
 
 
+def _builder_rows(provenance: Mapping[str, Any] | None) -> list[tuple[str, str]]:
+    if not provenance:
+        return []
+    version = ", ".join(f"{k} {v}" for k, v in sorted(provenance["builder"]["version"].items()))
+    return [("Builder", f"{provenance['builder']['id']} ({version})"),
+            ("Build type", str(provenance["build_type"]))]
+
+
 def _by_whom(story: Story) -> list[tuple[str, str]]:
-    rows: list[tuple[str, str]] = []
-    provenance = story.get("provenance")
-    if provenance:
-        version = ", ".join(f"{k} {v}" for k, v in sorted(provenance["builder"]["version"]
-                                                         .items()))
-        rows.append(("Builder", f"{provenance['builder']['id']} ({version})"))
-        rows.append(("Build type", str(provenance["build_type"])))
+    rows = _builder_rows(story.get("provenance"))
     unchecked = 0
     for evidence in story["evidence"]:
         statuses = {s["signature"].get("status") for s in evidence["statements"]}
@@ -459,84 +462,68 @@ def render_text(story: Story) -> str:
     return "\n".join(out) + "\n"
 
 
-# -- Markdown -------------------------------------------------------------------------------
+# -- the pages: a view for the templates ----------------------------------------------------
 
 
-def _md(text: Any) -> str:
-    """A table cell: pipes and line breaks would break the table."""
-    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+def report_view(story: Story) -> dict[str, Any]:
+    """What the HTML and Markdown pages show, as plain data: every value is the text shown.
 
-
-def _md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_md(c) for c in row) + " |" for row in rows]
-    return [*lines, ""]
-
-
-def render_markdown(story: Story) -> str:
-    """The story as Markdown (deterministic)."""
-    _, headline = _headline(story)
-    out = [f"# {story['release']}: release evidence", "", f"**{headline}**", "",
-           f"Release manifest `{story['manifest']}`, created {story.get('created')}.", ""]
-    out += ["## What was built", ""]
-    out += _md_table(["Artifact", "sha256", "Size (bytes)"],
-                     [(a["name"] + (f" → {a['link']}" if "link" in a else ""), a["sha256"],
-                       a["size"]) for a in story["artifacts"]])
-    out += ["## From what", ""]
-    out += _md_table(["", ""], _from_what(story))
-    out += ["## By whom", ""]
-    out += _md_table(["", ""], _by_whom(story) or [("Builder", "no provenance recorded")])
-    out += ["## How it was checked", "", "### Twin build", ""]
-    for attempt in story["attempts"]:
-        out += [f"Status **{attempt['status']}** (attempt `{attempt['manifest']}`).", ""]
-        out += _md_table(["Run", "Variations", "Exit", "Log"],
-                         [(r["name"], _variations(r["variations"]), r["exit_code"], r["log"])
-                          for r in attempt["runs"]])
-        if attempt["differences"]:
-            out += _md_table(["Differs", "Variations"],
-                             [(d["name"], ", ".join(d["variations"]))
-                              for d in attempt["differences"]])
-        out += _md_table(["Record", "Digest"], [(f["title"], f["digest"])
-                                                for f in attempt["files"]])
-    if not story["attempts"]:
-        out += ["No build record is attached.", ""]
-    out += ["### Tests", ""]
+    Pure; the templates (rebuild/templates) only lay it out, so this is where the wording
+    lives and where it is tested.
+    """
+    css, headline = _headline(story)
     tests = story.get("tests")
-    out += [f"Test result **{tests['result']}**, signature {_signature_text(tests['signature'])}."
-            if tests else "No test result recorded.", ""]
-    out += ["### Independent rebuilds (QA verdicts)", ""]
-    if story["verdicts"]:
-        out += _md_table(["Verdict", "Verifier", "Key", "Signature", "Time"],
-                         [(v["result"], v["verifier"], v["signer"],
-                           _signature_text(v["signature"]), v["time"])
-                          for v in story["verdicts"]])
-    else:
-        out += ["No QA verdict yet (`rebuild reproduce RELEASE --key QA.key`).", ""]
-    out += ["### Verification of the evidence", ""]
-    checks = story["verification"]["checks"]
-    if checks:
-        out += _md_table(["Check", "Result", "Detail"],
-                         [(c["name"], "ok" if c["ok"] else "FAIL", c["detail"]) for c in checks])
-    else:
-        out += ["Not run: no public key was given.", ""]
-    out += ["## Who approved", ""]
-    if story["approvals"]:
-        out += _md_table(["Approval", "Key", "Signature"],
-                         [(_approval_text(a), a["keyid"], _signature_text(a["signature"]))
-                          for a in story["approvals"]])
-    else:
-        out += ["No approval yet.", ""]
-    out += _md_bundle(story)
-    return "\n".join(out).rstrip("\n") + "\n"
-
-
-def _md_bundle(story: Story) -> list[str]:
     bundle = story.get("bundle")
-    if not bundle:
-        return []
-    out = ["## Check it yourself", ""]
-    out += [f"- {line}" for line in _bundle_lines(story, bundle)]
-    return [*out, ""]
+    return {
+        "release": str(story["release"]),
+        "manifest": str(story["manifest"]),
+        "created": str(story.get("created")),
+        "headline": {"css": css, "text": headline},
+        "artifacts": [{"name": str(a["name"]),
+                       "link": str(a["link"]) if "link" in a else None,
+                       "sha256": str(a["sha256"]), "size": str(a["size"])}
+                      for a in story["artifacts"]],
+        "from_what": [[k, v] for k, v in _from_what(story)],
+        "builder": [[k, v] for k, v in _builder_rows(story.get("provenance"))],
+        "by_whom": [[k, v] for k, v in
+                    _by_whom(story) or [("Builder", "no provenance recorded")]],
+        "evidence": [{"signer": str(e["signer"] or "nobody"), "kind": str(s["kind"]),
+                      "digest": str(s["digest"]), "signature": _signature_view(s["signature"])}
+                     for e in story["evidence"] for s in e["statements"]],
+        "attempts": [{
+            "status": str(a["status"]), "manifest": str(a["manifest"]),
+            "runs": [{"name": str(r["name"]), "variations": _variations(r["variations"]),
+                      "exit_code": str(r["exit_code"]), "log": str(r["log"])}
+                     for r in a["runs"]],
+            "differences": [{"name": str(d["name"]), "variations": ", ".join(d["variations"])}
+                            for d in a["differences"]],
+            "files": [{"title": str(f["title"]), "digest": str(f["digest"])}
+                      for f in a["files"]],
+        } for a in story["attempts"]],
+        "tests": None if not tests else {"result": str(tests["result"]),
+                                         "signature": _signature_view(tests["signature"])},
+        "verdicts": [{"result": str(v["result"]), "verifier": str(v["verifier"]),
+                      "signer": str(v["signer"]), "signature": _signature_view(v["signature"]),
+                      "time": str(v["time"]),
+                      "rebuilt": [{"name": str(a["name"]),
+                                   "state": "same" if a["match"] else "DIFFERS"}
+                                  for a in v["rebuilt"]]}
+                     for v in story["verdicts"]],
+        "checks": [{"name": str(c["name"]), "result": "ok" if c["ok"] else "FAIL",
+                    "detail": str(c["detail"])} for c in story["verification"]["checks"]],
+        "approvals": [{"text": _approval_text(a), "name": str(a["name"]),
+                       "role": str(a["role"]), "meaning": str(a["meaning"]),
+                       "time": str(a["time"]), "comment": str(a["comment"] or ""),
+                       "keyid": str(a["keyid"]), "signature": _signature_view(a["signature"])}
+                      for a in story["approvals"]],
+        "bundle": _bundle_lines(story, bundle) if bundle else None,
+    }
+
+
+def _signature_view(signature: Mapping[str, Any]) -> dict[str, str | None]:
+    key = signature.get("key")
+    return {"status": str(signature.get("status")), "key": str(key) if key else None,
+            "text": _signature_text(signature)}
 
 
 def _bundle_lines(story: Story, bundle: Mapping[str, Any]) -> list[str]:
@@ -556,149 +543,4 @@ def _bundle_lines(story: Story, bundle: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-# -- HTML -----------------------------------------------------------------------------------
-
-CSS = """
-body{font:15px/1.45 system-ui,"DejaVu Sans",sans-serif;color:#1d2433;background:#f6f7f9;
-margin:0;padding:24px}
-main{max-width:1100px;margin:auto;background:#fff;padding:24px 32px;border-radius:8px;
-box-shadow:0 1px 3px rgba(0,0,0,.12)}
-h1{margin:0 0 8px;font-size:26px}h2{border-bottom:2px solid #e3e6eb;padding-bottom:4px;
-margin-top:28px}h3{margin-bottom:6px}
-table{border-collapse:collapse;width:100%;margin:6px 0 14px}
-th,td{border:1px solid #e3e6eb;padding:5px 8px;text-align:left;vertical-align:top}
-th{background:#f0f2f5}code{font:13px "DejaVu Sans Mono",monospace;word-break:break-all}
-.badge{display:inline-block;padding:2px 8px;border-radius:10px;font-weight:600;font-size:13px}
-.ok{background:#dff3e4;color:#13612e}.bad{background:#fbe0e0;color:#8a1c1c}
-.warn{background:#fff1cc;color:#7a5200}
-.headline{padding:10px 14px;border-radius:6px;font-weight:600;margin:12px 0}
-.muted{color:#5b6474}
-"""
-
-# No scripts, no fetches: the page shows what it carries and nothing else.
-CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
-
-
-def _h(text: Any) -> str:
-    return html.escape(str(text), quote=True)
-
-
-def _code(text: Any) -> str:
-    return f"<code>{_h(text)}</code>"
-
-
-def _badge(text: Any) -> str:
-    word = str(text)
-    css = ("ok" if word in ("PASSED", "ok", "verified", "reproducible", "same") else
-           "bad" if word in ("FAILED", "FAIL", "invalid", "not-reproducible", "failed",
-                             "test-failed") else "warn")
-    return f'<span class="badge {css}">{_h(word)}</span>'
-
-
-def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """Cells are HTML already (escaped by the caller)."""
-    head = "".join(f"<th>{_h(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>"
-                   for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _html_pairs(rows: Sequence[tuple[str, str]]) -> str:
-    body = "".join(f"<tr><th>{_h(k)}</th><td>{_digests_as_code(v)}</td></tr>" for k, v in rows)
-    return f"<table><tbody>{body}</tbody></table>"
-
-
-def _digests_as_code(text: str) -> str:
-    """Escape a plain-text value, setting digests and ids in monospace."""
-    return " ".join(_code(w) if w.startswith(("sha256:", "https://")) or len(w) == 64
-                    else _h(w) for w in text.split(" "))
-
-
-def _sig_html(signature: Mapping[str, Any]) -> str:
-    status = str(signature.get("status"))
-    key = signature.get("key")
-    return _badge(status) + (f" key {_code(key)}" if key else "")
-
-
-def render_html(story: Story) -> str:
-    """The story as one self-contained HTML page (deterministic)."""
-    css, headline = _headline(story)
-    parts = [f'<h1>{_h(story["release"])}</h1>',
-             '<p class="muted">Release evidence: what was built, from what, by whom, how it '
-             'was checked, and who approved it.</p>',
-             f'<div class="headline {css}">{_h(headline)}</div>',
-             _html_pairs([("Release", str(story["release"])),
-                          ("Release manifest", str(story["manifest"])),
-                          ("Created", str(story.get("created")))])]
-    parts.append("<h2>What was built</h2>")
-    parts.append(_html_table(["Artifact", "sha256", "Size (bytes)"], [
-        (_h(a["name"]) + (f" → {_code(a['link'])}" if "link" in a else ""),
-         _code(a["sha256"]), _h(a["size"])) for a in story["artifacts"]]))
-    parts.append("<h2>From what</h2>" + _html_pairs(_from_what(story)))
-    parts.append("<h2>By whom</h2>")
-    provenance = story.get("provenance")
-    if provenance:
-        version = ", ".join(f"{k} {v}" for k, v in sorted(provenance["builder"]["version"]
-                                                         .items()))
-        parts.append(_html_pairs([("Builder", f"{provenance['builder']['id']} ({version})"),
-                                  ("Build type", str(provenance["build_type"]))]))
-    else:
-        parts.append("<p>No provenance recorded.</p>")
-    parts.append(_html_table(["Evidence signed by", "Statement", "Digest", "Signature"], [
-        (_code(e["signer"] or "nobody"), _h(s["kind"]), _code(s["digest"]),
-         _sig_html(s["signature"]))
-        for e in story["evidence"] for s in e["statements"]]))
-    parts.append("<h2>How it was checked</h2><h3>Twin build</h3>")
-    for attempt in story["attempts"]:
-        parts.append(f"<p>Status {_badge(attempt['status'])} attempt "
-                     f"{_code(attempt['manifest'])}</p>")
-        parts.append(_html_table(["Run", "Variations", "Exit code", "Log"], [
-            (_h(r["name"]), _h(_variations(r["variations"])), _h(r["exit_code"]),
-             _code(r["log"])) for r in attempt["runs"]]))
-        if attempt["differences"]:
-            parts.append(_html_table(["Differs", "Variations"], [
-                (_h(d["name"]), _h(", ".join(d["variations"])))
-                for d in attempt["differences"]]))
-        parts.append(_html_table(["Record", "Digest"], [
-            (_h(f["title"]), _code(f["digest"])) for f in attempt["files"]]))
-    if not story["attempts"]:
-        parts.append("<p>No build record is attached.</p>")
-    tests = story.get("tests")
-    parts.append("<h3>Tests</h3>" + (
-        f"<p>Test result {_badge(tests['result'])} signature {_sig_html(tests['signature'])}"
-        "</p>" if tests else "<p>No test result recorded.</p>"))
-    parts.append("<h3>Independent rebuilds (QA verdicts)</h3>")
-    if story["verdicts"]:
-        parts.append(_html_table(["Verdict", "Verifier", "Key", "Signature", "Time",
-                                  "Rebuilt"], [
-            (_badge(v["result"]), _code(v["verifier"]), _code(v["signer"]),
-             _sig_html(v["signature"]), _h(v["time"]),
-             "<br>".join(f"{_h(a['name'])} {_badge('same' if a['match'] else 'DIFFERS')}"
-                         for a in v["rebuilt"]))
-            for v in story["verdicts"]]))
-    else:
-        parts.append("<p>No QA verdict yet.</p>")
-    parts.append("<h3>Verification of the evidence</h3>")
-    checks = story["verification"]["checks"]
-    parts.append(_html_table(["Check", "Result", "Detail"], [
-        (_h(c["name"]), _badge("ok" if c["ok"] else "FAIL"), _h(c["detail"]))
-        for c in checks]) if checks else "<p>Not run: no public key was given.</p>")
-    parts.append("<h2>Who approved</h2>")
-    if story["approvals"]:
-        parts.append(_html_table(["Name", "Role", "Meaning", "Time", "Comment", "Key",
-                                  "Signature"], [
-            (_h(a["name"]), _h(a["role"]), _h(a["meaning"]), _h(a["time"]),
-             _h(a["comment"] or ""), _code(a["keyid"]), _sig_html(a["signature"]))
-            for a in story["approvals"]]))
-    else:
-        parts.append("<p>No approval yet.</p>")
-    bundle = story.get("bundle")
-    if bundle:
-        parts.append("<h2>Check it yourself</h2><ul>" + "".join(
-            f"<li>{_h(line)}</li>" for line in _bundle_lines(story, bundle)) + "</ul>")
-    title = _h(f"{story['release']}: release evidence")
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
-            '<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>{title}</title><style>{CSS}</style></head>\n<body><main>\n"
-            + "\n".join(parts) + "\n</main></body></html>\n")
+# -- the pages: rendering -------------------------------------------------------------------
