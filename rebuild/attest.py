@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rebuild import __version__
+from rebuild.auditlog import log_statement
 from rebuild.compare import Artifact
 from rebuild.fetch import Inputs, LockedRequirement
 from rebuild.image import StoredImage
@@ -228,4 +229,7 @@ def attach_statement(store: Store, subject: Descriptor, release: str, kind: str,
     manifest = store.put_artifact(f"application/vnd.rebuild.{kind}.v1+json", layers,
                                   subject=subject, annotations=annotations)
     store.add_to_index(manifest, {KIND: kind, SUBJECT: subject.digest, **annotations})
+    log_statement(store, kind=kind, release=release, manifest=subject.digest,
+                  record=manifest.digest, statement=statement, statement_digest=digest,
+                  bundle=bundle, signer=signer.identity)
     return manifest.digest

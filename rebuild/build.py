@@ -23,6 +23,7 @@ from rebuild.attest import (
     gather_facts,
     prepare_sbom,
 )
+from rebuild.auditlog import log_build
 from rebuild.compare import (
     Artifact,
     Difference,
@@ -182,6 +183,9 @@ def twin_build(loaded: LoadedRecipe, store: Store, *, cache_dir: Path,
         except BuildFailed as exc:
             attempt, _ = _store_attempt(store, plan, inputs, results, logs, (), (), None,
                                         "failed")
+            log_build(store, release=plan.release, attempt=attempt.digest, manifest=None,
+                      evidence=None, bundles={}, statements={}, signer=None,
+                      status="failed", test_result=None)
             raise BuildFailed(f"{exc}\nlogs kept in the store: attempt {attempt.digest}") from None
         differences = compare_artifacts(a, b)
         explanation = (explain_differences(loaded.recipe, plan, sandbox, source_tar, a,
@@ -212,6 +216,11 @@ def twin_build(loaded: LoadedRecipe, store: Store, *, cache_dir: Path,
     link = build_link(facts, loaded.recipe.build.command, signer) if signer else None
     evidence = attach_evidence(store, release or attempt, plan.release, statements, sbom,
                                signer, link)
+    log_build(store, release=plan.release, attempt=attempt.digest,
+              manifest=release.digest if release else None, evidence=evidence.manifest,
+              bundles=evidence.bundles, statements=evidence.statements,
+              signer=evidence.signer, status=status,
+              test_result=test.statement["predicate"]["result"] if test else None)
     clock.lap("evidence")
     if test is not None and not test.passed:
         raise BuildFailed(f"the test command failed; the release is not recorded as good\n"
