@@ -61,7 +61,7 @@ def test_tree_heads_and_proofs_match_rfc6962(tmp_path: Path,
             tlog.check_inclusion(leaves[m], m, n, log.inclusion_proof(m, n), root)
             with pytest.raises(tlog.ProofFailed):
                 tlog.check_inclusion(leaves[m], m, n, log.inclusion_proof(m, n),
-                                     mth(data[:n - 1] + [b"x"]))
+                                     mth([*data[:n - 1], b"x"]))
         for old in {0, 1, n // 3, n - 1, n}:
             proof = log.consistency_proof(old, n)
             tlog.check_consistency(old, mth(data[:old]), n, root, proof)
