@@ -26,11 +26,12 @@ test-fast: setup
 
 lint: setup
 	$(VENV)/bin/ruff check rebuild tests bench
-	$(VENV)/bin/mypy --strict bench/run.py
+	$(VENV)/bin/mypy --strict bench/run.py bench/auditlog.py
 	$(VENV)/bin/mypy
 
 bench: setup
 	$(VENV)/bin/python bench/run.py
+	$(VENV)/bin/python bench/auditlog.py
 
 clean:
 	rm -rf .rebuild $(VENV)

@@ -526,6 +526,7 @@ def _check_store(store: Store, report: LogReport, entries: list[bytes]) -> None:
     index = store.index()
     present = {e.digest for e in index}
     logged: set[str] = set()
+    removed: list[str] = []
     for i, entry in enumerate(entries):
         data = json.loads(entry)
         logged.update(data.get("records", []))
@@ -538,9 +539,12 @@ def _check_store(store: Store, report: LogReport, entries: list[bytes]) -> None:
             continue
         missing = [r for r in data.get("records", []) if r not in present]
         if missing:
-            report.add("store records", False, f"{_describe(i, entry)} names {missing[0]}, "
-                       "which is no longer in the store's index.json: a record was removed")
+            removed.append(f"{_describe(i, entry)} names {missing[0]}")
             report.bad_entry(i)
+    if removed:
+        more = f" (and {len(removed) - 1} more)" if len(removed) > 1 else ""
+        report.add("store records", False, f"{removed[0]}, which is no longer in the store's "
+                   f"index.json: a record was removed{more}")
     unlogged = [e for e in index if (e.annotations or {}).get(KIND) in LOGGED_KINDS
                 and e.digest not in logged]
     if unlogged:

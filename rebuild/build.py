@@ -2,7 +2,7 @@
 
 This module sequences the stages; each stage lives in its own module. What it writes to the
 store is deterministic (no wall-clock times, no host paths), so building the same recipe
-again adds nothing new.
+again adds nothing new to the layout; the audit log records each attempt (rebuild.auditlog).
 """
 
 from __future__ import annotations
