@@ -24,7 +24,7 @@ from pathlib import Path
 
 from rebuild import tlog
 from rebuild.auditlog import AuditLog
-from rebuild.store import Store, canonical_json
+from rebuild.store.layout import Store, canonical_json
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"

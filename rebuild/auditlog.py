@@ -30,7 +30,7 @@ from typing import Any
 
 from rebuild import tlog
 from rebuild.errors import RebuildError, SigningError, StoreError, UsageError
-from rebuild.store import KIND, Store, canonical_json
+from rebuild.store.layout import KIND, Store, canonical_json
 
 LOG_KEY_ENV = "REBUILD_LOG_KEY"
 DEFAULT_ORIGIN = "rebuild.local/audit-log"
@@ -680,7 +680,7 @@ def timeline(store: Store, release: str | None, verifier: tlog.NoteVerifier | No
     inclusion proof under the current checkpoint (signed by the pinned log key, or NOT
     VERIFIED without one) and the signature of each statement it names, checked against
     `keys` (SSlibKey). An entry is `verified` only when all of that really checked out."""
-    from rebuild.sign import verify_bundle  # signatures: only for the timeline
+    from rebuild.evidence.sign import verify_bundle  # signatures: only for the timeline
 
     log = AuditLog.of(store)
     current = log.read_checkpoint()

@@ -15,7 +15,7 @@ import pytest
 
 from rebuild import tlog
 from rebuild.auditlog import AuditLog, verify_log
-from rebuild.store import Store, canonical_json
+from rebuild.store.layout import Store, canonical_json
 from tests.conftest import ROOT, require_tool, run_rebuild
 
 
@@ -212,7 +212,7 @@ APPENDER = """
 import sys
 from pathlib import Path
 from rebuild.auditlog import AuditLog
-from rebuild.store import canonical_json
+from rebuild.store.layout import canonical_json
 log = AuditLog(Path(sys.argv[1]))
 for i in range(int(sys.argv[3])):
     log.append([canonical_json({"writer": sys.argv[2], "i": i})], None)

@@ -38,9 +38,9 @@ SIGN_FAILED = """
 import json, sys
 from pathlib import Path
 from rebuild.attest import attach_statement
-from rebuild.sign import KeySigner, load_signer
-from rebuild.store import Store
-from rebuild.verify import resolve_release
+from rebuild.evidence.sign import KeySigner, load_signer
+from rebuild.store.layout import Store
+from rebuild.release.verify import resolve_release
 store = Store(Path(sys.argv[1]))
 release = resolve_release(store, sys.argv[2])
 statement = json.loads(sys.argv[3])
@@ -51,7 +51,7 @@ print(attach_statement(store, release, sys.argv[2], "verdict", statement, signer
 FORGE_UNLOGGED = """
 import sys
 from pathlib import Path
-from rebuild.store import KIND, SUBJECT, Descriptor, Store
+from rebuild.store.layout import KIND, SUBJECT, Descriptor, Store
 store = Store(Path(sys.argv[1]))
 old = store.read_json(sys.argv[2])
 layers = [Descriptor.from_json(layer) for layer in old["layers"]]

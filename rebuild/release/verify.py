@@ -18,15 +18,23 @@ from securesystemslib.signer import SSlibKey  # type: ignore[attr-defined]
 
 from rebuild.auditlog import check_events, release_events, release_log_checks
 from rebuild.errors import ClaimFailed, StoreError
-from rebuild.provenance import (
+from rebuild.evidence.provenance import (
     BUILD_TYPE,
     BUILDER_ID,
     SBOM_PREDICATE,
     SLSA_PROVENANCE,
     TEST_RESULT,
 )
-from rebuild.sign import KeylessIdentity, UntrustedSigner, verify_bundle, verify_signed
-from rebuild.store import BUNDLE_MEDIA, KIND, REF_NAME, TITLE, Descriptor, Store, canonical_json
+from rebuild.evidence.sign import KeylessIdentity, UntrustedSigner, verify_bundle, verify_signed
+from rebuild.store.layout import (
+    BUNDLE_MEDIA,
+    KIND,
+    REF_NAME,
+    TITLE,
+    Descriptor,
+    Store,
+    canonical_json,
+)
 from rebuild.tlog import NoteVerifier
 
 PREDICATES = {"provenance": SLSA_PROVENANCE, "sbom": SBOM_PREDICATE,
@@ -165,7 +173,7 @@ def _digest(statement: Mapping[str, Any]) -> str:
 def verify_bundle_file(path: Path, policy: Policy) -> Report:
     """Verify an exported bundle (`rebuild export`) offline: every byte of the archive, each
     failure naming its file (rebuild.export), then `verify_release` on the layout inside."""
-    from rebuild.export import open_bundle  # export builds on this module
+    from rebuild.release.export import open_bundle  # export builds on this module
 
     with tempfile.TemporaryDirectory(prefix="rebuild-verify-") as tmp:
         bundle = open_bundle(path, Path(tmp))
