@@ -31,6 +31,7 @@ lint: setup
 
 bench: setup
 	$(VENV)/bin/python bench/run.py
+	$(VENV)/bin/python bench/auditlog.py
 
 clean:
 	rm -rf .rebuild $(VENV)

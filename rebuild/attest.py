@@ -33,6 +33,7 @@ from rebuild.evidence.provenance import (
 from rebuild.evidence.sbom import DebianPart, make_sbom, render_debian
 from rebuild.evidence.sign import KeySigner, StatementSigner
 from rebuild.inputs.fetch import Inputs, LockedRequirement
+from rebuild.store.auditlog import log_statement
 from rebuild.store.layout import (
     BUNDLE_MEDIA,
     EVIDENCE_TYPE,
@@ -228,4 +229,7 @@ def attach_statement(store: Store, subject: Descriptor, release: str, kind: str,
     manifest = store.put_artifact(f"application/vnd.rebuild.{kind}.v1+json", layers,
                                   subject=subject, annotations=annotations)
     store.add_to_index(manifest, {KIND: kind, SUBJECT: subject.digest, **annotations})
+    log_statement(store, kind=kind, release=release, manifest=subject.digest,
+                  record=manifest.digest, statement=statement, statement_digest=digest,
+                  bundle=bundle, signer=signer.identity)
     return manifest.digest

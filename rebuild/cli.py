@@ -34,6 +34,12 @@ image_app = typer.Typer(no_args_is_help=True, help="Base images built from Debia
 store_app = typer.Typer(no_args_is_help=True, help="Store upkeep.")
 app.add_typer(image_app, name="image")
 app.add_typer(store_app, name="store")
+log_app = typer.Typer(no_args_is_help=True, help="The audit log: an append-only, tamper-evident "
+                      "record of builds, releases, verdicts and approvals.")
+app.add_typer(log_app, name="log")
+LogKeyOpt = Annotated[Path | None, typer.Option(
+    "--log-key", help="The log's public key (PREFIX.pub of `rebuild log keygen`), pinned: "
+    "checkpoint signatures are checked against it.", metavar="PUB", show_default=False)]
 
 StoreOpt = Annotated[Path | None, typer.Option(
     "--store", help="Store directory (env REBUILD_STORE; default .rebuild/store).",
@@ -458,6 +464,10 @@ def verify(
         "--certificate-oidc-issuer", help="The OIDC issuer of --certificate-identity.",
         metavar="URL", show_default=False)] = None,
     trust_config: TrustConfigOpt = None,
+    log_key: Annotated[Path | None, typer.Option(
+        "--log-key", help="Require the release's records in the audit log, under checkpoints "
+        "signed by this log key (PREFIX.pub of `rebuild log keygen`).", metavar="PUB",
+        show_default=False)] = None,
 ) -> None:
     """Check a release's artifacts, signatures, subjects and provenance, offline; or every
     byte of an exported bundle FILE, then the release inside it (no store needed)."""
@@ -477,6 +487,8 @@ def verify(
                if identity is not None and issuer is not None else [])
     rules = (replace(load_policy(policy), keyless=tuple(keyless)) if policy
              else keys_policy(keys, keyless))
+    if log_key is not None:
+        rules = replace(rules, log_key=_log_verifier(log_key))
     if Path(target).is_file():
         report = verify_bundle_file(Path(target), rules)
     elif target.endswith((".tar", ".gz", ".tgz")) or "/" in target:
@@ -577,6 +589,202 @@ def store_cat(digest: Annotated[str, typer.Argument(help="sha256:<hex>")],
     """Print a blob (a report, a log, a manifest), verified."""
     opts = _opts(store, False)
     sys.stdout.buffer.write(Store(opts.store).read_bytes(digest))
+
+
+@app.command("withdraw")
+def withdraw_cmd(
+    entry: Annotated[int, typer.Argument(help="The audit-log entry of the approval "
+                                              "(`rebuild log show`).")],
+    reason: Annotated[str, typer.Option("--reason", help="Why the approval is withdrawn.")],
+    name: Annotated[str | None, typer.Option(
+        "--name", help="The signer's printed name (default: env REBUILD_SIGNER_NAME, or the "
+        "login name).")] = None,
+    store: StoreOpt = None,
+    json_out: JsonOpt = False,
+    key: KeyOpt = None,
+) -> None:
+    """Withdraw an approval: a signed correction naming its log entry; nothing is removed."""
+    import getpass
+    from datetime import UTC, datetime
+
+    from rebuild.evidence.sign import KeySigner, load_signer, passphrase_from_env
+    from rebuild.release.approve import withdraw_approval
+
+    opts = _opts(store, json_out, key)
+    if opts.key is None:
+        raise UsageError("a withdrawal must be signed by the approval's key: pass --key "
+                         "PREFIX.key")
+    signer = KeySigner(load_signer(opts.key, passphrase_from_env()))
+    signer_name = name or os.environ.get("REBUILD_SIGNER_NAME") or getpass.getuser()
+    digest = withdraw_approval(Store(opts.store), entry, reason=reason, name=signer_name,
+                               signer=signer.key, time=datetime.now(UTC))
+    say(f"approval of entry {entry} withdrawn by {signer_name}; withdrawal {digest}")
+    if opts.json:
+        emit({"withdrawn": entry, "withdrawal": digest, "name": signer_name,
+              "keyid": signer.identity})
+
+
+@log_app.command("keygen")
+def log_keygen(
+    out: Annotated[Path, typer.Option("--out", help="Writes OUT.key (0600) and OUT.pub.")],
+    name: Annotated[str, typer.Option("--name", help="The log's name (its checkpoints' "
+                                      "origin), e.g. example.com/rebuild-log.")]
+    = "rebuild.local/audit-log",
+    json_out: JsonOpt = False,
+) -> None:
+    """Make the log key (Ed25519, signed-note format); sign with env REBUILD_LOG_KEY=OUT.key,
+    pin OUT.pub when verifying. Keep it apart from the store."""
+    from rebuild.store.auditlog import generate_log_key
+
+    opts = _opts(None, json_out)
+    private, public, verifier = generate_log_key(out, name)
+    if opts.json:
+        emit({"private": str(private), "public": str(public), "verifier": verifier.to_text()})
+    say(f"wrote {private} (private, 0600) and {public}: {verifier.to_text()}")
+
+
+def _log_verifier(path: Path | None) -> Any:
+    from rebuild.store.auditlog import load_log_verifier
+
+    return load_log_verifier(path) if path is not None else None
+
+
+@log_app.command("show")
+def log_show(
+    release: Annotated[str | None, typer.Argument(help="A release (name@version); default: "
+                                                       "every entry.")] = None,
+    log_key: LogKeyOpt = None,
+    key: Annotated[list[Path] | None, typer.Option(
+        "--key", help="Trusted public key (PREFIX.pub) of the statements' signers; "
+        "repeatable.")] = None,
+    store: StoreOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """The timeline: when, who (name and key), role, what and its meaning, each entry marked
+    verified only when its inclusion and its statements' signatures checked out."""
+    from rebuild.evidence.sign import load_public_key
+    from rebuild.store.auditlog import timeline
+
+    opts = _opts(store, json_out)
+    keys = [load_public_key(k) for k in (key or [])]
+    shown = timeline(Store(opts.store), release, _log_verifier(log_key), keys)
+    if opts.json:
+        emit(shown)
+        return
+    print(f"audit log {shown['origin']}: {shown['size']} entries; checkpoint signature "
+          f"{shown['checkpoint_signature']}; times: {shown['time_source']}")
+    for row in shown["entries"]:
+        actor = row["actor"]
+        mark = "verified" if row["verified"] else "NOT VERIFIED"
+        extra = ""
+        if "corrects" in row:
+            extra += f" (corrects entry {row['corrects']})"
+        if "withdrawn_by" in row:
+            extra += f" (WITHDRAWN by entry {row['withdrawn_by']})"
+        sigs = "; ".join(f"{k}: {v}" for k, v in row["signatures"].items())
+        print(f"#{row['entry']:<5} {row['time']}  {row['event']:<18} {row['release']}  "
+              f"{actor['name']} ({actor['role']}, key {str(actor['keyid'])[:16]}): "
+              f"{row['meaning']}{extra}  [{mark}; in log: {row['in_log']}"
+              f"{'; ' + sigs if sigs else ''}]")
+
+
+@log_app.command("verify")
+def log_verify(
+    checkpoint: Annotated[Path | None, typer.Option(
+        "--checkpoint", help="A checkpoint kept earlier (`rebuild log checkpoint -o FILE`): "
+        "the log must extend it.", metavar="FILE", show_default=False)] = None,
+    log_key: LogKeyOpt = None,
+    store: StoreOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Recompute the tree from the entries, check every tile and checkpoint, prove the log
+    consistent with a kept checkpoint, and check the store against it; exit 1 naming the
+    first entry that differs."""
+    from rebuild.store.auditlog import verify_log
+
+    opts = _opts(store, json_out)
+    verifier = _log_verifier(log_key)
+    kept = None
+    if checkpoint is not None:
+        try:
+            kept = checkpoint.read_bytes()
+        except OSError as exc:
+            raise UsageError(f"--checkpoint {checkpoint}: {exc.strerror}") from None
+    st = Store(opts.store)
+    st.require()
+    report = verify_log(st, verifier, kept)
+    for check in report.checks:
+        say(f"  {'ok  ' if check.ok else 'FAIL'} {check.name}: {check.detail}")
+    if report.signed is None:
+        say("  checkpoint signatures NOT VERIFIED: pass --log-key PUB to check them")
+    state = "consistent" if report.ok else "NOT consistent: rewritten or damaged"
+    say(f"audit log of {report.size} entries: {state}")
+    if opts.json:
+        emit(report.to_json())
+    if not report.ok:
+        raise typer.Exit(ExitCode.CLAIM_FAILED)
+
+
+@log_app.command("checkpoint")
+def log_checkpoint(
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where to keep it.",
+                                         metavar="FILE")],
+    store: StoreOpt = None,
+) -> None:
+    """Save the current checkpoint, to prove later (`log verify --checkpoint`) that the log
+    was only appended to since."""
+    from rebuild.store.auditlog import AuditLog
+
+    opts = _opts(store, False)
+    current = AuditLog.of(Store(opts.store)).read_checkpoint()
+    if current is None:
+        raise StoreError(f"no audit log in {opts.store}: nothing was recorded yet")
+    output.write_bytes(current[0])
+    say(f"wrote {output}: {current[2].size} entries, root {current[2].root.hex()[:16]}…")
+
+
+@log_app.command("prove")
+def log_prove(
+    entry: Annotated[int | None, typer.Option(
+        "--entry", help="An inclusion proof of this entry (C2SP tlog-proof).")] = None,
+    since: Annotated[Path | None, typer.Option(
+        "--since", help="A consistency proof from this kept checkpoint to the current one "
+        "(base64 hashes, one a line).", metavar="FILE", show_default=False)] = None,
+    output: Annotated[Path | None, typer.Option("-o", "--output", metavar="FILE")] = None,
+    store: StoreOpt = None,
+) -> None:
+    """Print a proof made from the tiles, for checkers other than rebuild."""
+    from rebuild.store import tlog
+    from rebuild.store.auditlog import AuditLog
+
+    opts = _opts(store, False)
+    if (entry is None) == (since is None):
+        raise UsageError("choose one: --entry N (inclusion) or --since FILE (consistency)")
+    log = AuditLog.of(Store(opts.store))
+    current = log.read_checkpoint()
+    if current is None:
+        raise StoreError(f"no audit log in {opts.store}: nothing was recorded yet")
+    data, _, checkpoint = current
+    if entry is not None:
+        if not 0 <= entry < checkpoint.size:
+            raise UsageError(f"--entry {entry}: the log has {checkpoint.size} entries")
+        proof = tlog.InclusionProof(entry, tuple(log.inclusion_proof(entry, checkpoint.size)),
+                                    data).to_bytes()
+    else:
+        assert since is not None
+        try:
+            old = tlog.parse_checkpoint(tlog.parse_note(since.read_bytes()).text)
+        except OSError as exc:
+            raise UsageError(f"--since {since}: {exc.strerror}") from None
+        if old.size > checkpoint.size:
+            raise UsageError(f"--since {since}: {old.size} entries, more than the log's "
+                             f"{checkpoint.size}")
+        proof = "".join(tlog.b64(h) + "\n" for h in
+                        log.consistency_proof(old.size, checkpoint.size)).encode()
+    if output is None:
+        sys.stdout.buffer.write(proof)
+    else:
+        output.write_bytes(proof)
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 
 This module sequences the stages; each stage lives in its own module. What it writes to the
 store is deterministic (no wall-clock times, no host paths), so building the same recipe
-again adds nothing new.
+again adds nothing new to the layout; the audit log records each attempt (rebuild.auditlog).
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ from rebuild.errors import BuildFailed, ClaimFailed, StoreError
 from rebuild.evidence.provenance import Subject, make_test_result
 from rebuild.evidence.sign import StatementSigner
 from rebuild.inputs.fetch import Inputs, export_wheels, fetch_inputs, parse_lock
+from rebuild.store.auditlog import log_build
 from rebuild.store.layout import (
     ATTEMPT_TYPE,
     EPOCH_ANN,
@@ -189,6 +190,9 @@ def twin_build(loaded: LoadedRecipe, store: Store, *, cache_dir: Path,
         except BuildFailed as exc:
             attempt, _ = _store_attempt(store, plan, inputs, results, logs, (), (), None,
                                         "failed")
+            log_build(store, release=plan.release, attempt=attempt.digest, manifest=None,
+                      evidence=None, bundles={}, statements={}, signer=None,
+                      status="failed", test_result=None)
             raise BuildFailed(f"{exc}\nlogs kept in the store: attempt {attempt.digest}") from None
         differences = compare_artifacts(a, b)
         explanation = (explain_differences(loaded.recipe, plan, sandbox, source_tar, a,
@@ -219,6 +223,11 @@ def twin_build(loaded: LoadedRecipe, store: Store, *, cache_dir: Path,
     link = build_link(facts, loaded.recipe.build.command, signer) if signer else None
     evidence = attach_evidence(store, release or attempt, plan.release, statements, sbom,
                                signer, link)
+    log_build(store, release=plan.release, attempt=attempt.digest,
+              manifest=release.digest if release else None, evidence=evidence.manifest,
+              bundles=evidence.bundles, statements=evidence.statements,
+              signer=evidence.signer, status=status,
+              test_result=test.statement["predicate"]["result"] if test else None)
     clock.lap("evidence")
     if test is not None and not test.passed:
         raise BuildFailed(f"the test command failed; the release is not recorded as good\n"

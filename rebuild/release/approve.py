@@ -7,6 +7,7 @@ and when it was made: the attributes an electronic signature must show under 21 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -18,6 +19,7 @@ from rebuild.errors import ClaimFailed, UsageError
 from rebuild.evidence.provenance import STATEMENT_TYPE
 from rebuild.evidence.sign import KeySigner
 from rebuild.release.verify import Policy, resolve_release, verify_release
+from rebuild.store.auditlog import AuditLog
 from rebuild.store.layout import REF_NAME, Store
 from rebuild.twin import release_artifacts
 
@@ -60,3 +62,40 @@ def approve(store: Store, target: str, *, role: str, meaning: str, name: str,
                                    name=name, keyid=signer.public_key.keyid, role=role,
                                    meaning=meaning, comment=comment, time=time)
     return attach_statement(store, release, ref, "approval", statement, KeySigner(signer))
+
+
+WITHDRAWAL = "https://rebuild.dev/attestations/approval-withdrawal/v1"
+
+
+def withdraw_approval(store: Store, entry: int, *, reason: str, name: str, signer: Signer,
+                      time: datetime) -> str:
+    """Withdraw the approval logged as `entry`: a new signed statement, attached to the
+    release and logged as a correction naming that entry; nothing is removed. Only the key
+    that signed the approval may withdraw it."""
+    if not reason.strip() or not name.strip():
+        raise UsageError("a withdrawal needs a reason (--reason) and the signer's name")
+    log = AuditLog.of(store)
+    if not 0 <= entry < log.size():
+        raise UsageError(f"entry {entry} is not in the audit log of {store.root} "
+                         "(`rebuild log show` lists the entries)")
+    data = json.loads(next(log.entries(entry, entry + 1))[1])
+    if data.get("event") != "approval":
+        raise UsageError(f"entry {entry} is a {data.get('event')}, not an approval")
+    keyid = signer.public_key.keyid
+    if data["actor"]["keyid"] != keyid:
+        raise ClaimFailed(f"withdrawal refused: entry {entry} is an approval signed by key "
+                          f"{data['actor']['keyid']}; only that key may withdraw it")
+    release = resolve_release(store, data["release"])
+    artifacts = {a.name: a.sha256 for a in release_artifacts(store, release)}
+    statement = {"_type": STATEMENT_TYPE,
+                 "subject": [{"name": n, "digest": {"sha256": d}}
+                             for n, d in sorted(artifacts.items())],
+                 "predicateType": WITHDRAWAL,
+                 "predicate": {"release": data["release"], "manifest": release.digest,
+                               "withdraws": {"entry": entry, "approval":
+                                             data["statements"]["approval"]["statement"]},
+                               "signer": {"name": name, "keyid": keyid},
+                               "role": data["actor"]["role"], "reason": reason,
+                               "time": time.strftime("%Y-%m-%dT%H:%M:%SZ")}}
+    return attach_statement(store, release, data["release"], "withdrawal", statement,
+                            KeySigner(signer))

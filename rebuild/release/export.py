@@ -6,6 +6,8 @@ The bundle is a tar (gzip-compressed when the file name ends in `.gz` or `.tgz`)
     artifacts/<name>                             a copy of each artifact (links are not copied)
     keys/<keyid>.pub                             the public keys given to `rebuild export`
     report.html, report.md                       the release's story, for people (rebuild.report)
+    log/entries/<N>.json, log/proofs/<N>.tlog-proof  the release's audit-log events, each with
+                                                 an inclusion proof and checkpoint (C2SP)
     SHA256SUMS                                   every other file, in `sha256sum -c` format
 
 The layout holds the release manifest and its artifacts, and every record whose subject is
@@ -58,6 +60,7 @@ from rebuild.evidence.sign import keyid, load_public_key
 from rebuild.release.pages import render_html, render_markdown
 from rebuild.release.report import CREATED_ANN, release_story
 from rebuild.release.verify import Check, Policy, resolve_release
+from rebuild.store.auditlog import bundle_files, release_events
 from rebuild.store.layout import (
     CHUNK,
     EMPTY_DIGEST,
@@ -352,6 +355,10 @@ def export_release(store: Store, target: str, out: Path, *, keys: Sequence[Path]
     members += [_bytes_member("oci-layout", OCI_LAYOUT),
                 _bytes_member("index.json", bundle_index(entries))]
     members += [_bytes_member(path, data) for path, data in human.items()]
+    # The release's audit-log events with inclusion proofs (pinned by SHA256SUMS; their
+    # trust is the proofs and the checkpoint's signature, checked by `rebuild verify`).
+    members += [_bytes_member(path, data) for path, data in
+                sorted(bundle_files(release_events(store, release.digest)).items())]
     for layer in release_manifest["layers"]:
         path = artifact_copy_path(layer)
         if path is not None:
@@ -593,7 +600,7 @@ def _check_layout(root: Path, digests: Mapping[str, str], problems: _Problems
             problems.add(name, f"content does not match the digest {pinned_by} records")
     known = {"oci-layout", "index.json", SUMS, *expected}
     for name in sorted(files):
-        if not name.startswith("blobs/") and name not in known:
+        if not name.startswith(("blobs/", "log/")) and name not in known:
             problems.add(name, "not a file an export writes (neither a blob nor pinned by a "
                          "manifest)")
     for name in sorted(expected):

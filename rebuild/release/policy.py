@@ -29,6 +29,11 @@ class ApprovalRule(_Strict):
     keys: tuple[str, ...] = Field(min_length=1)
 
 
+class LogRule(_Strict):
+    required: bool = True  # every counted verdict, approval and evidence record is logged
+    key: str = Field(min_length=1)  # the log's public key (`rebuild log keygen`), pinned
+
+
 class PolicyRules(_Strict):
     builder_keys: tuple[str, ...] = Field(min_length=1)  # .pub files, relative to the policy
     reproducible: bool = True
@@ -37,6 +42,7 @@ class PolicyRules(_Strict):
     verdicts: int = Field(default=0, ge=0)  # PASSED QA verdicts, each from another qa key
     qa_keys: tuple[str, ...] = ()
     approvals: tuple[ApprovalRule, ...] = ()
+    log: LogRule | None = None
 
 
 class PolicyFile(_Strict):
@@ -64,9 +70,18 @@ def load_policy(path: Path) -> Policy:
         except RebuildError as exc:
             raise UsageError(f"{path}: policy.{key}: {exc}") from None
 
+    log_key = None
+    if rules.log is not None and rules.log.required:
+        from rebuild.store.auditlog import load_log_verifier
+
+        try:
+            log_key = load_log_verifier(path.parent / rules.log.key)
+        except RebuildError as exc:
+            raise UsageError(f"{path}: policy.log.key: {exc}") from None
     return Policy(keys("builder_keys", rules.builder_keys), rules.reproducible, rules.sbom,
                   rules.tests, rules.verdicts, keys("qa_keys", rules.qa_keys),
-                  {a.role: keys(f"approvals[{a.role}].keys", a.keys) for a in rules.approvals})
+                  {a.role: keys(f"approvals[{a.role}].keys", a.keys) for a in rules.approvals},
+                  log_key=log_key)
 
 
 

@@ -7,6 +7,7 @@ file, never from the store.
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,7 +25,17 @@ from rebuild.evidence.provenance import (
     TEST_RESULT,
 )
 from rebuild.evidence.sign import KeylessIdentity, UntrustedSigner, verify_bundle, verify_signed
-from rebuild.store.layout import BUNDLE_MEDIA, KIND, REF_NAME, TITLE, Descriptor, Store
+from rebuild.store.auditlog import check_events, release_events, release_log_checks
+from rebuild.store.layout import (
+    BUNDLE_MEDIA,
+    KIND,
+    REF_NAME,
+    TITLE,
+    Descriptor,
+    Store,
+    canonical_json,
+)
+from rebuild.store.tlog import NoteVerifier
 
 PREDICATES = {"provenance": SLSA_PROVENANCE, "sbom": SBOM_PREDICATE,
               "test-result": TEST_RESULT}
@@ -40,6 +51,7 @@ class Policy:
     qa_keys: tuple[SSlibKey, ...] = ()
     approvals: Mapping[str, tuple[SSlibKey, ...]] = field(default_factory=dict)
     keyless: tuple[KeylessIdentity, ...] = ()  # trusted keyless builders (Fulcio identities)
+    log_key: NoteVerifier | None = None  # when set, the release's records must be logged
 
 
 @dataclass(frozen=True)
@@ -134,14 +146,28 @@ def verify_release(store: Store, target: str, policy: Policy) -> Report:
                    f"{len(keyids)} PASSED verdict(s) from trusted QA keys, "
                    f"{policy.verdicts} required")
     for role, role_keys in sorted(policy.approvals.items()):
-        approvals = [st for _, st in signed_statements(store, release, "approval", role_keys,
-                                                        artifacts)
-                     if st.get("predicate", {}).get("role") == role]
+        # An approval its own signer withdrew (`rebuild withdraw`) no longer counts.
+        withdrawn = {(keyid, st.get("predicate", {}).get("withdraws", {}).get("approval"))
+                     for keyid, st in signed_statements(store, release, "withdrawal",
+                                                        role_keys, artifacts)}
+        approvals = [st for keyid, st in signed_statements(store, release, "approval",
+                                                            role_keys, artifacts)
+                     if st.get("predicate", {}).get("role") == role and (keyid, _digest(st))
+                     not in withdrawn]
         names = ", ".join(sorted({a["predicate"]["signer"]["name"] for a in approvals}))
         report.add(f"approval: {role}", bool(approvals),
                    f"approved by {names}" if approvals
                    else f"no {role} approval by a trusted key")
+    if policy.log_key is not None:
+        referrers = [((e.annotations or {}).get(KIND, ""), e.digest)
+                     for e in store.referrers(release.digest)]
+        for check in release_log_checks(store, release.digest, referrers, policy.log_key):
+            report.add(check.name, check.ok, check.detail)
     return report
+
+
+def _digest(statement: Mapping[str, Any]) -> str:
+    return "sha256:" + hashlib.sha256(canonical_json(statement)).hexdigest()
 
 
 def verify_bundle_file(path: Path, policy: Policy) -> Report:
@@ -162,7 +188,25 @@ def verify_bundle_file(path: Path, policy: Policy) -> Report:
             report.add("release", False, str(exc))
             return report
         report.checks.extend(inner.checks)
+        if policy.log_key is None and (bundle.root / "log").is_dir():
+            _check_bundled_log(Store(bundle.root), report)
         return report
+
+
+def _check_bundled_log(store: Store, report: Report) -> None:
+    """Without a pinned log key the proofs still show each event is in the tree its
+    checkpoint names; only the checkpoint's signature stays unchecked, and says so."""
+    try:
+        events = release_events(store, "")
+    except (ClaimFailed, ValueError, OSError) as exc:
+        report.add("audit log", False, f"the bundle's log proofs are unreadable: {exc}")
+        return
+    failed = check_events(events, None)
+    for check in failed:
+        report.add(check.name, check.ok, check.detail)
+    if not failed:
+        report.add("audit log", True, f"{len(events)} event(s) included in the log's tree; "
+                   "checkpoint signature NOT VERIFIED (pass --log-key PUB)")
 
 
 def signed_statements(store: Store, release: Descriptor, kind: str,
