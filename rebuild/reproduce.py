@@ -46,7 +46,7 @@ from rebuild.store import (
     Descriptor,
     Store,
 )
-from rebuild.verify import resolve_release
+from rebuild.verify import VERDICT_URI, resolve_release
 
 VSA = "https://slsa.dev/verification_summary/v1"
 VERIFIER_ID = "https://rebuild.dev/verifier/reproduce@v1"
@@ -215,7 +215,7 @@ def verification_summary(store: Store, release: Descriptor, name: str,
         "predicate": {
             "verifier": {"id": VERIFIER_ID, "version": {"rebuild": __version__}},
             "timeVerified": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "resourceUri": f"rebuild:release:{name}",
+            "resourceUri": f"{VERDICT_URI}{name}",
             "policy": {"uri": POLICY_URI},
             "inputAttestations": [{"uri": "provenance.json",
                                    "digest": {"sha256": provenance.removeprefix("sha256:")}}]
