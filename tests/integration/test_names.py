@@ -24,8 +24,8 @@ from typing import Any
 
 import pytest
 
-from rebuild.export import Member, bundle_index, index_entry, sums_file, write_archive
-from rebuild.store import RELEASE_ANN, canonical_json
+from rebuild.release.export import Member, bundle_index, index_entry, sums_file, write_archive
+from rebuild.store.layout import RELEASE_ANN, canonical_json
 from tests.conftest import Result, run_rebuild, seed_store
 
 pytestmark = pytest.mark.docker

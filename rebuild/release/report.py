@@ -24,8 +24,17 @@ from typing import Any
 from securesystemslib.signer import SSlibKey  # type: ignore[attr-defined]
 
 from rebuild.errors import ClaimFailed, StoreError
-from rebuild.sign import KeylessIdentity, verify_bundle, verify_signed
-from rebuild.store import (
+from rebuild.evidence.sign import KeylessIdentity, verify_bundle, verify_signed
+from rebuild.release.verify import (
+    Policy,
+    Report,
+    attached,
+    resolve_release,
+    statement_manifest,
+    statement_release,
+    verify_release,
+)
+from rebuild.store.layout import (
     CREATED_ANN,
     EPOCH_ANN,
     IMAGE_ID_ANN,
@@ -39,15 +48,6 @@ from rebuild.store import (
     TITLE,
     Descriptor,
     Store,
-)
-from rebuild.verify import (
-    Policy,
-    Report,
-    attached,
-    resolve_release,
-    statement_manifest,
-    statement_release,
-    verify_release,
 )
 
 STORY_FORMAT = "rebuild-story/v1"
