@@ -54,6 +54,7 @@ from rebuild.store.layout import (
     IMAGE_ID_ANN,
     INPUTS_TYPE,
     KIND,
+    LINK_ANN,
     OCI_MANIFEST,
     REF_NAME,
     RELEASE_ANN,
@@ -63,6 +64,7 @@ from rebuild.store.layout import (
     Descriptor,
     Store,
     canonical_json,
+    release_annotations,
 )
 
 RECORD_MEDIA = "application/vnd.rebuild.comparison.v1+json"
@@ -332,11 +334,10 @@ def _store_release(store: Store, plan: BuildPlan, artifacts: Sequence[Artifact])
             digest, size = store.put_bytes(artifact.link.encode())
         annotations = {TITLE: artifact.name}
         if artifact.link is not None:
-            annotations["dev.rebuild.link"] = artifact.link
+            annotations[LINK_ANN] = artifact.link
         layers.append(Descriptor("application/octet-stream", digest, size, annotations))
-    release = store.put_artifact(RELEASE_TYPE, layers, annotations={
-        RELEASE_ANN: plan.release, "org.opencontainers.image.created":
-            iso_time(plan.source_date_epoch)})
+    release = store.put_artifact(RELEASE_TYPE, layers, annotations=release_annotations(
+        plan.release, plan.source_date_epoch))
     existing = store.find(plan.release)
     if existing is not None and existing.digest != release.digest:
         raise ClaimFailed(f"release {plan.release} already exists with other artifacts: "

@@ -71,6 +71,7 @@ def test_the_view_is_the_text_the_pages_show() -> None:
     assert report_view(FAILED) == {
         "release": "tool@0.1", "manifest": DIGEST, "created": "None",
         "headline": {"css": "bad", "text": "Evidence NOT VERIFIED with the given key(s): k1"},
+        "facts": " (NOT VERIFIED: from unsigned store records)",
         "artifacts": [{"name": "bin/tool", "link": None, "sha256": "cd" * 32, "size": "12"},
                       {"name": "bin/t", "link": "tool", "sha256": "ef" * 32, "size": "8"}],
         "from_what": [["SOURCE_DATE_EPOCH", "1700000000 (2023-11-14T22:13:20Z)"],

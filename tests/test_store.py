@@ -167,3 +167,36 @@ def test_the_query_index_follows_index_json(tmp_path: Path) -> None:
     assert store.find("x@1") is None
     assert store.find("y@1") is not None
     assert [e.digest for e in store.entries("evidence")] == [second.digest]
+
+
+def test_an_edited_query_cache_row_is_never_believed(tmp_path: Path) -> None:
+    """The cache is derived data: a row whose columns are not its own entry's is rebuilt from
+    index.json on lookup, and fsck compares every row with index.json."""
+    import sqlite3
+
+    store = make_store(tmp_path)
+    named = {}
+    for name in ("x@1", "y@1"):
+        digest, size = store.put_bytes(name.encode())
+        manifest = store.put_artifact("application/x-test",
+                                      [Descriptor("text/plain", digest, size)])
+        named[name] = store.add_to_index(manifest, {REF_NAME: name}).digest
+    assert store.find("x@1") is not None and store.fsck() == []
+    cache = store.root / ".cache" / "query.sqlite"
+    with sqlite3.connect(cache) as db:
+        db.execute("UPDATE entries SET ref_name = 'z@1' WHERE ref_name = 'x@1'")
+    assert store.find("z@1") is None
+    found = store.find("x@1")
+    assert found is not None and found.digest == named["x@1"]
+    with sqlite3.connect(cache) as db:  # consistent with itself, not with index.json
+        (text,) = db.execute("SELECT entry FROM entries WHERE ref_name = 'x@1'").fetchone()
+        db.execute("UPDATE entries SET entry = ? WHERE ref_name = 'x@1'",
+                   (text.replace(named["x@1"], named["y@1"]),))
+    problems = store.fsck()
+    assert [p.digest for p in problems] == [".cache/query.sqlite"]
+    assert "query cache disagrees with index.json: row 0 differs" in problems[0].what
+    assert store.fsck() == []  # rebuilt
+    found = store.find("x@1")
+    assert found is not None and found.digest == named["x@1"]
+    result = run_rebuild("store", "fsck", store=store.root)
+    assert result.code == 0, result.stderr

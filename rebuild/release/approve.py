@@ -20,7 +20,7 @@ from rebuild.evidence.provenance import STATEMENT_TYPE
 from rebuild.evidence.sign import KeySigner
 from rebuild.release.verify import Policy, resolve_release, verify_release
 from rebuild.store.auditlog import AuditLog
-from rebuild.store.layout import REF_NAME, Store
+from rebuild.store.layout import Store
 from rebuild.twin import release_artifacts
 
 APPROVAL = "https://rebuild.dev/attestations/approval/v1"
@@ -56,7 +56,8 @@ def approve(store: Store, target: str, *, role: str, meaning: str, name: str,
         failed = "; ".join(f"{c.name}: {c.detail}" for c in report.checks if not c.ok)
         raise ClaimFailed(f"approval refused: the evidence of {target} does not verify "
                           f"({failed})")
-    ref = (release.annotations or {}).get(REF_NAME, target)
+    # The name the signed provenance gives, which the verification bound to this manifest.
+    ref = str(report.release)
     artifacts = {a.name: a.sha256 for a in release_artifacts(store, release)}
     statement = approval_statement(release=ref, manifest=release.digest, artifacts=artifacts,
                                    name=name, keyid=signer.public_key.keyid, role=role,

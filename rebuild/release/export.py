@@ -55,18 +55,17 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_public_key,
 )
 
-from rebuild.errors import SigningError, StoreError, UsageError
+from rebuild.errors import ClaimFailed, SigningError, StoreError, UsageError
 from rebuild.evidence.sign import keyid, load_public_key
 from rebuild.release.pages import render_html, render_markdown
-from rebuild.release.report import CREATED_ANN, release_story
+from rebuild.release.report import release_story
 from rebuild.release.verify import Check, Policy, resolve_release
 from rebuild.store.auditlog import bundle_files, release_events
 from rebuild.store.layout import (
     CHUNK,
-    EMPTY_DIGEST,
+    CREATED_ANN,
     INPUTS_TYPE,
     KIND,
-    OCI_EMPTY,
     OCI_INDEX,
     OCI_MANIFEST,
     REF_NAME,
@@ -77,6 +76,7 @@ from rebuild.store.layout import (
     TITLE,
     Descriptor,
     Store,
+    artifact_manifest,
     canonical_json,
     sha256_file,
 )
@@ -256,15 +256,8 @@ def sums_file(members: Sequence[tuple[str, str]]) -> bytes:
 def _artifact_manifest(artifact_type: str, layers: Sequence[Descriptor], subject: Descriptor,
                        annotations: Mapping[str, str]) -> bytes:
     """The same manifest `Store.put_artifact` writes, built in memory."""
-    return canonical_json({
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "artifactType": artifact_type,
-        "config": {"mediaType": OCI_EMPTY, "digest": EMPTY_DIGEST, "size": 2},
-        "layers": [layer.to_json() for layer in layers],
-        "subject": Descriptor(subject.media_type, subject.digest, subject.size).to_json(),
-        "annotations": dict(annotations),
-    })
+    return canonical_json(artifact_manifest(artifact_type, layers, subject=subject,
+                                            annotations=annotations))
 
 
 # -- the archive -----------------------------------------------------------------------------
@@ -311,8 +304,16 @@ def export_release(store: Store, target: str, out: Path, *, keys: Sequence[Path]
         raise UsageError(f"-o {out} is a directory; name the bundle file, e.g. {out}/x.tar")
     release = resolve_release(store, target)
     release_manifest = store.read_json(release.digest)
-    name = (release.annotations or {}).get(REF_NAME) or release_manifest.get(
-        "annotations", {}).get(RELEASE_ANN, target)
+    # The bundle names its release by the manifest's own annotation (`index_entry`); an index
+    # or cache entry that calls the manifest something else is refused, not exported under
+    # a name the bundle cannot prove (the signatures are checked by `rebuild verify FILE`).
+    name = str(release_manifest.get("annotations", {}).get(RELEASE_ANN, ""))
+    asked = target if not target.startswith("sha256:") else (release.annotations or {}).get(
+        REF_NAME, name)
+    if name != asked:
+        raise ClaimFailed(f"refusing to export {target}: the store's index names the release "
+                          f"manifest {release.digest} {asked}, but the manifest records "
+                          f"{name or 'no name'}; run `rebuild store fsck` and `rebuild verify`")
     pems = dict(public_key_file(k) for k in keys)
     policy = Policy(tuple(load_public_key(k) for k in keys))
     story = release_story(store, name, policy)

@@ -26,8 +26,17 @@ from securesystemslib.signer import SSlibKey  # type: ignore[attr-defined]
 
 from rebuild.errors import ClaimFailed, StoreError
 from rebuild.evidence.sign import KeylessIdentity, verify_bundle, verify_signed
-from rebuild.release.verify import Policy, resolve_release, verify_release
+from rebuild.release.verify import (
+    Policy,
+    Report,
+    attached,
+    resolve_release,
+    statement_manifest,
+    statement_release,
+    verify_release,
+)
 from rebuild.store.layout import (
+    CREATED_ANN,
     EPOCH_ANN,
     IMAGE_ID_ANN,
     IMAGE_REF_ANN,
@@ -43,7 +52,6 @@ from rebuild.store.layout import (
 )
 
 STORY_FORMAT = "rebuild-story/v1"
-CREATED_ANN = "org.opencontainers.image.created"
 
 Story = dict[str, Any]
 
@@ -56,51 +64,97 @@ def release_story(store: Store, release: str, policy: Policy) -> Story:
 
     Signatures are checked against every key `policy` names (builders, QA, approvers); the
     verification section is `verify_release` under `policy`, or "not run" without keys.
+    What was built, from what and by whom are told from the signed provenance that the
+    verification bound to this release (`facts_verified`); without one, from the store's
+    records, and the story says they are not verified.
     """
     entry = resolve_release(store, release)
     manifest = store.read_json(entry.digest)
-    name = (entry.annotations or {}).get(REF_NAME) or manifest.get("annotations", {}).get(
+    verification, report = _verification(store, release, policy)
+    bound = report is not None and report.bound
+    indexed = (entry.annotations or {}).get(REF_NAME) or manifest.get("annotations", {}).get(
         RELEASE_ANN, release)
+    name = str(report.release) if report is not None and report.ok else indexed
     trusted = Trusted(_trusted_keys(policy), policy.keyless)
     referrers = store.referrers(entry.digest)
 
     def of_kind(kind: str) -> list[Descriptor]:
-        return sorted((r for r in referrers if (r.annotations or {}).get(KIND) == kind),
-                      key=lambda r: r.digest)
+        return sorted(attached(store, entry, kind), key=lambda r: r.digest)
 
-    evidence = [_evidence(store, e, trusted) for e in of_kind("evidence")]
-    provenance = _first_statement(evidence, "provenance")
-    test_result = _first_statement(evidence, "test-result")
-    # The newest inputs record, the one `rebuild reproduce` uses.
-    inputs = _inputs(store, [r for r in reversed(referrers)
-                             if (r.annotations or {}).get(KIND) == "inputs"])
-    epoch = inputs.get("source_date_epoch") if inputs else None
-    if epoch is None and provenance is not None:
-        epoch = (provenance["statement"].get("predicate", {}).get("buildDefinition", {})
-                 .get("internalParameters", {}).get("source_date_epoch"))
     artifacts = [_artifact(layer) for layer in manifest.get("layers", [])]
     recorded = {a["name"]: a["sha256"] for a in artifacts}
+    binding = Binding(name if bound else indexed, entry.digest, recorded)
+    evidence = [_evidence(store, e, trusted, binding) for e in of_kind("evidence")]
+    if bound and report is not None:
+        provenance: dict[str, Any] | None = _bound_statement(evidence, report, "provenance")
+        test_result = _bound_statement(evidence, report, "test-result")
+    else:
+        provenance = _first_statement(evidence, "provenance")
+        test_result = _first_statement(evidence, "test-result")
+    told = _provenance(provenance)
+    # The newest inputs record, the one `rebuild reproduce` uses: unsigned, so it is shown
+    # as matching the signed provenance or not.
+    inputs = _inputs(store, [r for r in reversed(referrers)
+                             if (r.annotations or {}).get(KIND) == "inputs"], told)
+    epoch = told.get("source_date_epoch") if told else None
+    if epoch is None and not bound and inputs:
+        epoch = inputs.get("source_date_epoch")
     return {
         "format": STORY_FORMAT,
         "release": name,
+        "facts_verified": bound,
         "manifest": entry.digest,
         "created": manifest.get("annotations", {}).get(CREATED_ANN),
         "source_date_epoch": epoch,
         "artifacts": artifacts,
         "inputs": inputs,
-        "provenance": _provenance(provenance),
+        "provenance": told,
         "sbom": _sbom(store, evidence),
         "evidence": [_public(e) for e in evidence],
-        "attempts": [_attempt(store, a) for a in of_kind("attempt")],
+        "attempts": [_attempt(store, a, told) for a in of_kind("attempt")],
         "tests": None if test_result is None else {
             "result": test_result["statement"].get("predicate", {}).get("result"),
             "signature": test_result["signature"]},
-        "verdicts": sorted((_verdict(store, v, trusted, recorded) for v in of_kind("verdict")),
+        "verdicts": sorted((_verdict(store, v, trusted, binding) for v in of_kind("verdict")),
                            key=lambda v: (str(v["time"]), v["manifest"])),
-        "approvals": sorted((_approval(store, a, trusted) for a in of_kind("approval")),
+        "approvals": sorted((_approval(store, a, trusted, binding) for a in of_kind("approval")),
                             key=lambda a: (str(a["time"]), a["manifest"])),
-        "verification": _verification(store, name, policy),
+        "verification": verification,
     }
+
+
+@dataclass(frozen=True)
+class Binding:
+    """What a signed statement must name to be about this release: its name, its manifest
+    and its artifacts (name -> sha256 hex)."""
+
+    name: str
+    manifest: str
+    artifacts: Mapping[str, str]
+
+    def problem(self, kind: str, statement: Mapping[str, Any]) -> str | None:
+        """Why a statement whose signature verified is not about this release, or None."""
+        subjects = {s.get("name"): s.get("digest", {}).get("sha256")
+                    for s in statement.get("subject", []) if isinstance(s, Mapping)}
+        if subjects != self.artifacts:
+            return "its subjects are not this release's artifacts"
+        named = statement_release(kind, statement)
+        if kind != "test-result" and named != self.name:
+            return f"it is about {named or 'no release'}, not {self.name}"
+        if statement_manifest(kind, statement) not in (None, self.manifest):
+            return "it names another release manifest"
+        return None
+
+
+def _bound_statement(evidence: Sequence[Mapping[str, Any]], report: Report, kind: str
+                     ) -> dict[str, Any] | None:
+    """The `kind` statement the verification counted, with its signature status."""
+    statement = report.statements.get(kind)
+    for e in evidence:
+        found = e["statements"].get(kind)
+        if found is not None and found["statement"] == statement:
+            return dict(found)
+    return None
 
 
 @dataclass(frozen=True)
@@ -133,8 +187,9 @@ def _layers(store: Store, digest: str) -> dict[str, dict[str, Any]]:
 
 
 def _signature(store: Store, layers: Mapping[str, Mapping[str, Any]], kind: str,
-               trusted: Trusted) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(statement, signature status) of the `kind` statement in an artifact's layers."""
+               trusted: Trusted, binding: Binding) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(statement, signature status) of the `kind` statement in an artifact's layers; a
+    verified signature of a statement about another release is "unbound"."""
     statement_layer = layers.get(f"{kind}.json")
     bundle_layer = layers.get(f"{kind}.sigstore.json")
     statement: dict[str, Any] = (store.read_json(statement_layer["digest"])
@@ -159,12 +214,14 @@ def _signature(store: Store, layers: Mapping[str, Mapping[str, Any]], kind: str,
     else:
         if verified.identity is not None:
             status["key"] = str(verified.identity)
-        status.update(status="verified", detail="signature verified")
         statement = verified.statement
+        problem = binding.problem(kind, statement)
+        status.update(status="unbound", detail=f"signature verified, but {problem}") \
+            if problem else status.update(status="verified", detail="signature verified")
     return statement, status
 
 
-def _evidence(store: Store, entry: Descriptor, trusted: Trusted
+def _evidence(store: Store, entry: Descriptor, trusted: Trusted, binding: Binding
               ) -> dict[str, Any]:
     layers = _layers(store, entry.digest)
     statements = {}
@@ -172,7 +229,7 @@ def _evidence(store: Store, entry: Descriptor, trusted: Trusted
         if title.endswith(".json") and not title.endswith(".sigstore.json") \
                 and title != "sbom.cdx.json":
             kind = title.removesuffix(".json")
-            statement, signature = _signature(store, layers, kind, trusted)
+            statement, signature = _signature(store, layers, kind, trusted, binding)
             statements[kind] = {"digest": layers[title]["digest"], "signature": signature,
                                 "statement": statement}
     return {"manifest": entry.digest, "signer": (entry.annotations or {}).get(SIGNER_ANN),
@@ -196,7 +253,8 @@ def _first_statement(evidence: Sequence[Mapping[str, Any]], kind: str
     return found[0] if found else None
 
 
-def _inputs(store: Store, entries: Sequence[Descriptor]) -> dict[str, Any] | None:
+def _inputs(store: Store, entries: Sequence[Descriptor], provenance: Mapping[str, Any] | None
+            ) -> dict[str, Any] | None:
     for entry in entries:
         manifest = store.read_json(entry.digest)
         if manifest.get("artifactType") != INPUTS_TYPE:
@@ -221,8 +279,28 @@ def _inputs(store: Store, entries: Sequence[Descriptor]) -> dict[str, Any] | Non
             elif title.startswith("wheels/"):
                 out["wheels"].append({"name": title.removeprefix("wheels/"),
                                       "digest": layer["digest"]})
+        out["matches_provenance"] = _inputs_match(out, provenance)
         return out
     return None
+
+
+def _inputs_match(inputs: Mapping[str, Any], provenance: Mapping[str, Any] | None) -> bool:
+    """Whether an (unsigned) inputs record names what the provenance does: the recipe, the
+    source tree and archive, the image and SOURCE_DATE_EPOCH."""
+    if provenance is None:
+        return False
+    by_name = {d["name"]: d for d in provenance["dependencies"]}
+    source = by_name.get("source", {})
+    images = [d for d in provenance["dependencies"]
+              if str(d.get("uri")).startswith("docker-image:")]
+    recipe, tree, image = inputs.get("recipe"), inputs.get("source"), inputs.get("image")
+    return (recipe is not None and recipe["digest"] == f"sha256:{provenance['recipe_digest']}"
+            and tree is not None
+            and tree["tree"] == f"sha256:{source.get('digest', {}).get('sha256')}"
+            and tree["archive"] == source.get("annotations", {}).get("archive")
+            and image is not None and len(images) == 1
+            and image["id"] == f"sha256:{images[0].get('digest', {}).get('sha256')}"
+            and inputs.get("source_date_epoch") == provenance.get("source_date_epoch"))
 
 
 def _image_reference(store: Store, digest: str) -> str | None:
@@ -251,10 +329,12 @@ def _provenance(found: Mapping[str, Any] | None) -> dict[str, Any] | None:
         "requirements": list(external.get("requirements", [])),
         "change": external.get("change"),
         "dependencies": [{"name": d.get("name"), "uri": d.get("uri"),
-                          "digest": d.get("digest", {})}
+                          "digest": d.get("digest", {}), "annotations": d.get("annotations", {})}
                          for d in definition.get("resolvedDependencies", [])],
+        "source_date_epoch": definition.get("internalParameters", {}).get("source_date_epoch"),
         "variations": definition.get("internalParameters", {}).get("variations", {}),
         "reproducible": comparison.get("annotations", {}).get("reproducible"),
+        "comparison": comparison.get("digest", {}).get("sha256"),
     }
 
 
@@ -270,12 +350,17 @@ def _sbom(store: Store, evidence: Sequence[Mapping[str, Any]]) -> dict[str, Any]
     return None
 
 
-def _attempt(store: Store, entry: Descriptor) -> dict[str, Any]:
+def _attempt(store: Store, entry: Descriptor, provenance: Mapping[str, Any] | None
+             ) -> dict[str, Any]:
     layers = _layers(store, entry.digest)
     record = store.read_json(layers["comparison.json"]["digest"]) \
         if "comparison.json" in layers else {}
+    # An attempt record is unsigned; the provenance names the one comparison it stands on.
+    signed = (provenance or {}).get("comparison")
     return {
         "manifest": entry.digest,
+        "matches_provenance": signed is not None and
+        layers.get("comparison.json", {}).get("digest") == f"sha256:{signed}",
         "status": record.get("status", (entry.annotations or {}).get("dev.rebuild.status")),
         "image": record.get("image"),
         "runs": [{"name": r.get("name"), "variations": r.get("variations", {}),
@@ -289,8 +374,10 @@ def _attempt(store: Store, entry: Descriptor) -> dict[str, Any]:
 
 
 def _verdict(store: Store, entry: Descriptor, trusted: Trusted,
-             recorded: Mapping[str, str]) -> dict[str, Any]:
-    statement, signature = _signature(store, _layers(store, entry.digest), "verdict", trusted)
+             binding: Binding) -> dict[str, Any]:
+    recorded = binding.artifacts
+    statement, signature = _signature(store, _layers(store, entry.digest), "verdict", trusted,
+                                      binding)
     predicate = statement.get("predicate", {})
     rebuilt = [{"name": a.get("name"), "sha256": a.get("digest", {}).get("sha256"),
                 "match": a.get("digest", {}).get("sha256") == recorded.get(a.get("name", ""))}
@@ -303,9 +390,10 @@ def _verdict(store: Store, entry: Descriptor, trusted: Trusted,
             "signature": signature, "rebuilt": rebuilt}
 
 
-def _approval(store: Store, entry: Descriptor, trusted: Trusted
+def _approval(store: Store, entry: Descriptor, trusted: Trusted, binding: Binding
               ) -> dict[str, Any]:
-    statement, signature = _signature(store, _layers(store, entry.digest), "approval", trusted)
+    statement, signature = _signature(store, _layers(store, entry.digest), "approval", trusted,
+                                      binding)
     predicate = statement.get("predicate", {})
     signer = predicate.get("signer", {})
     return {"manifest": entry.digest, "name": signer.get("name"),
@@ -314,17 +402,19 @@ def _approval(store: Store, entry: Descriptor, trusted: Trusted
             "comment": predicate.get("comment"), "signature": signature}
 
 
-def _verification(store: Store, name: str, policy: Policy) -> dict[str, Any]:
+def _verification(store: Store, target: str, policy: Policy
+                  ) -> tuple[dict[str, Any], Report | None]:
     keys = sorted(_trusted_keys(policy)) + sorted(str(k) for k in policy.keyless)
     if not policy.builder_keys and not policy.keyless:
-        return {"ran": False, "keys": keys, "verified": None, "checks": []}
+        return {"ran": False, "keys": keys, "verified": None, "checks": []}, None
     try:
-        report = verify_release(store, name, policy)
+        report = verify_release(store, target, policy)
     except StoreError as exc:
         return {"ran": True, "keys": keys, "verified": False,
-                "checks": [{"name": "store", "ok": False, "detail": str(exc)}]}
+                "checks": [{"name": "store", "ok": False, "detail": str(exc)}]}, None
     return {"ran": True, "keys": keys, "verified": report.ok,
-            "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in report.checks]}
+            "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail}
+                       for c in report.checks]}, report
 
 
 # -- rendering: shared ----------------------------------------------------------------------
@@ -345,6 +435,7 @@ def _signature_text(signature: Mapping[str, Any]) -> str:
     who = f"key {_short(key)}" if key else "no key"
     return {"verified": f"verified ({who})", "invalid": f"INVALID ({who})",
             "untrusted": f"not checked ({who} not given)",
+            "unbound": f"NOT about this release (signed, {who})",
             "unsigned": "unsigned"}.get(str(signature.get("status")), str(signature))
 
 
@@ -359,30 +450,43 @@ def _headline(story: Story) -> tuple[str, str]:
     return "bad", f"Evidence NOT VERIFIED with the given key(s): {keys}"
 
 
+def facts_label(story: Story) -> str:
+    """Appended to the headings of the facts (what, from what, by whom): they are verified
+    only when a trusted signed provenance was bound to this release."""
+    return "" if story.get("facts_verified") else \
+        " (NOT VERIFIED: from unsigned store records)"
+
+
 def _from_what(story: Story) -> list[tuple[str, str]]:
-    """(label, value) rows of the inputs; values are plain text."""
+    """(label, value) rows of the inputs, told from the provenance; values are plain text."""
     rows: list[tuple[str, str]] = []
     inputs = story.get("inputs") or {}
     provenance = story.get("provenance") or {}
-    if inputs.get("recipe"):
-        rows.append(("Recipe", f"{inputs['recipe']['title']} {inputs['recipe']['digest']}"))
-    if inputs.get("source"):
-        rows.append(("Source tree", str(inputs["source"]["tree"])))
-        rows.append(("Source archive", str(inputs["source"]["archive"])))
-    if inputs.get("image"):
-        image = inputs["image"]
-        reference = image.get("reference") or ""
-        rows.append(("Base image", reference if str(image.get("id")) in reference
-                     else f"{reference} id {image.get('id')}".strip()))
-    else:
-        rows += [("Base image", str(d["uri"]).removeprefix("docker-image:"))
-                 for d in provenance.get("dependencies", [])
-                 if str(d.get("uri")).startswith("docker-image:")]
+    dependencies = provenance.get("dependencies", [])
+    source = next((d for d in dependencies if d.get("name") == "source"), None)
+    images = [d for d in dependencies if str(d.get("uri")).startswith("docker-image:")]
+    if provenance.get("recipe_digest"):
+        rows.append(("Recipe", f"sha256:{provenance['recipe_digest']}"))
+    if source is not None:
+        rows.append(("Source tree", f"sha256:{source.get('digest', {}).get('sha256')}"))
+        archive = source.get("annotations", {}).get("archive")
+        if archive:
+            rows.append(("Source archive", str(archive)))
+    rows += [("Base image", str(d["uri"]).removeprefix("docker-image:")) for d in images]
     rows.append(("SOURCE_DATE_EPOCH", _utc(story.get("source_date_epoch"))))
+    if inputs:
+        state = ("matches the signed provenance" if inputs.get("matches_provenance") else
+                 "does NOT match the provenance: not verified")
+        rows.append(("Inputs record", f"{inputs['manifest']} {state}"))
+        if not provenance:  # nothing signed to tell it from: the record, marked as such
+            if inputs.get("recipe"):
+                rows.append(("Recipe (unverified)",
+                             f"{inputs['recipe']['title']} {inputs['recipe']['digest']}"))
+            if inputs.get("source"):
+                rows.append(("Source tree (unverified)", str(inputs["source"]["tree"])))
     if inputs.get("python_lock"):
         rows.append(("Python lock", str(inputs["python_lock"])))
-    dependencies = provenance.get("dependencies", [])
-    wheels = len(inputs.get("wheels", []))
+    wheels = sum(1 for d in dependencies if str(d.get("name")).startswith("wheels/"))
     sbom = story.get("sbom")
     counted = f"{len(dependencies)} resolved (source, base image, {wheels} wheel(s))"
     if sbom:
@@ -437,7 +541,8 @@ def render_text(story: Story) -> str:
     _, headline = _headline(story)
     tests = story.get("tests")
     attempts = story["attempts"]
-    checked = [(f"twin build ({a['status']})",
+    checked = [(f"twin build ({a['status']}"
+                f"{'' if a['matches_provenance'] else ', unsigned record: not verified'})",
                 "; ".join(f"run {r['name']}: {_variations(r['variations'])}" for r in a["runs"]))
                for a in attempts[-1:]]
     checked.append(("tests", f"{tests['result']}, {_signature_text(tests['signature'])}"
@@ -446,11 +551,12 @@ def render_text(story: Story) -> str:
                  f"{_signature_text(v['signature'])}, {v['time']}") for v in story["verdicts"]]
     checked += [(f"check {c['name']}", ("ok: " if c["ok"] else "FAIL: ") + c["detail"])
                 for c in story["verification"]["checks"]]
+    facts = facts_label(story)
     sections = [
-        ("What was built", [(a["name"], f"sha256:{a['sha256']} ({a['size']} bytes)")
-                            for a in story["artifacts"]]),
-        ("From what", _from_what(story)),
-        ("By whom", _by_whom(story) or [("builder", "no provenance recorded")]),
+        ("What was built" + facts, [(a["name"], f"sha256:{a['sha256']} ({a['size']} bytes)")
+                                    for a in story["artifacts"]]),
+        ("From what" + facts, _from_what(story)),
+        ("By whom" + facts, _by_whom(story) or [("builder", "no provenance recorded")]),
         ("How it was checked", checked),
         ("Who approved", [(f"approval ({_signature_text(a['signature'])})", _approval_text(a))
                           for a in story["approvals"]] or [("", "no approval yet")]),
@@ -479,6 +585,7 @@ def report_view(story: Story) -> dict[str, Any]:
         "manifest": str(story["manifest"]),
         "created": str(story.get("created")),
         "headline": {"css": css, "text": headline},
+        "facts": facts_label(story),
         "artifacts": [{"name": str(a["name"]),
                        "link": str(a["link"]) if "link" in a else None,
                        "sha256": str(a["sha256"]), "size": str(a["size"])}
@@ -541,6 +648,3 @@ def _bundle_lines(story: Story, bundle: Mapping[str, Any]) -> list[str]:
         lines.append("The inputs are named by digest only (export with --with-inputs to "
                      "include them).")
     return lines
-
-
-# -- the pages: rendering -------------------------------------------------------------------

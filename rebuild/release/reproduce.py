@@ -35,7 +35,7 @@ from rebuild.errors import StoreError
 from rebuild.evidence.provenance import STATEMENT_TYPE
 from rebuild.evidence.sign import StatementSigner
 from rebuild.inputs.fetch import export_recorded_wheels
-from rebuild.release.verify import resolve_release
+from rebuild.release.verify import VERDICT_URI, resolve_release
 from rebuild.store.layout import (
     EPOCH_ANN,
     INPUTS_TYPE,
@@ -215,7 +215,7 @@ def verification_summary(store: Store, release: Descriptor, name: str,
         "predicate": {
             "verifier": {"id": VERIFIER_ID, "version": {"rebuild": __version__}},
             "timeVerified": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "resourceUri": f"rebuild:release:{name}",
+            "resourceUri": f"{VERDICT_URI}{name}",
             "policy": {"uri": POLICY_URI},
             "inputAttestations": [{"uri": "provenance.json",
                                    "digest": {"sha256": provenance.removeprefix("sha256:")}}]

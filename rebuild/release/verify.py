@@ -29,14 +29,21 @@ from rebuild.store.auditlog import check_events, release_events, release_log_che
 from rebuild.store.layout import (
     BUNDLE_MEDIA,
     KIND,
+    LINK_ANN,
     REF_NAME,
+    RELEASE_ANN,
+    RELEASE_TYPE,
     TITLE,
     Descriptor,
     Store,
+    artifact_manifest,
     canonical_json,
+    release_annotations,
 )
 from rebuild.store.tlog import NoteVerifier
 
+BINDING_CHECKS = ("artifacts", "signed evidence", "release name", "release manifest")
+VERDICT_URI = "rebuild:release:"  # a QA verdict's resourceUri: this prefix, then name@version
 PREDICATES = {"provenance": SLSA_PROVENANCE, "sbom": SBOM_PREDICATE,
               "test-result": TEST_RESULT}
 
@@ -64,12 +71,24 @@ class Check:
 @dataclass
 class Report:
     target: str
-    release: str | None = None
+    release: str | None = None  # the release's name, once its signed evidence verified
     checks: list[Check] = field(default_factory=list)
+    # The trusted statements that counted, by kind (the facts `show` may call verified).
+    statements: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
         return bool(self.checks) and all(c.ok for c in self.checks)
+
+    @property
+    def bound(self) -> bool:
+        """The release's facts are proven: a trusted provenance names it, its manifest is
+        the one that provenance defines, and every counted statement is about its artifacts
+        (policy checks such as approvals aside)."""
+        binding = [c for c in self.checks if c.name in BINDING_CHECKS
+                   or c.name.startswith(("subjects: ", "signature: "))]
+        return "provenance" in self.statements and all(c.ok for c in binding) and \
+            {"release name", "release manifest"} <= {c.name for c in binding}
 
     def add(self, name: str, ok: bool, detail: str) -> bool:
         self.checks.append(Check(name, ok, detail))
@@ -98,13 +117,21 @@ def resolve_release(store: Store, target: str) -> Descriptor:
 
 
 def verify_release(store: Store, target: str, policy: Policy) -> Report:
+    """Check `target` against `policy`. Which release a name means is taken from the signed
+    provenance, never from index.json or the query cache: those only find the candidates,
+    and the release manifest they lead to must be the one the signed statements define."""
     release = resolve_release(store, target)
-    report = Report(target, (release.annotations or {}).get(REF_NAME))
-    artifacts = _check_artifacts(store, release, report)
-    evidence = [e for e in store.referrers(release.digest)
-                if (e.annotations or {}).get(KIND) == "evidence"]
+    manifest = store.read_json(release.digest)
+    indexed = (release.annotations or {}).get(REF_NAME)
+    # The name asked for; for an artifact digest, the name the index gives (checked below).
+    wanted = (indexed or _get(manifest, "annotations", RELEASE_ANN)
+              if target.startswith("sha256:") else target)
+    report = Report(target, None)
+    artifacts = _check_artifacts(store, manifest, report)
+    evidence = attached(store, release, "evidence")
     verified: dict[str, dict[str, Any]] = {}
     untrusted: list[str] = []
+    elsewhere: list[str] = []  # releases that trusted statements attached here name instead
     for entry in evidence:
         layers = {layer["annotations"][TITLE]: layer
                   for layer in store.read_json(entry.digest)["layers"]}
@@ -117,15 +144,31 @@ def verify_release(store: Store, target: str, policy: Policy) -> Report:
             except UntrustedSigner as exc:
                 untrusted.append(f"{kind}: {exc}")
                 continue
-            if statement is not None:
-                verified[kind] = statement
+            if statement is None:
+                continue
+            named = statement_release(kind, statement)
+            if kind != "test-result" and named != wanted:
+                # Signed, but about another release (its evidence attached or relabelled
+                # here): true of that release, so it neither counts nor fails by itself.
+                elsewhere.append(f"the signed {kind} names {named or 'no release'}")
+                continue
+            verified[kind] = statement
     others = f"; {len(untrusted)} statement(s) by keys not given ignored" if untrusted else ""
+    others += (f"; {len(elsewhere)} signed statement(s) about another release ignored"
+               if elsewhere else "")
     detail = (f"verified: {', '.join(sorted(verified)) or 'nothing'} "
               f"({len(evidence)} evidence artifact(s) attached{others})")
     if not verified and untrusted:
         detail += f": {untrusted[0]}"
-    if not report.add("signed evidence", bool(verified), detail):
+    report.add("signed evidence", bool(verified), detail)
+    if "provenance" not in verified and elsewhere:
+        report.add("release name", False, f"asked for {wanted}, but {elsewhere[0]}")
+    if not verified:
         return report
+    report.statements.update(verified)
+    if "provenance" in verified:
+        _check_release(store, release, indexed, wanted, manifest, verified["provenance"],
+                       report)
     for kind, statement in sorted(verified.items()):
         _check_subjects(kind, statement, artifacts, report)
     if "provenance" in verified:
@@ -138,8 +181,9 @@ def verify_release(store: Store, target: str, policy: Policy) -> Report:
     if policy.tests:
         result = verified.get("test-result", {}).get("predicate", {}).get("result")
         report.add("tests", result == "PASSED", f"test result: {result or 'none'}")
+    name = str(wanted)
     if policy.verdicts:
-        passed = signed_statements(store, release, "verdict", policy.qa_keys, artifacts)
+        passed = signed_statements(store, release, "verdict", policy.qa_keys, artifacts, name)
         keyids = {keyid for keyid, st in passed
                   if st.get("predicate", {}).get("verificationResult") == "PASSED"}
         report.add("QA verdicts", len(keyids) >= policy.verdicts,
@@ -149,9 +193,9 @@ def verify_release(store: Store, target: str, policy: Policy) -> Report:
         # An approval its own signer withdrew (`rebuild withdraw`) no longer counts.
         withdrawn = {(keyid, st.get("predicate", {}).get("withdraws", {}).get("approval"))
                      for keyid, st in signed_statements(store, release, "withdrawal",
-                                                        role_keys, artifacts)}
+                                                        role_keys, artifacts, name)}
         approvals = [st for keyid, st in signed_statements(store, release, "approval",
-                                                            role_keys, artifacts)
+                                                            role_keys, artifacts, name)
                      if st.get("predicate", {}).get("role") == role and (keyid, _digest(st))
                      not in withdrawn]
         names = ", ".join(sorted({a["predicate"]["signer"]["name"] for a in approvals}))
@@ -163,6 +207,8 @@ def verify_release(store: Store, target: str, policy: Policy) -> Report:
                      for e in store.referrers(release.digest)]
         for check in release_log_checks(store, release.digest, referrers, policy.log_key):
             report.add(check.name, check.ok, check.detail)
+    if report.ok:
+        report.release = name
     return report
 
 
@@ -177,7 +223,7 @@ def verify_bundle_file(path: Path, policy: Policy) -> Report:
 
     with tempfile.TemporaryDirectory(prefix="rebuild-verify-") as tmp:
         bundle = open_bundle(path, Path(tmp))
-        report = Report(str(path), bundle.release, list(bundle.checks))
+        report = Report(str(path), None, list(bundle.checks))
         if bundle.release is None:
             report.add("release", False, "no release to verify: the bundle's index.json is "
                        "missing, unreadable or names none")
@@ -190,6 +236,9 @@ def verify_bundle_file(path: Path, policy: Policy) -> Report:
         report.checks.extend(inner.checks)
         if policy.log_key is None and (bundle.root / "log").is_dir():
             _check_bundled_log(Store(bundle.root), report)
+        report.statements.update(inner.statements)
+        # Named only when proven: the bundle's index.json is as unsigned as a store's.
+        report.release = inner.release if report.ok else None
         return report
 
 
@@ -210,14 +259,13 @@ def _check_bundled_log(store: Store, report: Report) -> None:
 
 
 def signed_statements(store: Store, release: Descriptor, kind: str,
-                      trusted: Sequence[SSlibKey], artifacts: Mapping[str, str]
+                      trusted: Sequence[SSlibKey], artifacts: Mapping[str, str], name: str
                       ) -> list[tuple[str, dict[str, Any]]]:
     """(key id, statement) of every `kind` statement attached to the release that a trusted
-    key signed and whose subjects are the release's artifacts; the rest do not count."""
+    key signed, whose subjects are the release's artifacts and which names the release
+    `name` (a verdict or approval of another version with the same bytes does not count)."""
     found = []
-    for entry in store.referrers(release.digest):
-        if (entry.annotations or {}).get(KIND) != kind:
-            continue
+    for entry in attached(store, release, kind):
         layers = {layer["annotations"][TITLE]: layer
                   for layer in store.read_json(entry.digest)["layers"]}
         bundle = layers.get(f"{kind}.sigstore.json")
@@ -229,15 +277,121 @@ def signed_statements(store: Store, release: Descriptor, kind: str,
             continue
         subjects = {s.get("name"): s.get("digest", {}).get("sha256")
                     for s in verified.statement.get("subject", [])}
-        if subjects == artifacts:
+        if subjects == artifacts and statement_release(kind, verified.statement) == name and \
+                statement_manifest(kind, verified.statement) in (None, release.digest):
             found.append((verified.keyid, verified.statement))
     return found
 
 
-def _check_artifacts(store: Store, release: Descriptor, report: Report) -> dict[str, str]:
+def attached(store: Store, release: Descriptor, kind: str) -> list[Descriptor]:
+    """The `kind` records attached to the release: found through the index (a cache), kept
+    only when their own manifest names the release as its subject."""
+    found = []
+    for entry in store.referrers(release.digest):
+        if (entry.annotations or {}).get(KIND) != kind:
+            continue
+        subject = _get(store.read_json(entry.digest), "subject", "digest")
+        if subject == release.digest:
+            found.append(entry)
+    return found
+
+
+def statement_release(kind: str, statement: Mapping[str, Any]) -> str | None:
+    """The release (name@version) a signed statement names, or None if it names none: the
+    provenance by the recipe it records, the SBOM by its main component, a QA verdict by
+    its resourceUri, an approval or its withdrawal by its release."""
+    predicate = statement.get("predicate")
+    named: Any = None
+    if kind == "provenance":
+        recipe = _get(predicate, "buildDefinition", "externalParameters", "recipe", "content",
+                      "recipe")
+        name, version = _get(recipe, "name"), _get(recipe, "version")
+        if isinstance(name, str) and isinstance(version, str):
+            named = f"{name}@{version}"
+    elif kind == "sbom":
+        named = _get(predicate, "metadata", "component", "bom-ref")
+    elif kind == "verdict":
+        uri = _get(predicate, "resourceUri")
+        if isinstance(uri, str) and uri.startswith(VERDICT_URI):
+            named = uri.removeprefix(VERDICT_URI)
+    elif kind in ("approval", "withdrawal"):
+        named = _get(predicate, "release")
+    return named if isinstance(named, str) else None
+
+
+def statement_manifest(kind: str, statement: Mapping[str, Any]) -> str | None:
+    """The release manifest digest a signed statement names, if its format records one."""
+    manifest = _get(statement.get("predicate"), "manifest") if kind == "approval" else None
+    return manifest if isinstance(manifest, str) else None
+
+
+def release_manifest(store: Store, provenance: Mapping[str, Any],
+                     layers: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """The release manifest the signed provenance defines: its name, its SOURCE_DATE_EPOCH
+    and its subjects (sorted by name, as a build stores them), each layer's size being its
+    blob's. A link keeps its target only when the target is the subject's content. None when
+    the provenance lacks a fact or an artifact blob is missing."""
+    name = statement_release("provenance", provenance)
+    epoch = _get(provenance.get("predicate"), "buildDefinition", "internalParameters",
+                 "source_date_epoch")
+    if name is None or not isinstance(epoch, int):
+        return None
+    links = {_get(layer, "annotations", TITLE): _get(layer, "annotations", LINK_ANN)
+             for layer in layers}
+    out = []
+    for subject in provenance.get("subject", []):
+        title, hexdigest = _get(subject, "name"), _get(subject, "digest", "sha256")
+        if not isinstance(title, str) or not isinstance(hexdigest, str):
+            return None
+        digest = f"sha256:{hexdigest}"
+        annotations = {TITLE: title}
+        link = links.get(title)
+        if isinstance(link, str) and hashlib.sha256(link.encode()).hexdigest() == hexdigest:
+            annotations[LINK_ANN] = link
+        try:
+            size = store.blob_path(digest).stat().st_size
+        except (OSError, StoreError):
+            return None
+        out.append(Descriptor("application/octet-stream", digest, size, annotations))
+    out.sort(key=lambda d: (d.annotations or {})[TITLE])
+    return artifact_manifest(RELEASE_TYPE, out, annotations=release_annotations(name, epoch))
+
+
+def _get(value: Any, *path: str) -> Any:
+    """value[path[0]][path[1]]…, or None where a step is missing or not an object: the
+    store's records are read as untrusted data."""
+    for key in path:
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(key)
+    return value
+
+
+def _check_release(store: Store, release: Descriptor, indexed: str | None, wanted: str | None,
+                   manifest: Mapping[str, Any], provenance: Mapping[str, Any],
+                   report: Report) -> None:
+    """The index's name and the release manifest against the signed provenance (which the
+    caller already found to name `wanted`)."""
+    ok = indexed == wanted
+    report.add("release name", ok, f"the signed provenance names {wanted}" if ok else
+               f"the signed provenance names {wanted}, but index.json calls {release.digest} "
+               f"{indexed or 'nothing'}")
+    expected = release_manifest(store, provenance, manifest.get("layers", []))
+    digest = None if expected is None else \
+        "sha256:" + hashlib.sha256(canonical_json(expected)).hexdigest()
+    ok = digest == release.digest
+    report.add("release manifest", ok, f"{release.digest} is the manifest the signed "
+               "provenance defines (name, version, artifacts, SOURCE_DATE_EPOCH)" if ok else
+               f"{release.digest} is not the manifest the signed provenance defines "
+               f"({digest or 'incomplete provenance'}): its name, artifacts or creation "
+               "time were changed")
+
+
+def _check_artifacts(store: Store, manifest: Mapping[str, Any], report: Report
+                     ) -> dict[str, str]:
     artifacts = {}
     bad = []
-    for layer in store.read_json(release.digest)["layers"]:
+    for layer in manifest["layers"]:
         name = layer["annotations"][TITLE]
         artifacts[name] = layer["digest"].removeprefix("sha256:")
         try:

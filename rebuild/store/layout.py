@@ -18,8 +18,9 @@ import shutil
 import sqlite3
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -49,6 +50,8 @@ SBOM_MEDIA = "application/vnd.cyclonedx+json"
 LINK_MEDIA = "application/vnd.in-toto.link+dsse+json"
 IMAGE_ID_ANN = "dev.rebuild.build.image.id"
 IMAGE_REF_ANN = "dev.rebuild.build.image.ref"
+CREATED_ANN = "org.opencontainers.image.created"
+LINK_ANN = "dev.rebuild.link"  # a release layer that is a symbolic link: its target
 CHUNK = 1 << 20
 
 
@@ -93,6 +96,33 @@ class Problem:
 
     digest: str
     what: str
+
+
+def artifact_manifest(artifact_type: str, layers: Sequence[Descriptor], *,
+                      subject: Descriptor | None = None,
+                      annotations: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The OCI artifact manifest (empty config) `Store.put_artifact` writes: pure, so that a
+    verifier can recompute a manifest from signed facts and compare digests."""
+    manifest: dict[str, Any] = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": artifact_type,
+        "config": {"mediaType": OCI_EMPTY, "digest": EMPTY_DIGEST, "size": 2},
+        "layers": [layer.to_json() for layer in layers],
+    }
+    if subject is not None:
+        manifest["subject"] = Descriptor(subject.media_type, subject.digest,
+                                         subject.size).to_json()
+    if annotations:
+        manifest["annotations"] = dict(annotations)
+    return manifest
+
+
+def release_annotations(release: str, source_date_epoch: int) -> dict[str, str]:
+    """A release manifest's own annotations: its name and its creation time, which is its
+    SOURCE_DATE_EPOCH (no wall clock, so the same build names the same manifest)."""
+    created = datetime.fromtimestamp(source_date_epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {RELEASE_ANN: release, CREATED_ANN: created}
 
 
 def _hex(digest: str) -> str:
@@ -232,19 +262,8 @@ class Store:
                      annotations: Mapping[str, str] | None = None) -> Descriptor:
         """Write an OCI artifact manifest (empty config) whose layers are stored blobs."""
         self.put_bytes(b"{}")
-        manifest: dict[str, Any] = {
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "artifactType": artifact_type,
-            "config": {"mediaType": OCI_EMPTY, "digest": EMPTY_DIGEST, "size": 2},
-            "layers": [layer.to_json() for layer in layers],
-        }
-        if subject is not None:
-            manifest["subject"] = Descriptor(subject.media_type, subject.digest,
-                                             subject.size).to_json()
-        if annotations:
-            manifest["annotations"] = dict(annotations)
-        return self.put_manifest(manifest)
+        return self.put_manifest(artifact_manifest(artifact_type, layers, subject=subject,
+                                                   annotations=annotations))
 
     def index(self) -> list[Descriptor]:
         path = self.root / "index.json"
@@ -288,10 +307,48 @@ class Store:
         beside the store; it is rebuilt from index.json whenever that file changes)."""
         if not (self.root / "index.json").exists():
             return []
-        with contextlib.closing(self._query_index()) as db:
-            rows = db.execute(f"SELECT entry FROM entries WHERE {where} "  # noqa: S608 (constant)
-                              "ORDER BY position", (value,)).fetchall()
-        return [Descriptor.from_json(json.loads(row[0])) for row in rows]
+        for attempt in range(2):
+            with contextlib.closing(self._query_index(rebuild=attempt > 0)) as db:
+                query = ("SELECT position, ref_name, kind, subject, entry FROM entries "  # noqa: S608
+                         f"WHERE {where} ORDER BY position")  # (where: a constant)
+                rows = db.execute(query, (value,)).fetchall()
+            found = _rows_entries(rows)
+            if found is not None:
+                return found
+        # Rebuilt from index.json and still inconsistent: the cache cannot be written.
+        raise StoreError(f"the query cache {self.root / '.cache' / 'query.sqlite'} disagrees "
+                         "with itself even after a rebuild; delete it (it is derived data)")
+
+    def cache_problems(self) -> list[str]:
+        """Where the query cache disagrees with index.json (`fsck`): the cache is derived data
+        and an edited row must never be believed, so a disagreeing cache is reported and then
+        rebuilt from index.json."""
+        path = self.root / ".cache" / "query.sqlite"
+        if not path.exists() or not (self.root / "index.json").exists():
+            return []
+        expected = [_row(i, e) for i, e in enumerate(self.index())]
+        try:
+            with contextlib.closing(sqlite3.connect(path, timeout=60)) as db:
+                current = db.execute("SELECT signature FROM meta").fetchall()
+                rows = db.execute("SELECT position, ref_name, kind, subject, entry FROM "
+                                  "entries ORDER BY position, rowid").fetchall()
+        except sqlite3.Error as exc:
+            rows, problems = [], [f"unreadable ({exc})"]
+        else:
+            if current != [(self._signature(),)]:
+                return []  # stale: the next lookup rebuilds it from index.json anyway
+            problems = []
+        if not problems:
+            cached = [(int(r[0]), r[1], r[2], r[3], _canonical_entry(r[4])) for r in rows]
+            wanted = [(r[0], r[1], r[2], r[3], _canonical_entry(r[4])) for r in expected]
+            if len(cached) != len(wanted):
+                problems.append(f"holds {len(cached)} entries, index.json {len(wanted)}")
+            problems += [f"row {w[0]} differs from index.json entry {w[0]} ({w[4]})"
+                         for c, w in zip(cached, wanted, strict=False) if c != w][:5]
+        if problems:
+            with contextlib.closing(self._query_index(rebuild=True)):
+                pass
+        return problems
 
     def _signature(self) -> str:
         """Changes whenever index.json is replaced (every write is a new inode)."""
@@ -309,11 +366,11 @@ class Store:
             db.execute(f"CREATE INDEX IF NOT EXISTS by_{column} ON entries ({column})")
         return db
 
-    def _query_index(self) -> sqlite3.Connection:
+    def _query_index(self, *, rebuild: bool = False) -> sqlite3.Connection:
         signature = self._signature()
         db = self._open_query_index()
         current = db.execute("SELECT signature FROM meta").fetchone()
-        if current is None or current[0] != signature:
+        if rebuild or current is None or current[0] != signature:
             with db:
                 db.execute("DELETE FROM entries")
                 db.execute("DELETE FROM meta")
@@ -347,6 +404,9 @@ class Store:
         seen: set[str] = set()
         for entry in self.index():
             self._check_refs(entry.digest, present, seen, problems, "index.json")
+        problems += [Problem(".cache/query.sqlite", f"query cache disagrees with index.json: "
+                             f"{what} (rebuilt from index.json)")
+                     for what in self.cache_problems()]
         return problems
 
     def _check_refs(self, digest: str, present: set[str], seen: set[str],
@@ -447,6 +507,28 @@ def _row(position: int, entry: Descriptor) -> tuple[int, str | None, str | None,
     ann = entry.annotations or {}
     return (position, ann.get(REF_NAME), ann.get(KIND), ann.get(SUBJECT),
             json.dumps(entry.to_json()))
+
+
+def _rows_entries(rows: Sequence[tuple[Any, ...]]) -> list[Descriptor] | None:
+    """The entries of cache rows, or None when a row's columns are not the ones its own
+    entry defines (an edited row: the caller rebuilds the cache)."""
+    found = []
+    for position, ref_name, kind, subject, text in rows:
+        try:
+            entry = Descriptor.from_json(json.loads(text))
+        except (ValueError, KeyError, TypeError):
+            return None
+        if _row(position, entry)[:4] != (position, ref_name, kind, subject):
+            return None
+        found.append(entry)
+    return found
+
+
+def _canonical_entry(text: str) -> str:
+    try:
+        return canonical_json(json.loads(text)).decode()
+    except ValueError:
+        return text
 
 
 def _hash_stream(f: IO[bytes]) -> str:
