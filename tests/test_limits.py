@@ -1,0 +1,170 @@
+"""Limits: the recipe's [limits], bounded logs, output count and size, diffoscope's memory and
+its byte-level fallback (README, "Limits"). Real files, a real diffoscope; no Docker."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from rebuild.compare import Difference, byte_report, collect_outputs, diff_reports
+from rebuild.errors import BuildFailed, ExitCode, UsageError
+from rebuild.limits import DEFAULT, HeadTail, Limits, parse_size, show_size
+from rebuild.recipe import parse_recipe
+
+RECIPE = {
+    "recipe": {"name": "x", "version": "1"},
+    "source": {"path": "."},
+    "environment": {"image": "r/i:t@sha256:" + "0" * 64, "source_date_epoch": 1},
+    "build": {"command": ["true"], "outputs": ["*"]},
+}
+
+
+def test_sizes_parse_and_show() -> None:
+    assert parse_size("512m", what="x") == 512 << 20
+    assert parse_size(" 8G ", what="x") == 8 << 30
+    assert parse_size(1000, what="x") == 1000
+    for bad in ("0", "-1", "1.5g", "lots", True, 0, None):
+        with pytest.raises(UsageError):
+            parse_size(bad, what="x")
+    assert show_size(64 << 20) == "64m"
+    assert show_size(1000) == "1000"
+
+
+def test_recipe_limits_override_the_defaults() -> None:
+    recipe = parse_recipe({**RECIPE, "limits": {"max_outputs": 3, "max_log_size": "1m"}})
+    assert recipe.bounds == Limits(max_outputs=3, max_log_size=1 << 20)
+    assert parse_recipe(RECIPE).bounds == DEFAULT
+
+
+def test_a_recipe_without_limits_is_recorded_as_before() -> None:
+    assert "limits" not in parse_recipe(RECIPE).model_dump(mode="json")
+    dumped = parse_recipe({**RECIPE, "limits": {"max_log_size": "1m"}}).model_dump(mode="json")
+    assert dumped["limits"]["max_log_size"] == 1 << 20
+
+
+@pytest.mark.parametrize(("limits", "message"), [
+    ({"max_log_size": "1x"}, "limits.max_log_size: '1x' is not a size"),
+    ({"max_output": 3}, "unknown key 'limits.max_output'; did you mean 'max_outputs'?"),
+    ({"download_timeout": 0}, "limits.download_timeout"),
+])
+def test_bad_limits_exit_2_naming_the_key(limits: dict[str, object], message: str) -> None:
+    with pytest.raises(UsageError) as caught:
+        parse_recipe({**RECIPE, "limits": limits})
+    assert message in str(caught.value)
+    assert caught.value.exit_code == ExitCode.USAGE
+
+
+@pytest.mark.parametrize("limit", [1, 2, 7, 100, 4096])
+def test_head_tail_keeps_both_ends_and_says_what_it_cut(limit: int) -> None:
+    rng = random.Random(limit)
+    for _ in range(40):
+        data = rng.randbytes(rng.randrange(3 * limit + 10))
+        kept = HeadTail(limit)
+        i = 0
+        while i < len(data):
+            step = rng.randrange(1, 2 * limit + 2)
+            kept.add(data[i:i + step])
+            i += step
+        value = kept.value()
+        if len(data) <= limit:
+            assert value == data
+        else:
+            assert value.startswith(data[:limit // 2])
+            assert value.endswith(data[len(data) - (limit - limit // 2):])
+            cut = len(data) - limit
+            assert f"[rebuild: {cut} bytes of {len(data)} left out here: [limits] " \
+                   "max_log_size is" in value.decode(errors="replace")
+
+
+def test_head_tail_memory_stays_bounded() -> None:
+    kept = HeadTail(1 << 20)
+    chunk = b"x" * 65536
+    for _ in range(4096):  # 256 MiB through a 1 MiB window
+        kept.add(chunk)
+        assert len(kept.head) + kept.tail_size <= (1 << 20) + len(chunk)
+    assert len(kept.value()) < (1 << 20) + 200
+
+
+def write_files(root: Path, count: int, size: int = 10) -> None:
+    for i in range(count):
+        (root / f"f{i:03d}").write_bytes(b"x" * size)
+
+
+def test_outputs_over_the_count_limit_exit_4_naming_it(tmp_path: Path) -> None:
+    write_files(tmp_path, 11)
+    assert len(collect_outputs(tmp_path, ["*"], "a", Limits(max_outputs=11))) == 11
+    with pytest.raises(BuildFailed) as caught:
+        collect_outputs(tmp_path, ["*"], "a", Limits(max_outputs=10))
+    assert "more than 10 declared outputs (limit [limits] max_outputs)" in str(caught.value)
+    assert caught.value.exit_code == ExitCode.BUILD
+
+
+def test_outputs_over_the_size_limit_exit_4_naming_it(tmp_path: Path) -> None:
+    write_files(tmp_path, 4, size=1024)
+    (tmp_path / "unmatched").write_bytes(b"y" * 8192)  # not an output: not counted
+    assert len(collect_outputs(tmp_path, ["f*"], "a", Limits(max_output_size=4096))) == 4
+    with pytest.raises(BuildFailed) as caught:
+        collect_outputs(tmp_path, ["f*"], "b", Limits(max_output_size=4095))
+    assert "run b's declared outputs are over 4095 in all (limit [limits] max_output_size" \
+        in str(caught.value)
+
+
+def test_a_sparse_output_counts_its_apparent_size(tmp_path: Path) -> None:
+    with (tmp_path / "sparse").open("wb") as f:
+        f.truncate(1 << 30)  # a 1 GiB hole: no block on disk
+    with pytest.raises(BuildFailed, match="max_output_size"):
+        collect_outputs(tmp_path, ["sparse"], "a", Limits(max_output_size=1 << 29))
+
+
+def test_byte_report_finds_every_differing_run(tmp_path: Path) -> None:
+    rng = random.Random(7)
+    data = rng.randbytes(3 << 20)
+    changed = bytearray(data)
+    for offset in (5, 4097, 2 << 20, (2 << 20) + 1):
+        changed[offset] ^= 0xFF
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.write_bytes(data)
+    b.write_bytes(bytes(changed) + b"tail")
+    report = byte_report(a, b)
+    assert f"a is {len(data)} bytes, sha256:{hashlib.sha256(data).hexdigest()}" in report
+    assert f"b is {len(data) + 4} bytes" in report
+    assert "from offset 5 (0x5) to 8192" in report  # two adjacent blocks: one run
+    assert f"from offset {2 << 20} " in report
+    assert f"from offset {len(data)} " in report  # b is longer
+    assert "4 block(s) of 4096 bytes differ" in report
+
+
+@pytest.mark.skipif(shutil.which("diffoscope") is None, reason="diffoscope is not installed")
+def test_diffoscope_over_its_memory_limit_falls_back_to_bytes(tmp_path: Path) -> None:
+    # 64 MiB of random bytes: diffoscope's hexdump of it does not fit in 160 MiB of
+    # address space (it does in the default); the report says so, and where the bytes differ.
+    rng = random.Random(1)
+    data = bytearray(rng.randbytes(64 << 20))
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "big").write_bytes(data)
+    data[40 << 20] ^= 1
+    (tmp_path / "b" / "big").write_bytes(data)
+    (a,), (b,) = (collect_outputs(tmp_path / r, ["big"], r) for r in ("a", "b"))
+    reports = diff_reports(Difference("big", a, b), memory=160 << 20)
+    text = reports.text.decode()
+    assert "diffoscope stopped at its memory limit, [limits] diffoscope_memory = 160m" in text
+    assert f"from offset {40 << 20} " in text
+    assert "byte comparison" in reports.json.decode()
+
+
+def test_prlimit_bounds_what_diffoscope_can_allocate() -> None:
+    # The mechanism itself: under prlimit --as, a process cannot grow past the limit.
+    prlimit = shutil.which("prlimit")
+    assert prlimit is not None
+    grow = "bytearray(512 << 20)"
+    result = subprocess.run([prlimit, f"--as={256 << 20}", "--", "python3", "-c", grow],
+                            capture_output=True, text=True, check=False,
+                            env={"PATH": os.environ["PATH"]})
+    assert result.returncode != 0 and "MemoryError" in result.stderr
