@@ -18,6 +18,7 @@ import typer
 
 from rebuild import __version__
 from rebuild.errors import EnvironmentProblem, ExitCode, RebuildError, StoreError, UsageError
+from rebuild.limits import BundleLimits, parse_size, show_size
 from rebuild.store import KIND, REF_NAME, RELEASE_ANN, Store
 
 if TYPE_CHECKING:
@@ -458,6 +459,12 @@ def verify(
         "--certificate-oidc-issuer", help="The OIDC issuer of --certificate-identity.",
         metavar="URL", show_default=False)] = None,
     trust_config: TrustConfigOpt = None,
+    max_extract_size: Annotated[str, typer.Option(
+        "--max-extract-size", help="A bundle FILE: the most its extraction may write "
+        "(bytes, or k/m/g/t).")] = show_size(BundleLimits.max_size),
+    max_extract_ratio: Annotated[int, typer.Option(
+        "--max-extract-ratio", min=1, help="A bundle FILE: the most bytes its extraction "
+        "may write per byte of the file.")] = BundleLimits.max_ratio,
 ) -> None:
     """Check a release's artifacts, signatures, subjects and provenance, offline; or every
     byte of an exported bundle FILE, then the release inside it (no store needed)."""
@@ -478,7 +485,9 @@ def verify(
     rules = (replace(load_policy(policy), keyless=tuple(keyless)) if policy
              else keys_policy(keys, keyless))
     if Path(target).is_file():
-        report = verify_bundle_file(Path(target), rules)
+        limits = BundleLimits(parse_size(max_extract_size, what="--max-extract-size"),
+                              max_extract_ratio)
+        report = verify_bundle_file(Path(target), rules, limits)
     elif target.endswith((".tar", ".gz", ".tgz")) or "/" in target:
         raise UsageError(f"{target}: no such bundle file")
     else:

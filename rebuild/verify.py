@@ -16,6 +16,7 @@ from typing import Any
 from securesystemslib.signer import SSlibKey  # type: ignore[attr-defined]
 
 from rebuild.errors import ClaimFailed, StoreError
+from rebuild.limits import BundleLimits
 from rebuild.provenance import (
     BUILD_TYPE,
     BUILDER_ID,
@@ -144,13 +145,15 @@ def verify_release(store: Store, target: str, policy: Policy) -> Report:
     return report
 
 
-def verify_bundle_file(path: Path, policy: Policy) -> Report:
+def verify_bundle_file(path: Path, policy: Policy,
+                       limits: BundleLimits | None = None) -> Report:
     """Verify an exported bundle (`rebuild export`) offline: every byte of the archive, each
-    failure naming its file (rebuild.export), then `verify_release` on the layout inside."""
+    failure naming its file (rebuild.export), then `verify_release` on the layout inside.
+    What extracting it may write is bounded by `limits` (defaults: rebuild.limits)."""
     from rebuild.export import open_bundle  # export builds on this module
 
     with tempfile.TemporaryDirectory(prefix="rebuild-verify-") as tmp:
-        bundle = open_bundle(path, Path(tmp))
+        bundle = open_bundle(path, Path(tmp), limits or BundleLimits())
         report = Report(str(path), bundle.release, list(bundle.checks))
         if bundle.release is None:
             report.add("release", False, "no release to verify: the bundle's index.json is "

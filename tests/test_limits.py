@@ -3,11 +3,13 @@ its byte-level fallback (README, "Limits"). Real files, a real diffoscope; no Do
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
 import random
 import shutil
 import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ from rebuild.compare import Difference, byte_report, collect_outputs, diff_repor
 from rebuild.errors import BuildFailed, ExitCode, UsageError
 from rebuild.limits import DEFAULT, HeadTail, Limits, parse_size, show_size
 from rebuild.recipe import parse_recipe
+from tests.conftest import Result, run_rebuild
 
 RECIPE = {
     "recipe": {"name": "x", "version": "1"},
@@ -168,3 +171,69 @@ def test_prlimit_bounds_what_diffoscope_can_allocate() -> None:
                             capture_output=True, text=True, check=False,
                             env={"PATH": os.environ["PATH"]})
     assert result.returncode != 0 and "MemoryError" in result.stderr
+
+
+# -- bundles from anyone: `rebuild verify FILE` -----------------------------------------------
+
+def gzip_bomb(path: Path, inflated: int) -> None:
+    """A bundle-shaped gzip (the header `rebuild export` writes) of a tar of zeros."""
+    with path.open("wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="",
+                                               compresslevel=9) as gz:
+        info = tarfile.TarInfo("blobs/sha256/" + "0" * 64)
+        info.size = inflated
+        gz.write(info.tobuf(format=tarfile.PAX_FORMAT))
+        zeros = bytes(1 << 20)
+        for _ in range(inflated >> 20):
+            gz.write(zeros)
+
+
+def verify_file(bundle: Path, tmp_path: Path, *args: str) -> tuple[Result, list[Path]]:
+    """`rebuild verify FILE` with a temporary directory of its own; returns what it left."""
+    scratch = tmp_path / "scratch"
+    scratch.mkdir(exist_ok=True)
+    if not (tmp_path / "k.pub").exists():
+        assert run_rebuild("keygen", "--out", tmp_path / "k").code == 0
+    result = run_rebuild("verify", bundle, "--key", tmp_path / "k.pub", *args,
+                         env={"TMPDIR": str(scratch)})
+    return result, sorted(scratch.rglob("*"))
+
+
+def test_a_gzip_bomb_bundle_stops_at_the_ratio_limit(tmp_path: Path) -> None:
+    bomb = tmp_path / "bomb.tar.gz"
+    gzip_bomb(bomb, 256 << 20)  # about 0.25 MB inflating to 256 MiB
+    assert bomb.stat().st_size < 1 << 20
+    result, left = verify_file(bomb, tmp_path)
+    assert result.code == ExitCode.USAGE, result.stderr
+    assert "limit --max-extract-ratio" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert left == []  # nothing of the extraction is left behind
+
+
+def test_a_bundle_over_the_size_limit_stops_before_writing(tmp_path: Path) -> None:
+    bomb = tmp_path / "bomb.tar.gz"
+    gzip_bomb(bomb, 64 << 20)
+    result, left = verify_file(bomb, tmp_path, "--max-extract-size", "16m",
+                               "--max-extract-ratio", "1000000")
+    assert result.code == ExitCode.USAGE, result.stderr
+    assert "more than 16m (limit --max-extract-size)" in result.stderr
+    assert left == []
+    result, _ = verify_file(bomb, tmp_path, "--max-extract-size", "lots")
+    assert result.code == ExitCode.USAGE and "--max-extract-size: 'lots' is not a size" \
+        in result.stderr
+
+
+@pytest.mark.skipif(shutil.which("tar") is None, reason="GNU tar is not installed")
+def test_a_sparse_member_is_refused_at_its_full_size(tmp_path: Path) -> None:
+    # 20 GiB of hole in a tar of a few KiB: refused before a byte of it is written.
+    member = tmp_path / "blobs" / "sha256" / ("0" * 64)
+    member.parent.mkdir(parents=True)
+    with member.open("wb") as f:
+        f.truncate(20 << 30)
+    bundle = tmp_path / "sparse.tar"
+    subprocess.run(["tar", "--sparse", "-cf", str(bundle), "-C", str(tmp_path), "blobs"],
+                   check=True)
+    assert bundle.stat().st_size < 1 << 20
+    result, left = verify_file(bundle, tmp_path)
+    assert result.code == ExitCode.USAGE, result.stderr
+    assert "limit --max-extract-ratio" in result.stderr
+    assert left == []
