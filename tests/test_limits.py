@@ -10,6 +10,10 @@ import random
 import shutil
 import subprocess
 import tarfile
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -19,6 +23,7 @@ from rebuild.errors import BuildFailed, ExitCode, UsageError
 from rebuild.limits import DEFAULT, HeadTail, Limits, parse_size, show_size
 from rebuild.recipe import parse_recipe
 from tests.conftest import Result, run_rebuild
+from tests.inputs_support import write_recipe
 
 RECIPE = {
     "recipe": {"name": "x", "version": "1"},
@@ -237,3 +242,75 @@ def test_a_sparse_member_is_refused_at_its_full_size(tmp_path: Path) -> None:
     assert result.code == ExitCode.USAGE, result.stderr
     assert "limit --max-extract-ratio" in result.stderr
     assert left == []
+
+
+# -- downloads: an endless server and one that trickles ---------------------------------------
+
+class Endless(BaseHTTPRequestHandler):
+    """/endless never stops sending; /trickle sends a byte every second, forever."""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.end_headers()
+        try:
+            while True:
+                if self.path.startswith("/trickle"):
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                    time.sleep(1)
+                else:
+                    self.wfile.write(bytes(1 << 16))
+        except OSError:  # the client hung up: what the test wants
+            pass
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def endless() -> Iterator[str]:
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Endless)
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def fetch_with_limits(tmp_path: Path, url: str, limits: str) -> tuple[Result, Path]:
+    recipe = write_recipe(tmp_path / "t.toml", {"url": url, "sha256": "0" * 64})
+    recipe.write_text(recipe.read_text() + f"\n[limits]\n{limits}\n")
+    store = tmp_path / "store"
+    return run_rebuild("fetch", recipe, store=store, timeout=120), store
+
+
+def stored_files(store: Path) -> list[Path]:
+    return [p for p in store.rglob("*") if p.is_file() and p.name not in ("oci-layout",
+                                                                          "index.json")]
+
+
+def test_an_endless_download_stops_at_the_size_limit(tmp_path: Path, endless: str) -> None:
+    started = time.monotonic()
+    result, store = fetch_with_limits(tmp_path, f"{endless}/endless/pkg.tar.gz",
+                                      'max_download_size = "8m"')
+    assert result.code == ExitCode.USAGE, result.stderr
+    assert "is over 8m" in result.stderr and "limit [limits] max_download_size" in result.stderr
+    assert "nothing was stored" in result.stderr and "Traceback" not in result.stderr
+    assert stored_files(store) == []
+    assert time.monotonic() - started < 60
+
+
+def test_a_trickling_download_stops_at_the_time_limit(tmp_path: Path, endless: str) -> None:
+    # A byte a second never trips a per-read timeout; the whole download's limit stops it.
+    started = time.monotonic()
+    result, store = fetch_with_limits(tmp_path, f"{endless}/trickle/pkg.tar.gz",
+                                      "download_timeout = 3")
+    assert result.code == ExitCode.ENVIRONMENT, result.stderr
+    assert "took over 3 s" in result.stderr and "limit [limits] download_timeout" \
+        in result.stderr
+    assert stored_files(store) == []
+    assert time.monotonic() - started < 30
