@@ -560,4 +560,27 @@ def keep_outputs(out_dirs: Mapping[str, Path], dest: Path) -> None:
         target = dest / run
         if target.exists():
             raise UsageError(f"--keep: {target} already exists; remove it or keep elsewhere")
-        shutil.copytree(out_dir, target, symlinks=True)
+        shutil.copytree(out_dir, target, symlinks=True, copy_function=copy_sparse)
+
+
+def copy_sparse(src: str | Path, dst: str | Path) -> None:
+    """Copy a file with its holes kept as holes (shutil copies a 20 GiB sparse output as 20
+    GiB of zeros on disk): only the data extents are read and written; metadata as copy2."""
+    with Path(src).open("rb") as fin, Path(dst).open("wb") as fout:
+        size = os.fstat(fin.fileno()).st_size
+        offset = 0
+        while offset < size:
+            try:
+                start = os.lseek(fin.fileno(), offset, os.SEEK_DATA)
+            except OSError:  # ENXIO: only a hole is left
+                break
+            end = os.lseek(fin.fileno(), start, os.SEEK_HOLE)
+            fin.seek(start)
+            fout.seek(start)
+            remaining = end - start
+            while remaining > 0 and (chunk := fin.read(min(CHUNK, remaining))):
+                fout.write(chunk)
+                remaining -= len(chunk)
+            offset = end
+        fout.truncate(size)
+    shutil.copystat(src, dst)

@@ -18,10 +18,17 @@ from pathlib import Path
 
 import pytest
 
-from rebuild.compare import Difference, byte_report, collect_outputs, diff_reports
+from rebuild.compare import (
+    Difference,
+    byte_report,
+    collect_outputs,
+    diff_reports,
+    keep_outputs,
+)
 from rebuild.errors import BuildFailed, ExitCode, UsageError
 from rebuild.limits import DEFAULT, HeadTail, Limits, parse_size, show_size
 from rebuild.recipe import parse_recipe
+from rebuild.store import sha256_file
 from tests.conftest import Result, run_rebuild
 from tests.inputs_support import write_recipe
 
@@ -314,3 +321,20 @@ def test_a_trickling_download_stops_at_the_time_limit(tmp_path: Path, endless: s
         in result.stderr
     assert stored_files(store) == []
     assert time.monotonic() - started < 30
+
+
+def test_kept_outputs_stay_sparse(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    sparse = out / "disk.img"
+    with sparse.open("wb") as f:
+        f.seek(1 << 20)
+        f.write(b"data")
+        f.truncate(1 << 30)  # 1 GiB apparent, a few KiB on disk
+    (out / "link").symlink_to("disk.img")
+    keep_outputs({"a": out}, tmp_path / "keep")
+    kept = tmp_path / "keep" / "a" / "disk.img"
+    assert kept.stat().st_size == 1 << 30
+    assert kept.stat().st_blocks * 512 < 1 << 20
+    assert sha256_file(kept) == sha256_file(sparse)
+    assert (tmp_path / "keep" / "a" / "link").readlink() == Path("disk.img")
