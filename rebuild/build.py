@@ -309,9 +309,10 @@ def _store_inputs(store: Store, loaded: LoadedRecipe, inputs: Inputs,
 
 def _store_release(store: Store, plan: BuildPlan, artifacts: Sequence[Artifact]) -> Descriptor:
     layers = []
+    files = iter(store.put_files([a.path for a in artifacts if a.link is None]))
     for artifact in artifacts:
         if artifact.link is None:
-            digest, size = store.put_file(artifact.path)
+            digest, size = next(files)
         else:
             digest, size = store.put_bytes(artifact.link.encode())
         annotations = {TITLE: artifact.name}
