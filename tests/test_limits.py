@@ -18,17 +18,17 @@ from pathlib import Path
 
 import pytest
 
-from rebuild.compare import (
+from rebuild.build.compare import (
     Difference,
     byte_report,
     collect_outputs,
     diff_reports,
     keep_outputs,
 )
+from rebuild.build.recipe import parse_recipe
 from rebuild.errors import BuildFailed, ExitCode, UsageError
 from rebuild.limits import DEFAULT, HeadTail, Limits, parse_size, show_size
-from rebuild.recipe import parse_recipe
-from rebuild.store import sha256_file
+from rebuild.store.layout import sha256_file
 from tests.conftest import Result, run_rebuild
 from tests.inputs_support import write_recipe
 
@@ -341,7 +341,7 @@ def test_kept_outputs_stay_sparse(tmp_path: Path) -> None:
 
 
 def test_put_files_stores_many_files_as_put_file_does(tmp_path: Path) -> None:
-    from rebuild.store import Store
+    from rebuild.store.layout import Store
 
     files = []
     for i in range(300):

@@ -30,7 +30,7 @@ from pydantic import (
 from rebuild.errors import UsageError
 from rebuild.limits import DEFAULT as DEFAULT_LIMITS
 from rebuild.limits import Limits, parse_size
-from rebuild.variations import select_variations
+from rebuild.build.variations import select_variations
 
 NAME_RE = r"^[a-z0-9][a-z0-9._-]*$"
 HEX64 = re.compile(r"^[0-9a-f]{64}$")

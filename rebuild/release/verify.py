@@ -16,16 +16,16 @@ from typing import Any
 from securesystemslib.signer import SSlibKey  # type: ignore[attr-defined]
 
 from rebuild.errors import ClaimFailed, StoreError
-from rebuild.limits import BundleLimits
-from rebuild.provenance import (
+from rebuild.evidence.provenance import (
     BUILD_TYPE,
     BUILDER_ID,
     SBOM_PREDICATE,
     SLSA_PROVENANCE,
     TEST_RESULT,
 )
-from rebuild.sign import KeylessIdentity, UntrustedSigner, verify_bundle, verify_signed
-from rebuild.store import BUNDLE_MEDIA, KIND, REF_NAME, TITLE, Descriptor, Store
+from rebuild.evidence.sign import KeylessIdentity, UntrustedSigner, verify_bundle, verify_signed
+from rebuild.limits import BundleLimits
+from rebuild.store.layout import BUNDLE_MEDIA, KIND, REF_NAME, TITLE, Descriptor, Store
 
 PREDICATES = {"provenance": SLSA_PROVENANCE, "sbom": SBOM_PREDICATE,
               "test-result": TEST_RESULT}
@@ -150,7 +150,7 @@ def verify_bundle_file(path: Path, policy: Policy,
     """Verify an exported bundle (`rebuild export`) offline: every byte of the archive, each
     failure naming its file (rebuild.export), then `verify_release` on the layout inside.
     What extracting it may write is bounded by `limits` (defaults: rebuild.limits)."""
-    from rebuild.export import open_bundle  # export builds on this module
+    from rebuild.release.export import open_bundle  # export builds on this module
 
     with tempfile.TemporaryDirectory(prefix="rebuild-verify-") as tmp:
         bundle = open_bundle(path, Path(tmp), limits or BundleLimits())

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from rebuild.provenance import (
+from rebuild.evidence.provenance import (
     BuildFacts,
     DebPackage,
     Dependency,
@@ -42,7 +42,7 @@ from rebuild.provenance import (
     Subject,
     plain_json,
 )
-from rebuild.store import canonical_json
+from rebuild.store.layout import canonical_json
 
 if TYPE_CHECKING:
     from cyclonedx.model import Property

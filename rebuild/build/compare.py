@@ -33,7 +33,7 @@ from typing import IO
 from rebuild.errors import BuildFailed, EnvironmentProblem, UsageError
 from rebuild.limits import DEFAULT as DEFAULT_LIMITS
 from rebuild.limits import Limits, show_size
-from rebuild.store import CHUNK, sha256_file
+from rebuild.store.layout import CHUNK, sha256_file
 
 DIFFOSCOPE_TIMEOUT = 120  # seconds per differing file
 DIFFOSCOPE_MAX_REPORT = 4 << 20  # bytes of each report (text, HTML, JSON)
