@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from rebuild import __version__
+from rebuild.build.limits import BundleLimits, parse_size, show_size
 from rebuild.errors import EnvironmentProblem, ExitCode, RebuildError, StoreError, UsageError
 from rebuild.store.layout import KIND, REF_NAME, RELEASE_ANN, Store
 
@@ -468,6 +469,12 @@ def verify(
         "--log-key", help="Require the release's records in the audit log, under checkpoints "
         "signed by this log key (PREFIX.pub of `rebuild log keygen`).", metavar="PUB",
         show_default=False)] = None,
+    max_extract_size: Annotated[str, typer.Option(
+        "--max-extract-size", help="A bundle FILE: the most its extraction may write "
+        "(bytes, or k/m/g/t).")] = show_size(BundleLimits.max_size),
+    max_extract_ratio: Annotated[int, typer.Option(
+        "--max-extract-ratio", min=1, help="A bundle FILE: the most bytes its extraction "
+        "may write per byte of the file.")] = BundleLimits.max_ratio,
 ) -> None:
     """Check a release's artifacts, signatures, subjects and provenance, offline; or every
     byte of an exported bundle FILE, then the release inside it (no store needed)."""
@@ -490,7 +497,9 @@ def verify(
     if log_key is not None:
         rules = replace(rules, log_key=_log_verifier(log_key))
     if Path(target).is_file():
-        report = verify_bundle_file(Path(target), rules)
+        limits = BundleLimits(parse_size(max_extract_size, what="--max-extract-size"),
+                              max_extract_ratio)
+        report = verify_bundle_file(Path(target), rules, limits)
     elif target.endswith((".tar", ".gz", ".tgz")) or "/" in target:
         raise UsageError(f"{target}: no such bundle file")
     else:
@@ -754,8 +763,8 @@ def log_prove(
     store: StoreOpt = None,
 ) -> None:
     """Print a proof made from the tiles, for checkers other than rebuild."""
-    from rebuild.store import tlog
     from rebuild.store.auditlog import AuditLog
+    from rebuild.store import tlog
 
     opts = _opts(store, False)
     if (entry is None) == (since is None):

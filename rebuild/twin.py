@@ -188,7 +188,7 @@ def twin_build(loaded: LoadedRecipe, store: Store, *, cache_dir: Path,
         try:
             for result in results:
                 require_success(result, "the build command")
-            a, b = (collect_outputs(r.out_dir, plan.outputs, r.name) for r in results)
+            a, b = (collect_outputs(r.out_dir, plan.outputs, r.name, plan.limits) for r in results)
         except BuildFailed as exc:
             attempt, _ = _store_attempt(store, plan, inputs, results, logs, (), (), None,
                                         "failed")
@@ -200,8 +200,8 @@ def twin_build(loaded: LoadedRecipe, store: Store, *, cache_dir: Path,
         explanation = (explain_differences(loaded.recipe, plan, sandbox, source_tar, a,
                                            differences, pool, wheels=wheels, log=log)
                        if explain and differences else None)
-        reports = tuple(_report(store, d, plan.variations, explanation, log)
-                        for d in differences)
+        reports = tuple(_report(store, d, plan.variations, explanation, log,
+                                plan.limits.diffoscope_memory) for d in differences)
         test = None
         if not differences and loaded.recipe.test is not None:
             test = _run_test(sandbox, store, loaded, plan, source_tar, wheels, results[0], a,
@@ -327,9 +327,10 @@ def _store_inputs(store: Store, loaded: LoadedRecipe, inputs: Inputs,
 
 def _store_release(store: Store, plan: BuildPlan, artifacts: Sequence[Artifact]) -> Descriptor:
     layers = []
+    files = iter(store.put_files([a.path for a in artifacts if a.link is None]))
     for artifact in artifacts:
         if artifact.link is None:
-            digest, size = store.put_file(artifact.path)
+            digest, size = next(files)
         else:
             digest, size = store.put_bytes(artifact.link.encode())
         annotations = {TITLE: artifact.name}
@@ -348,9 +349,9 @@ def _store_release(store: Store, plan: BuildPlan, artifacts: Sequence[Artifact])
 
 
 def _report(store: Store, diff: Difference, variations: tuple[str, ...],
-            explanation: Explanation | None, log: Log) -> DifferenceReport:
+            explanation: Explanation | None, log: Log, memory: int) -> DifferenceReport:
     log(f"differs: {diff.name}; running diffoscope")
-    reports = diff_reports(diff)
+    reports = diff_reports(diff, memory=memory)
     text, html, json = (store.put_bytes(r)[0] for r in (reports.text, reports.html,
                                                          reports.json))
     blame = explanation.blames.get(diff.name) if explanation else None

@@ -37,6 +37,7 @@ from rebuild.evidence.provenance import (
 from rebuild.evidence.sbom import (
     SERIAL_NAMESPACE,
     make_sbom,
+    reference_sbom,
     render_debian,
     serial_number,
     sort_facts,
@@ -330,7 +331,28 @@ def made_ahead(facts: BuildFacts) -> bytes:
 ], ids=["golden", "golden-shuffled", "colliding", "colliding-shuffled", "no-debian",
         "debian-c", "demo-release"])
 def test_sbom_with_debian_made_ahead_is_byte_identical(facts: BuildFacts) -> None:
-    assert made_ahead(facts) == make_sbom(facts)
+    assert made_ahead(facts) == make_sbom(facts) == reference_sbom(facts)
+
+
+def many_artifacts(n: int) -> BuildFacts:
+    # Names that sort differently as strings and as paths, and against the other components.
+    names = [f"usr/share/doc/f{i}" for i in range(n)] + ["a", "A b", "zz/-x", "usr/share/doc"]
+    return dataclasses.replace(COLLIDING, subjects=tuple(Subject(name, sha(name))
+                                                         for name in names))
+
+
+@pytest.mark.parametrize("facts", [many_artifacts(60), dataclasses.replace(FACTS, subjects=())],
+                         ids=["many-artifacts", "no-artifacts"])
+def test_sbom_merging_artifacts_matches_the_library(facts: BuildFacts) -> None:
+    assert made_ahead(facts) == reference_sbom(facts)
+
+
+def test_sbom_is_linear_in_the_artifacts() -> None:
+    # 20,000 artifacts: 89 s for 4,000 with cyclonedx's own graph; a few seconds now.
+    sbom = json.loads(make_sbom(many_artifacts(20_000)))
+    assert len(sbom["components"]) > 20_000
+    graph = {d["ref"]: d.get("dependsOn", []) for d in sbom["dependencies"]}
+    assert len(graph["hello-c@1.0.0"]) == 20_004
 
 
 def test_sbom_with_debian_made_ahead_matches_golden() -> None:

@@ -30,7 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from rebuild.errors import BuildFailed, UsageError
+from rebuild.errors import BuildFailed, EnvironmentProblem, UsageError
+from rebuild.build.limits import DEFAULT as DEFAULT_LIMITS
+from rebuild.build.limits import Limits, show_size
 from rebuild.store.layout import CHUNK, sha256_file
 
 DIFFOSCOPE_TIMEOUT = 120  # seconds per differing file
@@ -84,21 +86,40 @@ def glob_to_regex(pattern: str) -> re.Pattern[str]:
     return re.compile("".join(out) + "(?:/.*)?")  # a matched directory brings its contents
 
 
-def collect_outputs(out_dir: Path, globs: Sequence[str], run: str) -> tuple[Artifact, ...]:
-    """Hash every file under `out_dir` that a declared glob matches; each must match one."""
-    files: dict[str, Path] = {}
+def collect_outputs(out_dir: Path, globs: Sequence[str], run: str,
+                    limits: Limits = DEFAULT_LIMITS) -> tuple[Artifact, ...]:
+    """Hash every file under `out_dir` that a declared glob matches; each must match one.
+
+    Counted and sized as they are found, before any is hashed: a build that writes more
+    than `limits.max_outputs` files or `limits.max_output_size` bytes of outputs stops here.
+    """
+    regexes = [(pattern, glob_to_regex(pattern)) for pattern in globs]
+    chosen: dict[str, Path] = {}
+    matched: set[str] = set()
+    total = 0
     for dirpath, dirnames, filenames in os.walk(out_dir):
         base = Path(dirpath)
         for name in filenames + [d for d in dirnames if (base / d).is_symlink()]:
-            files[(base / name).relative_to(out_dir).as_posix()] = base / name
-    chosen: dict[str, Path] = {}
+            rel = (base / name).relative_to(out_dir).as_posix()
+            hits = [pattern for pattern, regex in regexes if regex.fullmatch(rel)]
+            if not hits:
+                continue
+            matched.update(hits)
+            chosen[rel] = base / name
+            total += (base / name).lstat().st_size
+            if len(chosen) > limits.max_outputs:
+                raise BuildFailed(f"run {run} wrote more than {limits.max_outputs} declared "
+                                  "outputs (limit [limits] max_outputs); raise it in the "
+                                  "recipe or declare fewer outputs")
+            if total > limits.max_output_size:
+                raise BuildFailed(f"run {run}'s declared outputs are over "
+                                  f"{show_size(limits.max_output_size)} in all (limit [limits] "
+                                  f"max_output_size, reached at {rel}); raise it in the recipe "
+                                  "or declare fewer outputs")
     for pattern in globs:
-        regex = glob_to_regex(pattern)
-        matched = {rel: path for rel, path in files.items() if regex.fullmatch(rel)}
-        if not matched:
+        if pattern not in matched:
             raise BuildFailed(f"declared output {pattern!r} matched nothing in /out of run "
                               f"{run}; fix [build] outputs or make the build write it")
-        chosen.update(matched)
     return tuple(_artifact(rel, chosen[rel]) for rel in sorted(chosen))
 
 
@@ -166,8 +187,13 @@ def diff_report(diff: Difference, *, timeout: int = DIFFOSCOPE_TIMEOUT) -> bytes
 
 
 def diff_reports(diff: Difference, *, timeout: int = DIFFOSCOPE_TIMEOUT,
-                 max_report_size: int = DIFFOSCOPE_MAX_REPORT) -> DiffReports:
-    """Text, HTML and JSON reports of one difference; plain notes where diffoscope can't."""
+                 max_report_size: int = DIFFOSCOPE_MAX_REPORT,
+                 memory: int = DEFAULT_LIMITS.diffoscope_memory) -> DiffReports:
+    """Text, HTML and JSON reports of one difference; plain notes where diffoscope can't.
+
+    diffoscope runs with its address space limited to `memory` bytes (it once grew to 24 GiB
+    on one 1 GiB file); when it fails or times out, the report compares the bytes instead.
+    """
     if diff.a is None or diff.b is None:
         present = "a" if diff.a is not None else "b"
         return note_reports(diff.name, f"{diff.name}: only run {present} produced this output")
@@ -192,7 +218,10 @@ def diff_reports(diff: Difference, *, timeout: int = DIFFOSCOPE_TIMEOUT,
                 summary = (f"(could not read the {kind} archives member by member: {exc}; "
                            "diffoscope compares them whole)\n")
         reports = _run_diffoscope(diffoscope, left, right, diff.name, work, timeout,
-                                  max_report_size)
+                                  max_report_size, memory)
+        if reports.failure is not None:
+            return note_reports(diff.name, f"{reports.failure}\n"
+                                + byte_report(diff.a.path, diff.b.path), header + summary.encode())
     return DiffReports(header + summary.encode() + reports.text, reports.html, reports.json)
 
 
@@ -207,11 +236,22 @@ def note_reports(name: str, note: str, header: bytes = b"") -> DiffReports:
     return DiffReports(text, page.encode(), json.dumps(document, indent=2).encode() + b"\n")
 
 
+@dataclass(frozen=True)
+class _Diffoscoped:
+    text: bytes
+    html: bytes
+    json: bytes
+    failure: str | None  # why diffoscope gave no report (then the reports are not used)
+
+
 def _run_diffoscope(tool: str, left: Path, right: Path, name: str, work: Path, timeout: int,
-                    limit: int) -> DiffReports:
+                    limit: int, memory: int) -> _Diffoscoped:
     files = {fmt: work / f"report.{fmt}" for fmt in ("text", "html", "json")}
     # Report files are named relative to `work` (the cwd): the HTML title shows the command.
-    command = [tool, "--text", files["text"].name, "--html", files["html"].name,
+    # prlimit sets RLIMIT_AS for diffoscope and everything it starts (xxd, diff, …): past it,
+    # allocations fail in diffoscope instead of the kernel's OOM killer choosing a victim.
+    command = [find_prlimit(), f"--as={memory}", "--", tool,
+               "--text", files["text"].name, "--html", files["html"].name,
                "--json", files["json"].name, "--text-color", "never", "--no-progress",
                "--timeout", str(timeout), "--max-report-size", str(limit),
                "--max-text-report-size", str(limit), "--max-page-size", str(limit),
@@ -227,7 +267,8 @@ def _run_diffoscope(tool: str, left: Path, right: Path, name: str, work: Path, t
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate()
-            return note_reports(name, f"(diffoscope did not finish within {timeout + 30} s)")
+            return _Diffoscoped(b"", b"", b"", f"(diffoscope did not finish within "
+                                f"{timeout + 30} s: the bytes are compared instead)")
     # Host paths out, a/NAME and b/NAME in: reports must not depend on where they were made.
     swaps: dict[str, Callable[[str], str]] = {
         "text": str, "html": html.escape, "json": lambda s: json.dumps(s)[1:-1]}
@@ -239,7 +280,14 @@ def _run_diffoscope(tool: str, left: Path, right: Path, name: str, work: Path, t
             data = data.replace(quote(str(host)).encode(), quote(f"{side}/{name}").encode())
         out[fmt] = data
     failed = proc.returncode not in (0, 1)
-    problem = f"(diffoscope failed: {stderr.strip()[-2000:].decode(errors='replace')})"
+    why = stderr.strip()[-2000:].decode(errors="replace")
+    if failed and (b"MemoryError" in stderr or b"Cannot allocate memory" in stderr
+                   or proc.returncode < 0):
+        return _Diffoscoped(b"", b"", b"", (
+            f"(diffoscope stopped at its memory limit, [limits] diffoscope_memory = "
+            f"{show_size(memory)} (exit {proc.returncode}): the bytes are compared instead; "
+            f"its last words: {why[-300:] or '-'})"))
+    problem = f"(diffoscope failed: {why})"
     if failed or len(out["json"]) > limit or not out["json"]:
         fallback = note_reports(name, problem if failed else
                                 f"(the JSON report is over {limit} bytes or missing: see the "
@@ -250,7 +298,54 @@ def _run_diffoscope(tool: str, left: Path, right: Path, name: str, work: Path, t
         out["text"] = out["text"][:limit] + f"\n[report cut at {limit} bytes]\n".encode()
     if failed:
         out["text"] += f"\n{problem}\n".encode()
-    return DiffReports(out["text"], out["html"], out["json"])
+    return _Diffoscoped(out["text"], out["html"], out["json"], None)
+
+
+def find_prlimit() -> str:
+    path = shutil.which("prlimit")
+    if path is None:
+        raise EnvironmentProblem("prlimit is not installed (it bounds diffoscope's memory); "
+                                 "install it: apt-get install -y util-linux")
+    return path
+
+
+def byte_report(a: Path, b: Path, *, ranges: int = 20, block: int = 4096) -> str:
+    """Where two files differ, read in chunks (any size, bounded memory): their sizes and
+    hashes, and the first `ranges` runs of differing `block`-byte blocks, each from its first
+    differing byte."""
+    found: list[list[int]] = []  # [first differing byte, end of the run's last block]
+    blocks = 0
+    digests = hashlib.sha256(), hashlib.sha256()
+    offset = 0
+    with a.open("rb") as fa, b.open("rb") as fb:
+        while True:
+            ca, cb = fa.read(CHUNK), fb.read(CHUNK)
+            if not ca and not cb:
+                break
+            digests[0].update(ca)
+            digests[1].update(cb)
+            if ca != cb:
+                for start in range(0, max(len(ca), len(cb)), block):
+                    xa, xb = ca[start:start + block], cb[start:start + block]
+                    if xa == xb:
+                        continue
+                    blocks += 1
+                    at = offset + start
+                    if found and found[-1][1] == at:
+                        found[-1][1] = at + block
+                    elif len(found) < ranges:
+                        first = next((i for i, (x, y) in enumerate(zip(xa, xb, strict=False))
+                                      if x != y), min(len(xa), len(xb)))
+                        found.append([at + first, at + block])
+            offset += max(len(ca), len(cb))
+    size_a, size_b = a.stat().st_size, b.stat().st_size
+    lines = [f"byte comparison: a is {size_a} bytes, sha256:{digests[0].hexdigest()}",
+             f"                 b is {size_b} bytes, sha256:{digests[1].hexdigest()}",
+             f"{blocks} block(s) of {block} bytes differ"
+             + (f"; the first {len(found)} run(s) of them:" if found else "")]
+    lines += [f"  from offset {first} (0x{first:x}) to {min(end, max(size_a, size_b))}"
+              for first, end in found]
+    return "\n".join(lines)
 
 
 def archive_kind(path: Path) -> str | None:
@@ -465,4 +560,27 @@ def keep_outputs(out_dirs: Mapping[str, Path], dest: Path) -> None:
         target = dest / run
         if target.exists():
             raise UsageError(f"--keep: {target} already exists; remove it or keep elsewhere")
-        shutil.copytree(out_dir, target, symlinks=True)
+        shutil.copytree(out_dir, target, symlinks=True, copy_function=copy_sparse)
+
+
+def copy_sparse(src: str | Path, dst: str | Path) -> None:
+    """Copy a file with its holes kept as holes (shutil copies a 20 GiB sparse output as 20
+    GiB of zeros on disk): only the data extents are read and written; metadata as copy2."""
+    with Path(src).open("rb") as fin, Path(dst).open("wb") as fout:
+        size = os.fstat(fin.fileno()).st_size
+        offset = 0
+        while offset < size:
+            try:
+                start = os.lseek(fin.fileno(), offset, os.SEEK_DATA)
+            except OSError:  # ENXIO: only a hole is left
+                break
+            end = os.lseek(fin.fileno(), start, os.SEEK_HOLE)
+            fin.seek(start)
+            fout.seek(start)
+            remaining = end - start
+            while remaining > 0 and (chunk := fin.read(min(CHUNK, remaining))):
+                fout.write(chunk)
+                remaining -= len(chunk)
+            offset = end
+        fout.truncate(size)
+    shutil.copystat(src, dst)

@@ -292,7 +292,7 @@ def explain_differences(recipe: Recipe, plan: BuildPlan, sandbox: Sandbox, sourc
             if result.exit_code != 0 or result.timed_out:
                 return Probe(variations, None, result.exit_code, result.seconds)
             try:
-                outputs = collect_outputs(result.out_dir, plan.outputs, name)
+                outputs = collect_outputs(result.out_dir, plan.outputs, name, plan.limits)
             except BuildFailed:
                 return Probe(variations, None, result.exit_code, result.seconds)
             got = {a.name: a.sha256 for a in outputs}

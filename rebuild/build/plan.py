@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from rebuild.build.limits import DEFAULT as DEFAULT_LIMITS
+from rebuild.build.limits import Limits
 from rebuild.build.recipe import Recipe
 from rebuild.build.variations import RunSettings, apply_variations, describe
 
@@ -43,6 +45,7 @@ class RunPlan:
     pids_limit: int = 1024
     # Wheel files to install into a venv before the command (None: no python_lock, no venv).
     wheels: tuple[str, ...] | None = None
+    max_log_size: int = DEFAULT_LIMITS.max_log_size  # bytes of the log kept: head and tail
 
     @property
     def user(self) -> str:
@@ -69,6 +72,7 @@ class BuildPlan:
     source_date_epoch: int
     variations: tuple[str, ...]
     runs: tuple[RunPlan, ...]
+    limits: Limits = DEFAULT_LIMITS
 
 
 def run_environment(settings: RunSettings, source_date_epoch: int,
@@ -110,6 +114,7 @@ def plan_run(recipe: Recipe, name: str, variations: tuple[str, ...],
         timeout=recipe.build.timeout,
         memory=recipe.build.memory,
         wheels=wheels,
+        max_log_size=recipe.bounds.max_log_size,
     )
 
 
@@ -128,4 +133,5 @@ def plan_build(recipe: Recipe, source_date_epoch: int, *,
         variations=variations,
         runs=(plan_run(recipe, "a", (), source_date_epoch, wheels=wheels),
               plan_run(recipe, "b", variations, source_date_epoch, wheels=wheels)),
+        limits=recipe.bounds,
     )

@@ -19,13 +19,17 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     StrictInt,
     ValidationError,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
 from rebuild.errors import UsageError
+from rebuild.build.limits import DEFAULT as DEFAULT_LIMITS
+from rebuild.build.limits import Limits, parse_size
 from rebuild.build.variations import select_variations
 
 NAME_RE = r"^[a-z0-9][a-z0-9._-]*$"
@@ -154,6 +158,29 @@ class Check(_Strict):
         return vary
 
 
+class LimitsTable(_Strict):
+    """`[limits]`: what the build and its downloads may cost (rebuild.limits has defaults)."""
+
+    max_outputs: StrictInt = Field(default=DEFAULT_LIMITS.max_outputs, gt=0)
+    max_output_size: int | str = DEFAULT_LIMITS.max_output_size
+    max_log_size: int | str = DEFAULT_LIMITS.max_log_size
+    max_download_size: int | str = DEFAULT_LIMITS.max_download_size
+    download_timeout: StrictInt = Field(default=DEFAULT_LIMITS.download_timeout, gt=0)
+    diffoscope_memory: int | str = DEFAULT_LIMITS.diffoscope_memory
+
+    @field_validator("max_output_size", "max_log_size", "max_download_size",
+                     "diffoscope_memory", mode="before")
+    @classmethod
+    def _size(cls, value: object) -> int:
+        try:
+            return parse_size(value, what="size")
+        except UsageError as exc:
+            raise ValueError(str(exc).removeprefix("size: ")) from None
+
+    def resolve(self) -> Limits:
+        return Limits(**{name: int(getattr(self, name)) for name in Limits.__dataclass_fields__})
+
+
 class Recipe(_Strict):
     recipe: RecipeInfo
     source: Source
@@ -161,6 +188,15 @@ class Recipe(_Strict):
     build: Build
     test: Test | None = None
     check: Check = Field(default_factory=Check)
+    limits: LimitsTable | None = None
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # A recipe without [limits] is recorded (provenance) as it was before limits existed.
+        data: dict[str, Any] = handler(self)
+        if self.limits is None:
+            data.pop("limits", None)
+        return data
 
     @model_validator(mode="after")
     def _git_epoch(self) -> Recipe:
@@ -172,6 +208,11 @@ class Recipe(_Strict):
     @property
     def release(self) -> str:
         return f"{self.recipe.name}@{self.recipe.version}"
+
+    @property
+    def bounds(self) -> Limits:
+        """The build's limits: the recipe's [limits] over the defaults."""
+        return (self.limits or LimitsTable()).resolve()
 
     @property
     def variations(self) -> tuple[str, ...]:

@@ -30,6 +30,7 @@ import docker.errors
 import requests.exceptions
 
 from rebuild.errors import BuildFailed, EnvironmentProblem
+from rebuild.build.limits import HeadTail
 from rebuild.build.plan import FAKETIME_LIB, LOCALE_DIR, OUT_DIR, WHEELS_DIR, RunPlan
 from rebuild.build.variations import BY_NAME
 
@@ -188,7 +189,7 @@ class Sandbox:
                 # docker-py signals a wait timeout as a requests error, not a docker one.
                 timed_out, exit_code = True, -1
                 container.kill()
-            log = bytes(container.logs(stdout=True, stderr=True))
+            log = read_log(container, plan.max_log_size)
         finally:
             _remove(container)
             self.release(prepared)
@@ -253,6 +254,18 @@ class Sandbox:
             "labels": {SESSION_LABEL: self.session},
             "detach": True,
         }
+
+
+def read_log(container: Any, limit: int) -> bytes:
+    """A finished container's log, streamed: its head and tail up to `limit` bytes in all.
+
+    Never whole in memory: a build that prints gigabytes keeps `limit` bytes (the middle is
+    left out, with a line saying how much and which limit).
+    """
+    kept = HeadTail(limit)
+    for chunk in container.logs(stdout=True, stderr=True, stream=True, follow=False):
+        kept.add(chunk)
+    return kept.value()
 
 
 def docker_run_line(kwargs: dict[str, Any]) -> str:

@@ -34,7 +34,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from rebuild.evidence.provenance import BuildFacts, DebPackage, Dependency, PyPackage, plain_json
+from rebuild.evidence.provenance import (
+    BuildFacts,
+    DebPackage,
+    Dependency,
+    PyPackage,
+    Subject,
+    plain_json,
+)
 from rebuild.store.layout import canonical_json
 
 if TYPE_CHECKING:
@@ -69,26 +76,45 @@ def make_sbom(facts: BuildFacts, debian: DebianPart | None = None) -> bytes:
 
     `debian`, from `render_debian` for the facts' packages, saves rendering them again; a
     part made for other packages is not used.
+
+    Linear in the artifacts: cyclonedx registers each dependency with a scan of those it has
+    (and again for every component when it serializes), so a BOM of 20,000 artifacts did not
+    finish in ten minutes. The artifacts' components and graph entries are plain JSON here,
+    merged in the library's order; `reference_sbom` renders everything with the library, and
+    tests/test_evidence_formats.py checks that both give the same bytes.
     """
     facts = sort_facts(facts)
     if debian is None or (debian.packages, debian.distro) != (facts.deb_packages,
                                                               facts.debian_distro):
-        debian_components = [_debian_component(p, facts.debian_distro)
-                             for p in facts.deb_packages]
-        # Re-serialized canonically (design.md: JSON that is hashed is canonical), so that
-        # the SBOM's digest depends on its content, not on the library's key order or
-        # whitespace.
-        return canonical_json(_render(_release_bom(facts, debian_components)))
-    # Both BOMs list their components and dependencies in the library's order; merging keeps
-    # it (components: `_component_order`; dependencies: by ref, as BomRef compares). The path
-    # above is the reference: tests/test_evidence_formats.py checks both give the same bytes.
-    document = _render(_release_bom(facts, []))
-    document["components"] = list(heapq.merge(document["components"], debian.components,
-                                              key=_component_order))
+        debian = render_debian(facts.deb_packages, facts.debian_distro)
+    artifacts = [_artifact_json(s) for s in facts.subjects]
+    # Every artifact depends on the same components: the source, the Python packages, the
+    # image (the library lists a dependency's refs in string order).
+    inputs = sorted(["source", IMAGE_REF, *(pypi_purl(p).to_string()
+                                            for p in facts.py_packages)])
+    release: dict[str, Any] = {"ref": facts.release}
+    if artifacts:
+        release["dependsOn"] = sorted(a["bom-ref"] for a in artifacts)
+    graph = [release]
+    graph += [{"ref": a["bom-ref"], "dependsOn": inputs} for a in artifacts]
+    document = _render(_release_bom(facts, [], with_artifacts=False))
+    document["components"] = list(heapq.merge(
+        document["components"], debian.components,
+        sorted(artifacts, key=_component_order), key=_component_order))
+    # Re-serialized canonically (design.md: JSON that is hashed is canonical), so that the
+    # SBOM's digest depends on its content, not on the library's key order or whitespace.
     document["dependencies"] = list(heapq.merge(
-        (d for d in document["dependencies"] if d["ref"] != IMAGE_REF), debian.dependencies,
-        key=lambda d: d["ref"]))
+        (d for d in document["dependencies"] if d["ref"] not in (IMAGE_REF, facts.release)),
+        debian.dependencies, sorted(graph, key=lambda d: d["ref"]), key=lambda d: d["ref"]))
     return canonical_json(document)
+
+
+def reference_sbom(facts: BuildFacts) -> bytes:
+    """The same BOM as `make_sbom`, rendered by cyclonedx alone: the reference its merging
+    must match (quadratic in the artifacts: for tests on small releases)."""
+    facts = sort_facts(facts)
+    debian = [_debian_component(p, facts.debian_distro) for p in facts.deb_packages]
+    return canonical_json(_render(_release_bom(facts, debian)))
 
 
 def render_debian(packages: Sequence[DebPackage], distro: str) -> DebianPart:
@@ -144,8 +170,10 @@ def deb_purl(package: DebPackage, distro: str) -> PackageURL:
                       qualifiers={"arch": package.architecture, "distro": distro})
 
 
-def _release_bom(facts: BuildFacts, debian: Sequence[Component]) -> Bom:
-    """The BOM of the sorted `facts`, with `debian` as the image's packages."""
+def _release_bom(facts: BuildFacts, debian: Sequence[Component], *,
+                 with_artifacts: bool = True) -> Bom:
+    """The BOM of the sorted `facts`, with `debian` as the image's packages (and without
+    the artifacts when `with_artifacts` is false: `make_sbom` adds them)."""
     from cyclonedx.model import HashAlgorithm, HashType, Property
     from cyclonedx.model.bom import Bom, BomMetaData
     from cyclonedx.model.component import Component, ComponentType
@@ -166,7 +194,7 @@ def _release_bom(facts: BuildFacts, debian: Sequence[Component]) -> Bom:
     )
     artifacts = [Component(type=ComponentType.FILE, name=s.name, bom_ref=f"artifact:{s.name}",
                            hashes=[HashType(alg=HashAlgorithm.SHA_256, content=s.sha256)])
-                 for s in facts.subjects]
+                 for s in (facts.subjects if with_artifacts else ())]
     # The tree digest is rebuild's hash of a directory, not the sha256 of the component's
     # bytes, so it is a property: as a CycloneDX hash, tools would try to match it to a file.
     source = Component(type=ComponentType.FILE, name=facts.source.name, bom_ref="source",
@@ -182,6 +210,12 @@ def _release_bom(facts: BuildFacts, debian: Sequence[Component]) -> Bom:
         bom.register_dependency(artifact, [source, *python, image])
     bom.register_dependency(image, debian)
     return bom
+
+
+def _artifact_json(subject: Subject) -> dict[str, Any]:
+    """An artifact's component, as cyclonedx renders the one `_release_bom` makes."""
+    return {"bom-ref": f"artifact:{subject.name}", "name": subject.name, "type": "file",
+            "hashes": [{"alg": "SHA-256", "content": subject.sha256}]}
 
 
 def _render(bom: Bom) -> Any:

@@ -48,6 +48,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
+from rebuild.build.limits import DEFAULT as DEFAULT_LIMITS
+from rebuild.build.limits import Limits, show_size
 from rebuild.build.plan import WHEELS_LOCK_NAME
 from rebuild.build.recipe import LoadedRecipe, Source
 from rebuild.errors import EnvironmentProblem, UsageError
@@ -208,7 +210,8 @@ class SourceTree:
 
 @contextlib.contextmanager
 def open_source(source: Source, base: Path, store: Store, *, where: str, log: Log = lambda _: None,
-                downloaded: set[str] | None = None) -> Iterator[SourceTree]:
+                downloaded: set[str] | None = None,
+                limits: Limits = DEFAULT_LIMITS) -> Iterator[SourceTree]:
     """The source tree of a recipe; `base` is the recipe's directory, `where` its name."""
     downloaded = set() if downloaded is None else downloaded
     if source.path is not None:
@@ -224,7 +227,7 @@ def open_source(source: Source, base: Path, store: Store, *, where: str, log: Lo
             assert source.sha256 is not None  # recipe.py requires it
             name = url_filename(source.url, where)
             blob = fetch_url(source.url, source.sha256, store, where=where, log=log,
-                             downloaded=downloaded)
+                             downloaded=downloaded, limits=limits)
             with _blob_file(store, blob, Path(tmp)) as path:
                 unpack_source(path, name, root, where=where)
             yield SourceTree(root, source.url, blob, None)
@@ -245,7 +248,7 @@ def fetch_source(loaded: LoadedRecipe, store: Store, *, log: Log = lambda _: Non
     """
     recipe = loaded.recipe
     with open_source(recipe.source, loaded.path.parent, store, where=str(loaded.path),
-                     log=log, downloaded=downloaded) as tree:
+                     log=log, downloaded=downloaded, limits=recipe.bounds) as tree:
         setting = recipe.environment.source_date_epoch
         epoch = setting if isinstance(setting, int) else tree.commit_time
         assert epoch is not None  # recipe.py: "git" needs a git source
@@ -280,7 +283,7 @@ def url_filename(url: str, where: str) -> str:
 
 
 def fetch_url(url: str, sha256: str, store: Store, *, where: str, log: Log,
-              downloaded: set[str]) -> str:
+              downloaded: set[str], limits: Limits = DEFAULT_LIMITS) -> str:
     """The blob of `url`'s bytes: from the store when it has that sha256, else downloaded.
 
     The download goes to a temporary file outside the store and enters the store only
@@ -299,7 +302,7 @@ def fetch_url(url: str, sha256: str, store: Store, *, where: str, log: Log,
                          "are supported")
     with tempfile.TemporaryDirectory(prefix="rebuild-download-") as tmp:
         part = Path(tmp) / "download"
-        actual, size = _download(url, part, where=where, log=log)
+        actual, size = _download(url, part, where=where, log=log, limits=limits)
         if actual != sha256:
             raise UsageError(f"{where}: [source] sha256 of {url} does not match: expected "
                              f"{sha256}, downloaded {actual} ({size} bytes); nothing was "
@@ -312,22 +315,36 @@ def fetch_url(url: str, sha256: str, store: Store, *, where: str, log: Log,
     return stored
 
 
-def _download(url: str, dest: Path, *, where: str, log: Log) -> tuple[str, int]:
-    """Stream `url` into `dest`; returns (sha256 hex, size). Progress lines for large files."""
+def _download(url: str, dest: Path, *, where: str, log: Log,
+              limits: Limits = DEFAULT_LIMITS) -> tuple[str, int]:
+    """Stream `url` into `dest`; returns (sha256 hex, size). Progress lines for large files.
+
+    Bounded in time as a whole (`limits.download_timeout`: a server that sends a byte now
+    and then is cut off too) and in size (`limits.max_download_size`: an endless one stops).
+    """
     hasher = hashlib.sha256()
     size = 0
+    deadline = time.monotonic() + limits.download_timeout
     try:
-        with urllib.request.urlopen(url, timeout=60) as response, \
+        with urllib.request.urlopen(url, timeout=min(60, limits.download_timeout)) as response, \
                 dest.open("wb") as out:  # noqa: S310 (scheme checked by the caller)
             total = int(response.headers.get("Content-Length") or 0)
+            if total > limits.max_download_size:
+                raise _TooLarge(total)
             shown = total >= PROGRESS_MIN
             if shown:
                 log(f"downloading {url} ({total / 2**20:.1f} MiB)")
             last = time.monotonic()
-            while chunk := response.read(1 << 16):
+            # read1: whatever has arrived (one receive), so the deadline is checked even
+            # while a server trickles bytes; read(n) would wait for all n of them.
+            while chunk := response.read1(1 << 16):
                 hasher.update(chunk)
                 out.write(chunk)
                 size += len(chunk)
+                if size > limits.max_download_size:
+                    raise _TooLarge(size)
+                if time.monotonic() > deadline:
+                    raise _Overtime(size)
                 if time.monotonic() - last >= PROGRESS_EVERY and (shown or size >= PROGRESS_MIN):
                     last = time.monotonic()
                     of = f" of {total / 2**20:.1f}" if total else ""
@@ -335,11 +352,30 @@ def _download(url: str, dest: Path, *, where: str, log: Log) -> tuple[str, int]:
     except urllib.error.HTTPError as exc:
         raise UsageError(f"{where}: [source] url {url}: the server answered {exc.code} "
                          f"{exc.reason}; fix the address") from None
-    except (OSError, ValueError) as exc:
+    except _TooLarge as exc:
+        raise UsageError(f"{where}: [source] url {url} is over "
+                         f"{show_size(limits.max_download_size)} ({exc.args[0]} bytes so far; "
+                         "limit [limits] max_download_size); nothing was stored. Raise the "
+                         "limit if the file really is that large") from None
+    except (_Overtime, OSError, ValueError) as exc:
+        if isinstance(exc, _Overtime) or time.monotonic() >= deadline:
+            raise EnvironmentProblem(f"{where}: downloading {url} took over "
+                                     f"{limits.download_timeout} s ({size} bytes received; "
+                                     "limit [limits] download_timeout); nothing was stored. "
+                                     "Check the server and the network, or raise the "
+                                     "limit") from None
         raise EnvironmentProblem(f"{where}: cannot download {url} ({exc}); check the address "
                                  "and the network (fetch is the only step that needs it)") from None
     log(f"downloaded {url}: {size} bytes")
     return hasher.hexdigest(), size
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class _Overtime(Exception):
+    pass
 
 
 @contextlib.contextmanager
@@ -692,7 +728,7 @@ def fetch_wheels(loaded: LoadedRecipe, store: Store, *, log: Log = lambda _: Non
             wheels_by_name[req.name] = Wheel(req.name, req.version, known[hit], hit,
                                              "sha256:" + hit)
     if missing:
-        for wheel in _download_wheels(missing, path, store, log):
+        for wheel in _download_wheels(missing, path, store, log, loaded.recipe.bounds):
             wheels_by_name[wheel.name] = wheel
             downloaded.add(wheel.blob)
     wheels = tuple(sorted(wheels_by_name.values(), key=lambda w: w.name))
@@ -728,17 +764,29 @@ def _wheel_from_layer(layer: Descriptor) -> Wheel:
 
 
 def _download_wheels(requirements: list[LockedRequirement], lock: Path, store: Store,
-                     log: Log) -> list[Wheel]:
-    """pip download the requirements' wheels, check each against the lock, store them."""
+                     log: Log, limits: Limits = DEFAULT_LIMITS) -> list[Wheel]:
+    """pip download the requirements' wheels, check each against the lock, store them.
+
+    pip has no limits of its own: the whole download is bounded in time
+    (`limits.download_timeout`) and each wheel in size (`limits.max_download_size`), checked
+    before any enters the store.
+    """
     by_name = {r.name: r for r in requirements}
     log(f"{lock.name}: downloading {len(requirements)} wheel(s) with pip")
     with tempfile.TemporaryDirectory(prefix="rebuild-wheels-") as tmp:
         partial, dest = Path(tmp) / "requirements.txt", Path(tmp) / "wheels"
         partial.write_text("".join(f"{r.text}\n" for r in requirements))
-        result = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--require-hashes", "--no-deps",
-             "--only-binary=:all:", "--disable-pip-version-check", "--quiet", "-d", str(dest),
-             "-r", str(partial)], capture_output=True, text=True, check=False)
+        try:
+            result = subprocess.run(
+                [sys.executable, "-m", "pip", "download", "--require-hashes", "--no-deps",
+                 "--only-binary=:all:", "--disable-pip-version-check", "--quiet", "-d",
+                 str(dest), "-r", str(partial)], capture_output=True, text=True, check=False,
+                timeout=limits.download_timeout)
+        except subprocess.TimeoutExpired:
+            raise EnvironmentProblem(f"{lock}: pip download took over "
+                                     f"{limits.download_timeout} s (limit [limits] "
+                                     "download_timeout); nothing was stored. Check the package "
+                                     "index and the network, or raise the limit") from None
         if result.returncode != 0:
             tail = "\n  ".join(result.stderr.strip().splitlines()[-12:])
             lowered = result.stderr.lower()
@@ -754,6 +802,10 @@ def _download_wheels(requirements: list[LockedRequirement], lock: Path, store: S
         checked = []
         for file in files:
             name, _ = wheel_project(file.name)
+            if file.stat().st_size > limits.max_download_size:
+                raise UsageError(f"{lock}: {file.name} is over "
+                                 f"{show_size(limits.max_download_size)} (limit [limits] "
+                                 "max_download_size); nothing was stored")
             req = by_name.get(name)
             if req is None:
                 raise UsageError(f"{lock}: pip downloaded {file.name}, which the lock does not "

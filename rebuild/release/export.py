@@ -55,6 +55,7 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_public_key,
 )
 
+from rebuild.build.limits import BundleLimits, show_size
 from rebuild.errors import ClaimFailed, SigningError, StoreError, UsageError
 from rebuild.evidence.sign import keyid, load_public_key
 from rebuild.release.pages import render_html, render_markdown
@@ -422,15 +423,22 @@ class _Problems:
         return path in self.by_file
 
 
-def open_bundle(path: Path, workdir: Path) -> OpenedBundle:
-    """Extract a bundle into `workdir` and check that every byte is what an export writes."""
+def open_bundle(path: Path, workdir: Path,
+                limits: BundleLimits = BundleLimits()) -> OpenedBundle:  # noqa: B008 (frozen)
+    """Extract a bundle into `workdir` and check that every byte is what an export writes.
+
+    The bundle may come from anyone: what extracting it writes (the tar inside a gzip, then
+    its members, sparse ones at their full size) is bounded by `limits` before it is
+    written, so a gzip bomb stops at the limit (UsageError, exit 2) instead of the disk.
+    """
     root = workdir / "bundle"
     root.mkdir(parents=True)
     problems = _Problems()
     archive = path.name
+    budget = _Budget(path, limits)
     try:
-        tar_path = _decompressed(path, workdir)
-        entries = _extract(tar_path, root, archive, problems)
+        tar_path = _decompressed(path, workdir, budget)
+        entries = _extract(tar_path, root, archive, problems, budget)
     except _Unreadable as exc:
         return OpenedBundle(root, None, [Check(f"bundle archive {archive}", False, str(exc))])
     digests = {e.path: sha256_file(root / e.path) for e in entries}  # each file read once
@@ -455,7 +463,30 @@ class _Unreadable(Exception):
     pass
 
 
-def _decompressed(path: Path, workdir: Path) -> Path:
+class _Budget:
+    """Bytes an extraction may still write: `limits.max_size`, and `limits.max_ratio` times
+    the bundle file's size, whichever is less."""
+
+    def __init__(self, path: Path, limits: BundleLimits) -> None:
+        self.path, self.limits = path, limits
+        self.size = path.stat().st_size
+        self.written = 0
+
+    def spend(self, n: int) -> None:
+        self.written += n
+        if self.written > self.limits.max_size:
+            raise UsageError(f"{self.path}: extracting the bundle would write more than "
+                             f"{show_size(self.limits.max_size)} (limit --max-extract-size); "
+                             "refused before the disk fills: raise the limit only for a "
+                             "bundle you expect to be that large")
+        if self.written > self.limits.max_ratio * self.size:
+            raise UsageError(f"{self.path}: the bundle inflates to more than "
+                             f"{self.limits.max_ratio} times its {self.size} bytes (limit "
+                             "--max-extract-ratio): a compression bomb, or not an export; "
+                             "refused")
+
+
+def _decompressed(path: Path, workdir: Path, budget: _Budget) -> Path:
     """The tar inside the bundle: the file itself, or its gzip stream, checked to the end."""
     try:
         with path.open("rb") as f:
@@ -472,10 +503,17 @@ def _decompressed(path: Path, workdir: Path) -> Path:
                 while chunk := f.read(CHUNK):
                     if inflate.eof:
                         raise _Unreadable("bytes follow the end of the gzip stream")
-                    tar.write(inflate.decompress(chunk))
+                    # At most CHUNK out per call, so that a bomb is never inflated whole.
+                    data = inflate.decompress(chunk, CHUNK)
+                    while data:
+                        budget.spend(len(data))
+                        tar.write(data)
+                        data = inflate.decompress(inflate.unconsumed_tail, CHUNK)
                     if inflate.eof and inflate.unused_data:
                         raise _Unreadable("bytes follow the end of the gzip stream")
-                tar.write(inflate.flush())
+                rest = inflate.flush()
+                budget.spend(len(rest))
+                tar.write(rest)
             if not inflate.eof:
                 raise _Unreadable("the gzip stream is truncated")
             return out
@@ -486,7 +524,8 @@ def _decompressed(path: Path, workdir: Path) -> Path:
                           "changed") from None
 
 
-def _extract(tar_path: Path, root: Path, archive: str, problems: _Problems) -> list[_Entry]:
+def _extract(tar_path: Path, root: Path, archive: str, problems: _Problems,
+             budget: _Budget) -> list[_Entry]:
     """Extract regular files only, to paths checked to stay inside `root`."""
     entries: list[_Entry] = []
     seen: set[str] = set()
@@ -499,6 +538,7 @@ def _extract(tar_path: Path, root: Path, archive: str, problems: _Problems) -> l
                                  "export holds nothing else")
                     continue
                 seen.add(info.name)
+                budget.spend(info.size)  # before a byte is written: sparse ones too
                 target = root / info.name
                 target.parent.mkdir(parents=True, exist_ok=True)
                 source = tar.extractfile(info)

@@ -159,8 +159,9 @@ def reproduce(store: Store, target: str, *, runs: int = 1, cache_dir: Path,
         for result in results:
             log(f"run {result.name}: exit {result.exit_code} after {result.seconds:.1f} s")
             require_success(result, "the build command")
-        outputs = [collect_outputs(r.out_dir, plan.outputs, r.name) for r in results]
-        rebuilt = tuple(_report(store, r, release_artifacts(store, release), outputs, log)
+        outputs = [collect_outputs(r.out_dir, plan.outputs, r.name, plan.limits) for r in results]
+        rebuilt = tuple(_report(store, r, release_artifacts(store, release), outputs, log,
+                                plan.limits.diffoscope_memory)
                         for r in _judge(recorded, outputs))
         blames: Mapping[str, Blame] = {}
         twin = compare_artifacts(*outputs) if len(outputs) == 2 else ()
@@ -179,7 +180,7 @@ def reproduce(store: Store, target: str, *, runs: int = 1, cache_dir: Path,
 
 
 def _report(store: Store, rebuilt: Rebuilt, recorded: Sequence[Artifact],
-            outputs: Sequence[Sequence[Artifact]], log: Log) -> Rebuilt:
+            outputs: Sequence[Sequence[Artifact]], log: Log, memory: int) -> Rebuilt:
     """A mismatch's diffoscope report: the recorded artifact (its blob) against the rebuilt."""
     if rebuilt.match:
         return rebuilt
@@ -187,7 +188,7 @@ def _report(store: Store, rebuilt: Rebuilt, recorded: Sequence[Artifact],
     new = next((a for run in outputs for a in run
                 if a.name == rebuilt.name and a.sha256 == rebuilt.rebuilt), None)
     log(f"differs from the record: {rebuilt.name}; running diffoscope")
-    report = diff_reports(Difference(rebuilt.name, old, new)).text
+    report = diff_reports(Difference(rebuilt.name, old, new), memory=memory).text
     return replace(rebuilt, report=store.put_bytes(report)[0])
 
 

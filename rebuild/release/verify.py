@@ -16,6 +16,7 @@ from typing import Any
 
 from securesystemslib.signer import SSlibKey  # type: ignore[attr-defined]
 
+from rebuild.build.limits import BundleLimits
 from rebuild.errors import ClaimFailed, StoreError
 from rebuild.evidence.provenance import (
     BUILD_TYPE,
@@ -216,13 +217,15 @@ def _digest(statement: Mapping[str, Any]) -> str:
     return "sha256:" + hashlib.sha256(canonical_json(statement)).hexdigest()
 
 
-def verify_bundle_file(path: Path, policy: Policy) -> Report:
+def verify_bundle_file(path: Path, policy: Policy,
+                       limits: BundleLimits | None = None) -> Report:
     """Verify an exported bundle (`rebuild export`) offline: every byte of the archive, each
-    failure naming its file (rebuild.export), then `verify_release` on the layout inside."""
+    failure naming its file (rebuild.export), then `verify_release` on the layout inside.
+    What extracting it may write is bounded by `limits` (defaults: rebuild.limits)."""
     from rebuild.release.export import open_bundle  # export builds on this module
 
     with tempfile.TemporaryDirectory(prefix="rebuild-verify-") as tmp:
-        bundle = open_bundle(path, Path(tmp))
+        bundle = open_bundle(path, Path(tmp), limits or BundleLimits())
         report = Report(str(path), None, list(bundle.checks))
         if bundle.release is None:
             report.add("release", False, "no release to verify: the bundle's index.json is "

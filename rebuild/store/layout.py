@@ -10,6 +10,7 @@ under an exclusive lock on the store directory.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import hashlib
 import json
@@ -214,6 +215,38 @@ class Store:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+
+    def put_files(self, paths: Sequence[Path]) -> list[tuple[str, int]]:
+        """`put_file` for many files (a release's outputs), with the same guarantee (no blob
+        is renamed into place before its bytes are durable) but one syncfs of the store's
+        file system for them all instead of two fsyncs each: 20,000 outputs took minutes."""
+        self.init()
+        staged: list[tuple[Path, str, int]] = []
+        try:
+            for path in paths:
+                fd, tmp_name = tempfile.mkstemp(dir=self._tmp, prefix="blob-")
+                staged.append((Path(tmp_name), "", 0))
+                hasher, size = hashlib.sha256(), 0
+                with os.fdopen(fd, "wb") as out, path.open("rb") as src:
+                    while chunk := src.read(CHUNK):
+                        hasher.update(chunk)
+                        out.write(chunk)
+                        size += len(chunk)
+                staged[-1] = (Path(tmp_name), "sha256:" + hasher.hexdigest(), size)
+            _sync_file_system(self._tmp, [tmp for tmp, _, _ in staged])
+            for tmp, digest, _ in staged:
+                final = self.blob_path(digest)
+                if final.exists():
+                    tmp.unlink()
+                else:
+                    tmp.chmod(0o444)
+                    tmp.replace(final)
+            _fsync_dir(self.blobs)
+        except BaseException:
+            for tmp, _, _ in staged:
+                tmp.unlink(missing_ok=True)
+            raise
+        return [(digest, size) for _, digest, size in staged]
 
     def read_bytes(self, digest: str) -> bytes:
         """Read a blob, verifying its hash."""
@@ -536,6 +569,25 @@ def _hash_stream(f: IO[bytes]) -> str:
     while chunk := f.read(CHUNK):
         digest.update(chunk)
     return digest.hexdigest()
+
+
+def _sync_file_system(directory: Path, files: Sequence[Path]) -> None:
+    """Make `files` (all on the file system of `directory`) durable: one syncfs(2), or an
+    fsync each where the C library has no syncfs."""
+    syncfs = getattr(ctypes.CDLL(None, use_errno=True), "syncfs", None)
+    if syncfs is not None:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            if syncfs(fd) == 0:
+                return
+        finally:
+            os.close(fd)
+    for path in files:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _fsync_dir(path: Path) -> None:
