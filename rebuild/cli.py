@@ -627,6 +627,8 @@ def main() -> None:
     runtime.install_interrupt_handlers()
     try:
         code = app(standalone_mode=False)
+        if runtime.interrupting_signal():  # typer turns KeyboardInterrupt into 130
+            _exit_interrupted()
         sys.exit(code if isinstance(code, int) else 0)
     except RebuildError as exc:
         if OPTIONS.debug:
@@ -634,11 +636,7 @@ def main() -> None:
         say(f"error: {exc}")
         sys.exit(int(exc.exit_code))
     except KeyboardInterrupt:
-        # SIGTERM and SIGHUP unwind like Ctrl-C (runtime.install_interrupt_handlers): every
-        # container, mount and workspace was removed on the way out.
-        signum = runtime.interrupting_signal() or signal.SIGINT
-        say(f"interrupted ({signal.Signals(signum).name})")
-        sys.exit(128 + signum)
+        _exit_interrupted()
     except Exception as exc:  # click usage errors arrive here in non-standalone mode
         import click
 
@@ -646,3 +644,11 @@ def main() -> None:
             exc.show()
             sys.exit(ExitCode.USAGE)
         raise
+
+
+def _exit_interrupted() -> None:
+    # SIGTERM and SIGHUP unwind like Ctrl-C (runtime.install_interrupt_handlers): every
+    # container, mount and workspace was removed on the way out.
+    signum = runtime.interrupting_signal() or signal.SIGINT
+    say(f"interrupted ({signal.Signals(signum).name})")
+    sys.exit(128 + signum)
