@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -43,10 +43,25 @@ def build_env(runtime_dir: Path, **extra: str) -> dict[str, str]:
             **extra}
 
 
-def start_build(recipe: Path, store: Path, env: dict[str, str]) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "rebuild", "--store", str(store), "build",
-                             str(recipe)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, cwd=ROOT, env=env)
+@pytest.fixture
+def start_build() -> Iterator[Callable[[Path, Path, dict[str, str]], subprocess.Popen[str]]]:
+    """`rebuild build` in the background; a build a failed test leaves running is stopped."""
+    started: list[subprocess.Popen[str]] = []
+
+    def start(recipe: Path, store: Path, env: dict[str, str]) -> subprocess.Popen[str]:
+        started.append(subprocess.Popen(
+            [sys.executable, "-m", "rebuild", "--store", str(store), "build", str(recipe)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env))
+        return started[-1]
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.communicate(timeout=60)
+
+
+StartBuild = Callable[[Path, Path, dict[str, str]], subprocess.Popen[str]]
 
 
 def containers(prefix: str, *, running: bool = False) -> list[str]:
@@ -91,7 +106,8 @@ def assert_next_build_cleans_up(recipe: Path, store: Path, runtime_dir: Path,
 
 
 def test_sigkill_mid_build_is_reaped_by_the_next_build(
-        minimal_image: str, write_recipe: RecipeWriter, store: Path, runtime_dir: Path) -> None:
+        minimal_image: str, write_recipe: RecipeWriter, store: Path, runtime_dir: Path,
+        start_build: StartBuild) -> None:
     env = build_env(runtime_dir)
     proc = start_build(write_recipe(minimal_image, SLEEPY, timeout=600), store, env)
     wait_running(env["REBUILD_SESSION_PREFIX"], proc)
@@ -110,7 +126,7 @@ def test_sigkill_mid_build_is_reaped_by_the_next_build(
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
 def test_sigterm_and_sighup_clean_up_like_ctrl_c(
         minimal_image: str, write_recipe: RecipeWriter, store: Path, runtime_dir: Path,
-        signum: signal.Signals) -> None:
+        signum: signal.Signals, start_build: StartBuild) -> None:
     env = build_env(runtime_dir)
     proc = start_build(write_recipe(minimal_image, SLEEPY, timeout=600), store, env)
     wait_running(env["REBUILD_SESSION_PREFIX"], proc)
@@ -126,7 +142,7 @@ def test_sigterm_and_sighup_clean_up_like_ctrl_c(
 
 def test_a_dropped_engine_connection_is_not_a_timeout(
         minimal_image: str, write_recipe: RecipeWriter, store: Path, runtime_dir: Path,
-        tmp_path: Path) -> None:
+        tmp_path: Path, start_build: StartBuild) -> None:
     socket_path = tmp_path / "engine.sock"
     proxy = subprocess.Popen([sys.executable, str(ROOT / "tests" / "engine_proxy.py"),
                               str(socket_path)], stdout=subprocess.PIPE, text=True)
@@ -152,7 +168,8 @@ def test_a_dropped_engine_connection_is_not_a_timeout(
 
 
 def test_gc_during_a_build_keeps_the_old_blob_it_reuses(
-        minimal_image: str, write_recipe: RecipeWriter, store: Path, runtime_dir: Path) -> None:
+        minimal_image: str, write_recipe: RecipeWriter, store: Path, runtime_dir: Path,
+        start_build: StartBuild) -> None:
     first = run_rebuild("build", write_recipe(minimal_image, QUICK), "--json", store=store,
                         env=build_env(runtime_dir))
     assert first.code == 0, first.stderr
