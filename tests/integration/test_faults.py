@@ -223,3 +223,42 @@ def test_an_output_that_looks_like_a_manifest_does_not_break_gc(
         assert gc.code == 0, gc.stderr
     fsck = run_rebuild("store", "fsck", store=store)
     assert fsck.code == 0, fsck.stderr
+
+
+def test_the_reaper_touches_only_what_dead_owners_left(minimal_image: str,
+                                                       runtime_dir: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from dataclasses import replace
+
+    from rebuild import runtime
+    from rebuild.sandbox import OWNER_LABEL, SESSION_LABEL, connect, reap_orphans
+
+    monkeypatch.setenv("REBUILD_RUNTIME_DIR", str(runtime_dir))
+    here = runtime.current_owner()
+    child = subprocess.Popen(["sleep", "60"])
+    dead = replace(here, pid=child.pid, start=runtime.process_start(child.pid) or 0)
+    child.kill()
+    child.wait()
+    owners = {"dead": dead, "alive": here,
+              "other machine": replace(dead, machine="f" * 12),
+              "other pid namespace": replace(dead, pidns=dead.pidns + 1)}
+    prefix = f"{SESSION_PREFIX}reaper-{uuid.uuid4().hex[:8]}-"
+    client = connect()
+    made = {name: client.containers.run(
+        minimal_image.rsplit("@", 1)[1], ["sleep", "60"], detach=True, network_mode="none",
+        labels={SESSION_LABEL: prefix + name.replace(" ", "-"), OWNER_LABEL: owner.token})
+        for name, owner in owners.items()}
+    for owner in owners.values():
+        (runtime_dir / owner.token / "workspace-x").mkdir(parents=True)
+    try:
+        reaped = reap_orphans(client)
+        assert reaped.containers >= 1 and reaped.workspaces == 1
+        remaining = set(containers(prefix))
+        assert made["dead"].id[:12] not in remaining
+        assert {made[n].id[:12] for n in owners if n != "dead"} <= remaining
+        assert sorted(p.name for p in runtime_dir.iterdir()) == sorted(
+            o.token for n, o in owners.items() if n != "dead")
+    finally:
+        for container in made.values():
+            subprocess.run(["docker", "rm", "-f", container.id], capture_output=True,
+                           check=False)
