@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from rebuild.errors import StoreError
-from rebuild.store import REF_NAME, Descriptor, Store
+from rebuild.store.layout import REF_NAME, Descriptor, Store
 from tests.conftest import run_rebuild, tamper
 
 
@@ -119,7 +119,7 @@ def test_sigkill_mid_write_leaves_no_partial_blob(tmp_path: Path) -> None:
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     writer = subprocess.Popen([sys.executable, "-c", "import sys; from pathlib import Path; "
-                               "from rebuild.store import Store; "
+                               "from rebuild.store.layout import Store; "
                                "Store(Path(sys.argv[1])).put_file(Path(sys.argv[2]))",
                                str(store.root), str(fifo)])
     with fifo.open("wb") as feed:
@@ -285,7 +285,7 @@ def test_a_killed_builds_lease_and_partial_blob_are_removed(tmp_path: Path) -> N
     store, _, _ = named_store(tmp_path)
     old, _ = store.put_bytes(b"leased by a build that gets killed")
     age(store, old)
-    code = ("import os, sys, signal; from pathlib import Path; from rebuild.store import Store\n"
+    code = ("import os, sys, signal; from pathlib import Path; from rebuild.store.layout import Store\n"
             "s = Store(Path(sys.argv[1]))\n"
             "with s.lease():\n"
             "    s.has(sys.argv[2])\n"

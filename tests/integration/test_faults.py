@@ -231,7 +231,7 @@ def test_the_reaper_touches_only_what_dead_owners_left(minimal_image: str,
     from dataclasses import replace
 
     from rebuild import runtime
-    from rebuild.sandbox import OWNER_LABEL, SESSION_LABEL, connect, reap_orphans
+    from rebuild.build.sandbox import OWNER_LABEL, SESSION_LABEL, connect, reap_orphans
 
     monkeypatch.setenv("REBUILD_RUNTIME_DIR", str(runtime_dir))
     here = runtime.current_owner()

@@ -39,8 +39,8 @@ import urllib3.exceptions
 
 from rebuild import runtime
 from rebuild.errors import BuildFailed, EnvironmentProblem
-from rebuild.plan import FAKETIME_LIB, LOCALE_DIR, OUT_DIR, WHEELS_DIR, RunPlan
-from rebuild.variations import BY_NAME
+from rebuild.build.plan import FAKETIME_LIB, LOCALE_DIR, OUT_DIR, WHEELS_DIR, RunPlan
+from rebuild.build.variations import BY_NAME
 
 SESSION_LABEL = "dev.rebuild.session"
 OWNER_LABEL = "dev.rebuild.owner"  # runtime.Owner token of the process that made a container
