@@ -8,7 +8,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import sys
+import tempfile
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,12 +18,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from rebuild import __version__
+from rebuild import __version__, runtime
 from rebuild.build.limits import BundleLimits, parse_size, show_size
 from rebuild.errors import EnvironmentProblem, ExitCode, RebuildError, StoreError, UsageError
 from rebuild.store.layout import KIND, REF_NAME, RELEASE_ANN, Store
 
 if TYPE_CHECKING:
+    from rebuild.build.sandbox import Reaped
     from rebuild.evidence.sign import StatementSigner
     from rebuild.twin import BuildOutcome, DifferenceReport
 
@@ -110,6 +113,9 @@ def main_options(
     OPTIONS.json = json_out
     OPTIONS.debug = debug
     OPTIONS.key = key
+    # Every temporary file and directory of this process (and of the tools it runs) goes in
+    # its runtime directory: removed at exit, and by the next build if this process is killed.
+    tempfile.tempdir = os.environ["TMPDIR"] = str(runtime.process_dir())
 
 
 @app.command()
@@ -274,8 +280,10 @@ def fetch(
     opts = _opts(store, json_out)
     loaded = [load_recipe(path) for path in recipes]
     reports = []
+    st = Store(opts.store)
     for recipe in loaded:
-        inputs = fetch_inputs(recipe, Store(opts.store), log=say)
+        with st.lease():  # what is found in the store is kept until it is named
+            inputs = fetch_inputs(recipe, st, log=say)
         new = inputs.downloaded
         source = inputs.source
         where = ("local" if source.fetched is None else
@@ -583,13 +591,49 @@ def store_fsck(store: StoreOpt = None, json_out: JsonOpt = False) -> None:
 
 
 @store_app.command("gc")
-def store_gc(store: StoreOpt = None, json_out: JsonOpt = False) -> None:
-    """Remove blobs that nothing in index.json references."""
+def store_gc(
+    store: StoreOpt = None,
+    json_out: JsonOpt = False,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Say what would be removed; remove nothing.")] = False,
+    grace: Annotated[int, typer.Option(
+        "--grace", min=0, metavar="SECONDS",
+        help="Keep unreferenced blobs younger than this.")] = 3600,
+) -> None:
+    """Remove blobs that nothing in index.json references (except those a running build
+    uses, and recent ones), and what killed rebuild processes left behind."""
     opts = _opts(store, json_out)
-    removed = Store(opts.store).gc()
+    st = Store(opts.store)
+    collected = st.gc(grace, dry_run=dry_run)
+    reaped = None if dry_run else _reap_orphans()
+    verb = "would remove" if dry_run else "removed"
+    for digest, size in collected.removed if dry_run else ():
+        say(f"would remove {digest} ({size} bytes)")
     if opts.json:
-        emit({"store": str(opts.store), "removed": removed})
-    say(f"removed {len(removed)} unreferenced blob(s)")
+        emit({"store": str(opts.store), "dry_run": dry_run,
+              "removed": [{"digest": d, "size": n} for d, n in collected.removed],
+              "bytes": collected.size, "kept": {"leased": collected.leased,
+                                               "young": collected.young},
+              "temporary": collected.temporary,
+              **({"reaped": vars(reaped)} if reaped is not None else {})})
+    say(f"{verb} {len(collected.removed)} unreferenced blob(s), {collected.size} bytes; kept "
+        f"{collected.leased} in use by running builds and {collected.young} younger than "
+        f"{grace} s; {verb} {collected.temporary} temporary file(s) of finished writers")
+    if reaped is not None:
+        say(f"removed {reaped.describe()} left by killed rebuild processes")
+
+
+def _reap_orphans() -> Reaped:
+    """Remove what killed rebuild processes left on this machine (their containers when the
+    engine answers)."""
+    from rebuild.build.sandbox import connect, reap_orphans
+
+    try:
+        client = connect()
+    except EnvironmentProblem as exc:
+        say(f"warning: {exc}; containers of killed builds are left for later")
+        client = None
+    return reap_orphans(client)
 
 
 @store_app.command("cat")
@@ -763,8 +807,8 @@ def log_prove(
     store: StoreOpt = None,
 ) -> None:
     """Print a proof made from the tiles, for checkers other than rebuild."""
-    from rebuild.store.auditlog import AuditLog
     from rebuild.store import tlog
+    from rebuild.store.auditlog import AuditLog
 
     opts = _opts(store, False)
     if (entry is None) == (since is None):
@@ -797,8 +841,11 @@ def log_prove(
 
 
 def main() -> None:
+    runtime.install_interrupt_handlers()
     try:
         code = app(standalone_mode=False)
+        if runtime.interrupting_signal():  # typer turns KeyboardInterrupt into 130
+            _exit_interrupted()
         sys.exit(code if isinstance(code, int) else 0)
     except RebuildError as exc:
         if OPTIONS.debug:
@@ -806,8 +853,7 @@ def main() -> None:
         say(f"error: {exc}")
         sys.exit(int(exc.exit_code))
     except KeyboardInterrupt:
-        say("interrupted")
-        sys.exit(130)
+        _exit_interrupted()
     except Exception as exc:  # click usage errors arrive here in non-standalone mode
         import click
 
@@ -815,3 +861,11 @@ def main() -> None:
             exc.show()
             sys.exit(ExitCode.USAGE)
         raise
+
+
+def _exit_interrupted() -> None:
+    # SIGTERM and SIGHUP unwind like Ctrl-C (runtime.install_interrupt_handlers): every
+    # container, mount and workspace was removed on the way out.
+    signum = runtime.interrupting_signal() or signal.SIGINT
+    say(f"interrupted ({signal.Signals(signum).name})")
+    sys.exit(128 + signum)

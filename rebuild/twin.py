@@ -41,6 +41,7 @@ from rebuild.build.sandbox import (
     connect,
     has_image,
     load_image,
+    reap_orphans,
     require_success,
 )
 from rebuild.errors import BuildFailed, ClaimFailed, StoreError
@@ -158,10 +159,30 @@ def twin_build(loaded: LoadedRecipe, store: Store, *, cache_dir: Path,
 
     `explain`: when the runs differ, find the variations responsible (rebuild.explain).
     `keep`: copy both runs' /out trees to keep/a and keep/b.
+    Every blob the build finds or writes is leased, so `rebuild store gc` keeps it meanwhile.
     """
     clock = Stopwatch()
     client = connect()  # the environment first: nothing is fetched for an unusable engine
+    remove_leftovers(client, store, log)
     store.init()
+    with store.lease():
+        return _twin_build(client, loaded, store, cache_dir=cache_dir, signer=signer,
+                           log=log, debug=debug, explain=explain, keep=keep, clock=clock)
+
+
+def remove_leftovers(client: Any, store: Store, log: Log) -> None:
+    """Remove what killed rebuild processes left: containers, mounts and workspaces of dead
+    owners (rebuild.runtime), and their partial blobs in the store."""
+    reaped = reap_orphans(client)
+    temporary = store.remove_dead_temporaries()
+    if reaped.containers or reaped.mounts or reaped.workspaces or temporary:
+        log(f"removed {reaped.describe()} and {temporary} temporary store file(s) left by "
+            "killed rebuild processes")
+
+
+def _twin_build(client: Any, loaded: LoadedRecipe, store: Store, *, cache_dir: Path,
+                signer: StatementSigner | None, log: Log, debug: Log, explain: bool,
+                keep: Path | None, clock: Stopwatch) -> BuildOutcome:
     fetched = fetch_inputs(loaded, store, log=log)
     plan = plan_build(loaded.recipe, fetched.source_date_epoch, wheels=fetched.wheel_files)
     image = archived_image(store, plan.image)

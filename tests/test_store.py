@@ -134,7 +134,7 @@ def test_sigkill_mid_write_leaves_no_partial_blob(tmp_path: Path) -> None:
     assert writer.returncode == -signal.SIGKILL
     assert list(store.blobs.iterdir()) == []  # nothing under a digest name
     assert store.fsck() == []
-    assert store.gc(grace_seconds=0) == []
+    assert store.gc(grace_seconds=0).removed == ()
     assert list((store.root / ".tmp").iterdir()) == []
 
 
@@ -144,8 +144,8 @@ def test_gc_keeps_what_the_index_reaches(tmp_path: Path) -> None:
     subject = store.put_artifact("application/x-test", [Descriptor("text/plain", kept, 4)])
     store.add_to_index(subject, {REF_NAME: "x@1"})
     orphan, _ = store.put_bytes(b"orphan")
-    assert store.gc() == []  # too young: a build may be about to name it
-    assert store.gc(grace_seconds=0) == [orphan]
+    assert store.gc().removed == ()  # too young: a build may be about to name it
+    assert store.gc(grace_seconds=0).digests == [orphan]
     assert store.has(kept) and store.has(subject.digest)
     assert store.fsck() == []
 
@@ -200,3 +200,137 @@ def test_an_edited_query_cache_row_is_never_believed(tmp_path: Path) -> None:
     assert found is not None and found.digest == named["x@1"]
     result = run_rebuild("store", "fsck", store=store.root)
     assert result.code == 0, result.stderr
+
+
+def age(store: Store, *digests: str, days: float = 2) -> None:
+    old = time.time() - days * 86400
+    for digest in digests:
+        os.utime(store.blob_path(digest), (old, old))
+
+
+def named_store(tmp_path: Path) -> tuple[Store, str, Descriptor]:
+    store = make_store(tmp_path)
+    layer, _ = store.put_bytes(b"an artifact")
+    release = store.put_artifact("application/x-test", [Descriptor("text/plain", layer, 11)])
+    store.add_to_index(release, {REF_NAME: "x@1"})
+    return store, layer, release
+
+
+@pytest.mark.parametrize("index", [None, b'{"schemaVersion":2,"manifests":[]}'])
+def test_fsck_and_gc_refuse_a_missing_or_empty_index(tmp_path: Path, index: bytes | None) -> None:
+    store, _, _ = named_store(tmp_path)
+    before = sorted(p.name for p in store.blobs.iterdir())
+    age(store, *("sha256:" + name for name in before))
+    if index is None:
+        (store.root / "index.json").unlink()
+    else:
+        (store.root / "index.json").write_bytes(index)
+    [problem] = store.fsck()
+    assert problem.digest == "index.json"
+    assert ("missing" if index is None else "names no manifest") in problem.what
+    fsck = run_rebuild("store", "fsck", store=store.root)
+    assert fsck.code == 5 and "index.json" in fsck.stderr
+    assert "all blobs verified" not in fsck.stderr
+    with pytest.raises(StoreError, match="gc removed nothing"):
+        store.gc(grace_seconds=0)
+    gc = run_rebuild("store", "gc", "--grace", "0", store=store.root)
+    assert gc.code == 5 and "removed nothing" in gc.stderr and "Traceback" not in gc.stderr
+    assert sorted(p.name for p in store.blobs.iterdir()) == before
+
+
+def test_an_empty_store_is_fine(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    assert store.fsck() == []
+    assert store.gc(grace_seconds=0).removed == ()
+
+
+def test_gc_never_removes_every_blob(tmp_path: Path) -> None:
+    store, layer, release = named_store(tmp_path)
+    # An index naming only a manifest that is gone (a hand edit, a bad copy): its blobs'
+    # references are unknown, so nothing may be taken for garbage.
+    index = json.loads((store.root / "index.json").read_text())
+    index["manifests"][0]["digest"] = "sha256:" + "1" * 64
+    (store.root / "index.json").write_text(json.dumps(index))
+    age(store, layer, release.digest)
+    with pytest.raises(StoreError, match="missing manifest"):
+        store.gc(grace_seconds=0)
+    assert store.has(layer) and store.has(release.digest)
+
+
+def test_gc_follows_manifests_by_media_type_only(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    orphan, _ = store.put_bytes(b"referenced only inside an artifact's bytes")
+    # Artifacts whose bytes look like manifests: one without a config (it crashed gc), one
+    # naming the orphan, one that is not even an object.
+    fakes = [json.dumps({"mediaType": "application/vnd.oci.image.manifest.v1+json"}),
+             json.dumps({"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                         "config": {"digest": orphan}, "layers": [{"digest": orphan}]}),
+             json.dumps(["application/vnd.oci.image.manifest.v1+json"])]
+    layers = [Descriptor("application/octet-stream", *store.put_bytes(f.encode()))
+              for f in fakes]
+    release = store.put_artifact("application/x-test", layers)
+    store.add_to_index(release, {REF_NAME: "x@1"})
+    age(store, orphan)
+    assert store.gc(grace_seconds=0).digests == [orphan]
+    assert all(store.has(layer.digest) for layer in layers)
+    assert store.fsck() == []
+
+
+def test_gc_dry_run_says_what_it_would_remove(tmp_path: Path) -> None:
+    store, _, _ = named_store(tmp_path)
+    orphan, size = store.put_bytes(b"nothing names me")
+    age(store, orphan)
+    dry = run_rebuild("store", "gc", "--dry-run", "--json", store=store.root)
+    assert dry.code == 0, dry.stderr
+    assert dry.json["removed"] == [{"digest": orphan, "size": size}]
+    assert dry.json["dry_run"] is True
+    assert f"would remove {orphan} ({size} bytes)" in dry.stderr
+    assert store.has(orphan)
+    done = run_rebuild("store", "gc", "--json", store=store.root)
+    assert done.code == 0, done.stderr
+    assert done.json["removed"] == [{"digest": orphan, "size": size}]
+    assert not store.has(orphan)
+
+
+def test_a_lease_keeps_the_blobs_a_build_uses(tmp_path: Path) -> None:
+    store, _, _ = named_store(tmp_path)
+    found, _ = store.put_bytes(b"an old input a build finds")
+    read, _ = store.put_bytes(b"an old input a build reads")
+    rewritten = b"an old blob a build writes again"
+    written, _ = store.put_bytes(rewritten)
+    other, _ = store.put_bytes(b"an old blob nobody uses")
+    age(store, found, read, written, other)
+    building = Store(store.root)
+    with building.lease():
+        assert building.has(found)
+        building.read_bytes(read)
+        building.put_bytes(rewritten)
+        collected = Store(store.root).gc(grace_seconds=0)
+        assert collected.digests == [other]
+        assert collected.leased == 3
+        assert all(store.has(d) for d in (found, read, written))
+    assert list((store.root / ".leases").iterdir()) == []
+    assert sorted(Store(store.root).gc(grace_seconds=0).digests) == sorted([found, read,
+                                                                            written])
+
+
+def test_a_killed_builds_lease_and_partial_blob_are_removed(tmp_path: Path) -> None:
+    store, _, _ = named_store(tmp_path)
+    old, _ = store.put_bytes(b"leased by a build that gets killed")
+    age(store, old)
+    code = ("import os, sys, signal; from pathlib import Path\n"
+            "from rebuild.store.layout import Store\n"
+            "s = Store(Path(sys.argv[1]))\n"
+            "with s.lease():\n"
+            "    s.has(sys.argv[2])\n"
+            "    (s.root / '.tmp' / (s._temp_prefix('blob') + 'x')).write_bytes(b'partial')\n"
+            "    os.kill(os.getpid(), signal.SIGKILL)\n")
+    killed = subprocess.run([sys.executable, "-c", code, str(store.root), old], check=False)
+    assert killed.returncode == -signal.SIGKILL
+    assert len(list((store.root / ".leases").iterdir())) == 1
+    assert len(list((store.root / ".tmp").iterdir())) == 1
+    collected = store.gc()  # the default grace: the partial blob goes because its writer died
+    assert collected.temporary == 2 and collected.leased == 0
+    assert collected.digests == [old]
+    assert list((store.root / ".leases").iterdir()) == []
+    assert list((store.root / ".tmp").iterdir()) == []

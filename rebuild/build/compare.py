@@ -30,9 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from rebuild.errors import BuildFailed, EnvironmentProblem, UsageError
 from rebuild.build.limits import DEFAULT as DEFAULT_LIMITS
 from rebuild.build.limits import Limits, show_size
+from rebuild.errors import BuildFailed, EnvironmentProblem, UsageError
 from rebuild.store.layout import CHUNK, sha256_file
 
 DIFFOSCOPE_TIMEOUT = 120  # seconds per differing file

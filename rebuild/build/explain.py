@@ -45,11 +45,11 @@ from pathlib import Path
 from typing import Any
 
 from rebuild.build.compare import Artifact, Difference, collect_outputs
-from rebuild.errors import BuildFailed
 from rebuild.build.plan import BuildPlan, plan_run
 from rebuild.build.recipe import Recipe
 from rebuild.build.sandbox import Sandbox
 from rebuild.build.variations import NAMES
+from rebuild.errors import BuildFailed
 
 INHERENT = "inherent"
 

@@ -514,14 +514,13 @@ def build_image(path: Path, store: Store, *, mirror_state: str | None,
                 log(f"{defn.name}:{defn.tag}: unchanged definition and mirror; reusing "
                     f"{image.image_id[:19]}")
                 return image
-    store.init()
-    with tempfile.TemporaryDirectory(dir=store.root / ".tmp") as tmp:
-        rootfs = Path(tmp) / "rootfs.tar"
+    with store.temporary_directory() as tmp:
+        rootfs = tmp / "rootfs.tar"
         log(f"{defn.name}:{defn.tag}: mmdebstrap {defn.variant} {defn.suite} "
             f"({len(defn.packages)} extra packages)")
         build_rootfs(defn, rootfs, log=log)
         packages = read_packages(rootfs)
-        archive = write_docker_archive(rootfs, defn, Path(tmp) / "image.tar")
+        archive = write_docker_archive(rootfs, defn, tmp / "image.tar")
         rootfs.unlink()
         loaded = load(archive.path)
         if loaded != archive.image_id:
@@ -550,9 +549,8 @@ def build_image(path: Path, store: Store, *, mirror_state: str | None,
 
 def load_archived(store: Store, image: StoredImage, load: Callable[[Path], str]) -> None:
     """Load an archived image into Docker, checking that it comes back with its id."""
-    store.init()  # a store unpacked from an export may lack the temporary directory
-    with tempfile.TemporaryDirectory(dir=store.root / ".tmp") as tmp:
-        archive = Path(tmp) / "image.tar"
+    with store.temporary_directory() as tmp:
+        archive = tmp / "image.tar"
         store.copy_out(image.archive, archive)
         loaded = load(archive)
     if loaded != image.image_id:

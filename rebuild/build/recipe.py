@@ -27,10 +27,10 @@ from pydantic import (
     model_validator,
 )
 
-from rebuild.errors import UsageError
 from rebuild.build.limits import DEFAULT as DEFAULT_LIMITS
 from rebuild.build.limits import Limits, parse_size
 from rebuild.build.variations import select_variations
+from rebuild.errors import UsageError
 
 NAME_RE = r"^[a-z0-9][a-z0-9._-]*$"
 HEX64 = re.compile(r"^[0-9a-f]{64}$")

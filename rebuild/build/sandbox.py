@@ -5,7 +5,12 @@ dropped, no-new-privileges, a non-root user, memory, CPU and pids limits, and th
 timeout. The source is extracted afresh for every run into a directory of its own (never the
 caller's tree); `/out` is an empty directory of its own. Containers are removed when a run
 ends, and every container the sandbox started is removed when it closes, so a failure, a
-timeout or Ctrl-C leaves nothing behind. Each run can be shown as the equivalent `docker run`.
+timeout, Ctrl-C, SIGTERM or SIGHUP leaves nothing behind. Each run can be shown as the
+equivalent `docker run`.
+
+What a killed process (SIGKILL) could not remove is found by its owner (rebuild.runtime):
+containers carry the owner's token as a label, workspaces and disorderfs mounts live in the
+owner's process directory; `reap_orphans` removes those of dead owners only.
 """
 
 from __future__ import annotations
@@ -17,9 +22,11 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -28,13 +35,18 @@ from typing import Any
 import docker
 import docker.errors
 import requests.exceptions
+import urllib3.exceptions
 
-from rebuild.errors import BuildFailed, EnvironmentProblem
+from rebuild import runtime
 from rebuild.build.limits import HeadTail
 from rebuild.build.plan import FAKETIME_LIB, LOCALE_DIR, OUT_DIR, WHEELS_DIR, RunPlan
 from rebuild.build.variations import BY_NAME
+from rebuild.errors import BuildFailed, EnvironmentProblem
 
 SESSION_LABEL = "dev.rebuild.session"
+OWNER_LABEL = "dev.rebuild.owner"  # runtime.Owner token of the process that made a container
+# The engine errors that mean the connection is gone (docker-py lets requests' errors through).
+ENGINE_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException)
 # Locales compiled on the host and mounted read-only (LOCPATH), so that the locale variation
 # takes effect in images that ship no locale data (design.md: minimal images).
 LOCALES = (str(BY_NAME["locale"].changes["locale"]),)
@@ -46,6 +58,19 @@ class PreparedRun:
     out: Path
     mount: Path | None  # the disorderfs mount over the source, when file_order varies
     kwargs: dict[str, Any]  # the container's create arguments
+
+
+@dataclass(frozen=True)
+class Reaped:
+    """What `reap_orphans` removed of dead rebuild processes."""
+
+    containers: int = 0
+    mounts: int = 0
+    workspaces: int = 0
+
+    def describe(self) -> str:
+        return (f"{self.containers} container(s), {self.mounts} mount(s) and "
+                f"{self.workspaces} workspace(s)")
 
 
 @dataclass(frozen=True)
@@ -63,13 +88,52 @@ def connect() -> Any:
     try:
         client = docker.from_env(timeout=60)
         client.ping()
-    except docker.errors.DockerException as exc:
-        host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    except ENGINE_ERRORS as exc:
         raise EnvironmentProblem(
-            f"the Docker engine at {host} is unreachable ({exc.__class__.__name__}); start it "
-            "(`make engine`, or `setsid dockerd >/var/log/dockerd.log 2>&1 </dev/null &`) or "
-            "point DOCKER_HOST at a running engine") from None
+            f"the Docker engine at {engine_host()} is unreachable ({exc.__class__.__name__}); "
+            "start it (`make engine`, or `setsid dockerd >/var/log/dockerd.log 2>&1 "
+            "</dev/null &`) or point DOCKER_HOST at a running engine") from None
     return client
+
+
+def engine_host() -> str:
+    return os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+
+
+def engine_lost(what: str, exc: BaseException) -> EnvironmentProblem:
+    return EnvironmentProblem(
+        f"lost the Docker engine connection ({engine_host()}) during {what} "
+        f"({exc.__class__.__name__}): the engine stopped or the connection to it was cut; "
+        "check `docker info` and build again (the next build or `rebuild store gc` removes "
+        "what this one left)")
+
+
+def reap_orphans(client: Any | None) -> Reaped:
+    """Remove the containers (when `client` is given), disorderfs mounts and workspaces of
+    dead rebuild processes.
+
+    Only what names its owner (the owner label, the process directory) and whose owner is
+    provably dead (runtime.is_dead) is touched: other users' live builds are left alone.
+    """
+    here = runtime.current_owner()
+    containers = mounts = workspaces = 0
+    try:
+        listed = ([] if client is None else
+                  client.containers.list(all=True, filters={"label": OWNER_LABEL}))
+    except ENGINE_ERRORS:
+        listed = []
+    for container in listed:
+        owner = runtime.Owner.parse(str(container.labels.get(OWNER_LABEL, "")))
+        if owner is not None and runtime.is_dead(owner, here):
+            with suppress(*ENGINE_ERRORS):  # else found again next time
+                _remove(container)
+                containers += 1
+    # Containers first: they hold bind mounts of the workspaces.
+    for directory in runtime.orphan_dirs():
+        for mount in runtime.mounts_under(directory):
+            mounts += _unmount(mount)
+        workspaces += runtime.remove_tree(directory)
+    return Reaped(containers, mounts, workspaces)
 
 
 def find_tool(name: str, package: str) -> str:
@@ -137,14 +201,21 @@ class Sandbox:
         # find its own among other users of the engine (the test suite does).
         self.session = os.environ.get("REBUILD_SESSION_PREFIX", "") + uuid.uuid4().hex
         self.debug = debug
+        self.owner = runtime.current_owner()
         cache_dir.mkdir(parents=True, exist_ok=True)
-        # In the system temporary directory, not the cache: disorderfs re-enters the source
-        # by path as the build's user, so every directory above it must be traversable.
-        self.workspace = Path(tempfile.mkdtemp(prefix="rebuild-"))
-        self.workspace.chmod(0o711)
         self.faketime = faketime_library()
         self.locales = compile_locales(cache_dir)
+        # In this process's runtime directory, not the cache: disorderfs re-enters the source
+        # by path as the build's user, so every directory above it must be traversable; and
+        # whatever a killed process leaves there is found by the directory's name.
+        self.workspace = Path(tempfile.mkdtemp(prefix="workspace-", dir=runtime.process_dir()))
+        self.workspace.chmod(0o711)
         self._mounts: list[Path] = []
+        # Runs happen in worker threads while the main thread may close the sandbox (an
+        # interruption): no run may start a container or a mount once it is closed.
+        self._state = threading.Condition()
+        self._closed = False
+        self._active = 0
 
     def __enter__(self) -> Sandbox:
         return self
@@ -154,15 +225,41 @@ class Sandbox:
         self.close()
 
     def close(self) -> None:
+        """Remove every container, mount and directory of the sandbox (idempotent)."""
+        with runtime.cleanup_section():
+            with self._state:
+                self._closed = True
+            try:
+                listed = self.client.containers.list(
+                    all=True, filters={"label": f"{SESSION_LABEL}={self.session}"})
+            except ENGINE_ERRORS:
+                listed = []  # the engine is gone: reap_orphans finds them by their owner
+            for container in listed:
+                with suppress(*ENGINE_ERRORS):
+                    _remove(container)
+            # Removing the containers ends the runs' waits; let them finish their cleanup.
+            with self._state:
+                self._state.wait_for(lambda: self._active == 0, timeout=120)
+                mounts, self._mounts = self._mounts, []
+            for mount in mounts:
+                _unmount(mount)
+            runtime.remove_tree(self.workspace)
+
+    @contextmanager
+    def _in_flight(self, name: str) -> Iterator[None]:
+        with self._state:
+            self._check_open(name)
+            self._active += 1
         try:
-            for container in self.client.containers.list(
-                    all=True, filters={"label": f"{SESSION_LABEL}={self.session}"}):
-                _remove(container)
-        except docker.errors.DockerException:
-            pass
-        for mount in self._mounts:
-            _unmount(mount)
-        shutil.rmtree(self.workspace, ignore_errors=True)
+            yield
+        finally:
+            with self._state:
+                self._active -= 1
+                self._state.notify_all()
+
+    def _check_open(self, name: str) -> None:
+        if self._closed:
+            raise BuildFailed(f"run {name} was not started: the build was interrupted")
 
     # -- runs -----------------------------------------------------------------------------
 
@@ -174,27 +271,49 @@ class Sandbox:
         how a recipe's tests see the artifacts they check. `wheels` (the wheels and the lock
         of a python_lock) is mounted read-only at WHEELS_DIR for the plan's venv.
         """
-        prepared = self.prepare(plan, source_tar, outputs=outputs, wheels=wheels)
-        kwargs, out = prepared.kwargs, prepared.out
+        with self._in_flight(plan.name):
+            prepared = self.prepare(plan, source_tar, outputs=outputs, wheels=wheels)
+            try:
+                return self._run_prepared(plan, prepared)
+            except requests.exceptions.RequestException as exc:
+                raise engine_lost(f"run {plan.name}", exc) from None
+            finally:
+                self.release(prepared)
+
+    def _run_prepared(self, plan: RunPlan, prepared: PreparedRun) -> RunResult:
+        kwargs = prepared.kwargs
         self.debug(f"run {plan.name}: {docker_run_line(kwargs)}")
         started = time.monotonic()
-        container = self.client.containers.create(**kwargs)
+        with self._state:  # close() waits for this, then finds the container by its label
+            self._check_open(plan.name)
+            container = self.client.containers.create(**kwargs)
         timed_out = False
         try:
             container.start()
             try:
                 status = container.wait(timeout=plan.timeout)
                 exit_code = int(status.get("StatusCode", -1))
-            except requests.exceptions.RequestException:
-                # docker-py signals a wait timeout as a requests error, not a docker one.
+            except requests.exceptions.RequestException as exc:
+                # docker-py signals a wait timeout as a requests error, as it does a dropped
+                # connection: only a read timeout from an engine that still answers is one.
+                if not (_is_read_timeout(exc) and self._engine_answers()):
+                    raise engine_lost(f"run {plan.name}", exc) from None
                 timed_out, exit_code = True, -1
                 container.kill()
             log = read_log(container, plan.max_log_size)
         finally:
-            _remove(container)
-            self.release(prepared)
-        return RunResult(plan.name, exit_code, log, out, timed_out,
+            # When the engine is gone, the error that says so is on its way.
+            with suppress(requests.exceptions.RequestException):
+                _remove(container)
+        return RunResult(plan.name, exit_code, log, prepared.out, timed_out,
                          time.monotonic() - started)
+
+    def _engine_answers(self) -> bool:
+        try:
+            self.client.ping()
+        except ENGINE_ERRORS:
+            return False
+        return True
 
     def prepare(self, plan: RunPlan, source_tar: Path, *, outputs: Path | None = None,
                 wheels: Path | None = None) -> PreparedRun:
@@ -212,8 +331,10 @@ class Sandbox:
         if settings.shuffle_dirents:
             mount = run_dir / "shuffled"
             mount.mkdir()
-            _mount_disorderfs(src, mount)
-            self._mounts.append(mount)
+            with self._state:  # never a mount that close() would not see
+                self._check_open(plan.name)
+                _mount_disorderfs(src, mount)
+                self._mounts.append(mount)
         kwargs = self._container_args(plan, mount or src, out, writable_out=outputs is None)
         if wheels is not None:
             kwargs["volumes"][str(wheels)] = {"bind": WHEELS_DIR, "mode": "ro"}
@@ -222,7 +343,9 @@ class Sandbox:
     def release(self, prepared: PreparedRun) -> None:
         if prepared.mount is not None:
             _unmount(prepared.mount)
-            self._mounts.remove(prepared.mount)
+            with self._state:
+                if prepared.mount in self._mounts:
+                    self._mounts.remove(prepared.mount)
 
     def _container_args(self, plan: RunPlan, build_dir: Path, out: Path, *,
                         writable_out: bool = True) -> dict[str, Any]:
@@ -251,7 +374,7 @@ class Sandbox:
                 str(self.faketime): {"bind": FAKETIME_LIB, "mode": "ro"},
                 str(self.locales): {"bind": LOCALE_DIR, "mode": "ro"},
             },
-            "labels": {SESSION_LABEL: self.session},
+            "labels": {SESSION_LABEL: self.session, OWNER_LABEL: self.owner.token},
             "detach": True,
         }
 
@@ -306,13 +429,31 @@ def _mount_disorderfs(src: Path, mountpoint: Path) -> None:
                                  f"{result.stderr.strip()}; it needs /dev/fuse and root")
 
 
-def _unmount(mountpoint: Path) -> None:
-    if os.path.ismount(mountpoint):
-        for command in (["fusermount3", "-u"], ["fusermount", "-u"], ["umount", "-l"]):
-            if shutil.which(command[0]) and subprocess.run(
-                    [*command, str(mountpoint)], capture_output=True, check=False
-            ).returncode == 0:
-                return
+def _unmount(mountpoint: Path) -> bool:
+    """Unmount a disorderfs mount, even one whose daemon died; True when one was removed.
+
+    mountinfo, not os.path.ismount: a mount whose FUSE daemon is gone cannot be stat'ed."""
+    if mountpoint not in runtime.mounts_under(mountpoint):
+        return False
+    for command in (["fusermount3", "-u"], ["fusermount", "-u"], ["umount", "-l"]):
+        if shutil.which(command[0]) and subprocess.run(
+                [*command, str(mountpoint)], capture_output=True, check=False
+        ).returncode == 0:
+            return True
+    return False
+
+
+def _is_read_timeout(exc: BaseException) -> bool:
+    """A read timeout, however requests and urllib3 wrapped it."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # requests wraps urllib3's error in its own, at most a few levels deep
+        if seen is None:
+            break
+        if isinstance(seen, requests.exceptions.ReadTimeout | urllib3.exceptions.ReadTimeoutError):
+            return True
+        nested = seen.args[0] if seen.args and isinstance(seen.args[0], BaseException) else None
+        seen = nested or seen.__context__
+    return False
 
 
 def _remove(container: Any) -> None:

@@ -259,9 +259,8 @@ def fetch_source(loaded: LoadedRecipe, store: Store, *, log: Log = lambda _: Non
             raise UsageError(f"{loaded.path}: [source] digest: source changed since lock: "
                              f"expected {pinned}, found {tree_digest}; review the change, "
                              "then run `rebuild lock` to pin the new tree")
-        store.init()
-        with tempfile.TemporaryDirectory(dir=store.root / ".tmp") as tmp:
-            archive = Path(tmp) / "source.tar"
+        with store.temporary_directory() as tmp:
+            archive = tmp / "source.tar"
             pack_tree(tree.root, entries, archive, epoch)
             digest, _ = store.put_file(archive)
     return SourceInput(tree_digest, digest, tree.uri, tree.fetched), epoch

@@ -46,7 +46,7 @@ from rebuild.store.layout import (
     Descriptor,
     Store,
 )
-from rebuild.twin import ensure_loaded, release_artifacts
+from rebuild.twin import ensure_loaded, release_artifacts, remove_leftovers
 
 VSA = "https://slsa.dev/verification_summary/v1"
 VERIFIER_ID = "https://rebuild.dev/verifier/reproduce@v1"
@@ -136,7 +136,15 @@ def reproduce(store: Store, target: str, *, runs: int = 1, cache_dir: Path,
     A rebuilt artifact that differs from the record gets a diffoscope report (stored, and
     attached with a signed verdict). `explain` runs the twin check (`runs` = 2) and, where
     the two runs differ, names the variations responsible as `rebuild build --explain` does.
+    Every blob it reads or writes is leased, so `rebuild store gc` keeps it meanwhile.
     """
+    with store.lease():
+        return _reproduce(store, target, runs=runs, cache_dir=cache_dir, signer=signer,
+                          explain=explain, log=log, debug=debug)
+
+
+def _reproduce(store: Store, target: str, *, runs: int, cache_dir: Path,
+               signer: StatementSigner | None, explain: bool, log: Log, debug: Log) -> Verdict:
     runs = 2 if explain else runs
     release = resolve_release(store, target)
     name = (release.annotations or {}).get(REF_NAME, target)
@@ -144,6 +152,7 @@ def reproduce(store: Store, target: str, *, runs: int = 1, cache_dir: Path,
     recorded = {a.name: a.sha256 for a in release_artifacts(store, release)}
     image = stored_image(store, inputs.image_manifest)
     client = connect()
+    remove_leftovers(client, store, log)
     with ThreadPoolExecutor(max_workers=2) as pool, \
             Sandbox(client, cache_dir=cache_dir, debug=debug) as sandbox:
         wheel_files, wheels = export_recorded_wheels(store, inputs.layers,

@@ -5,6 +5,13 @@ written once (temporary file, fsync, atomic rename) and verified on every read. 
 (releases, evidence, images) are blobs too; `index.json` names them. Concurrent writers are
 safe: blobs are immutable and identical content has one name, and `index.json` is rewritten
 under an exclusive lock on the store directory.
+
+`gc` cannot lose data: it follows manifests from `index.json` down by media type only (an
+artifact's bytes are never parsed), refuses a missing or empty index and a sweep that would
+remove every blob, and keeps what a running build uses: a `lease` records every blob the build
+reads or writes in a file under `.leases/` that the build holds locked until it ends, and
+blobs younger than a grace period stay too. Temporary files are named by their owner
+(rebuild.runtime), so those of a killed writer are removed once it is provably dead.
 """
 
 from __future__ import annotations
@@ -18,17 +25,24 @@ import os
 import shutil
 import sqlite3
 import tempfile
+import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
+from rebuild import runtime
 from rebuild.errors import StoreError, UsageError
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+# Descriptors whose blobs gc and fsck open and follow; every other media type is a leaf.
+MANIFEST_TYPES = frozenset({OCI_MANIFEST,
+                            "application/vnd.docker.distribution.manifest.v2+json"})
+INDEX_TYPES = frozenset({OCI_INDEX,
+                         "application/vnd.docker.distribution.manifest.list.v2+json"})
 OCI_EMPTY = "application/vnd.oci.empty.v1+json"
 EMPTY_DIGEST = "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"
 TITLE = "org.opencontainers.image.title"
@@ -93,7 +107,7 @@ class Descriptor:
 
 @dataclass(frozen=True)
 class Problem:
-    """One finding of `fsck`."""
+    """One finding of `fsck` (`digest` is "index.json" for the index itself)."""
 
     digest: str
     what: str
@@ -126,6 +140,25 @@ def release_annotations(release: str, source_date_epoch: int) -> dict[str, str]:
     return {RELEASE_ANN: release, CREATED_ANN: created}
 
 
+@dataclass(frozen=True)
+class Collected:
+    """What `gc` removed (or, in a dry run, would remove) and what it kept, and why."""
+
+    removed: tuple[tuple[str, int], ...]  # (digest, size)
+    leased: int  # unreferenced blobs kept because a running build uses them
+    young: int  # unreferenced blobs kept because they are younger than the grace period
+    temporary: int  # temporary files and directories of dead writers, and stale leases
+    dry_run: bool
+
+    @property
+    def digests(self) -> list[str]:
+        return [digest for digest, _ in self.removed]
+
+    @property
+    def size(self) -> int:
+        return sum(size for _, size in self.removed)
+
+
 def _hex(digest: str) -> str:
     algo, _, hexpart = digest.partition(":")
     if algo != "sha256" or len(hexpart) != 64 or not all(c in "0123456789abcdef" for c in hexpart):
@@ -138,6 +171,9 @@ class Store:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._lease: tuple[int, set[str]] | None = None  # (locked lease file, digests in it)
+        self._lease_guard = threading.Lock()
+        self._held = threading.local()  # this thread's hold of the store lock (see _locked)
 
     # -- layout ---------------------------------------------------------------------------
 
@@ -150,6 +186,21 @@ class Store:
         # Temporary files live outside blobs/ so that a crashed writer never leaves a partial
         # blob under a digest name; same filesystem, so the final rename is atomic.
         return self.root / ".tmp"
+
+    @property
+    def _leases(self) -> Path:
+        return self.root / ".leases"
+
+    def _temp_prefix(self, kind: str) -> str:
+        # The owner's token first: what a killed writer leaves is found by its name.
+        return f"{runtime.current_owner().token}-{kind}-"
+
+    @contextlib.contextmanager
+    def temporary_directory(self) -> Iterator[Path]:
+        """A scratch directory on the store's filesystem (for files that become blobs)."""
+        self.init()
+        with tempfile.TemporaryDirectory(dir=self._tmp, prefix=self._temp_prefix("dir")) as tmp:
+            yield Path(tmp)
 
     def init(self) -> None:
         """Create the layout if it does not exist (idempotent)."""
@@ -179,7 +230,9 @@ class Store:
     # -- blobs ----------------------------------------------------------------------------
 
     def has(self, digest: str) -> bool:
-        return self.blob_path(digest).is_file()
+        path = self.blob_path(digest)
+        self._hold(digest)  # before looking: a build that finds a blob keeps it
+        return path.is_file()
 
     def put_bytes(self, data: bytes) -> tuple[str, int]:
         """Store bytes as a blob; returns (digest, size). Writing existing content is a no-op."""
@@ -193,7 +246,7 @@ class Store:
         self.init()
         hasher = hashlib.sha256()
         size = 0
-        fd, tmp_name = tempfile.mkstemp(dir=self._tmp, prefix="blob-")
+        fd, tmp_name = tempfile.mkstemp(dir=self._tmp, prefix=self._temp_prefix("blob"))
         tmp = Path(tmp_name)
         try:
             with os.fdopen(fd, "wb") as out, path.open("rb") as src:
@@ -205,6 +258,7 @@ class Store:
                 os.fsync(out.fileno())
             digest = "sha256:" + hasher.hexdigest()
             final = self.blob_path(digest)
+            self._hold(digest)
             if final.exists():
                 tmp.unlink()
             else:
@@ -251,6 +305,7 @@ class Store:
     def read_bytes(self, digest: str) -> bytes:
         """Read a blob, verifying its hash."""
         path = self.blob_path(digest)
+        self._hold(digest)
         try:
             data = path.read_bytes()
         except FileNotFoundError:
@@ -268,6 +323,7 @@ class Store:
     def open_verified(self, digest: str) -> Iterator[IO[bytes]]:
         """Open a large blob for streaming; the hash is checked before the file is handed out."""
         path = self.blob_path(digest)
+        self._hold(digest)
         if not path.is_file():
             raise StoreError(f"blob {digest} is missing from the store {self.root}; "
                              "run `rebuild store fsck` and restore it from a copy")
@@ -420,97 +476,256 @@ class Store:
                 db.execute("INSERT INTO entries VALUES (?, ?, ?, ?, ?)", _row(position, entry))
                 db.execute("UPDATE meta SET signature = ?", (self._signature(),))
 
+    # -- leases: what a running build uses ----------------------------------------------------
+
+    @contextlib.contextmanager
+    def lease(self) -> Iterator[None]:
+        """Keep every blob this object reads, finds or writes safe from `gc` until the block
+        ends (or the process dies: the lease is an flock, released by the kernel)."""
+        if self._lease is not None or not self.exists():
+            yield  # already leasing (the outer block ends it), or nothing to protect yet
+            return
+        try:
+            self._leases.mkdir(exist_ok=True)
+            with self._locked():  # gc never sees a lease file that is not locked yet
+                fd, name = tempfile.mkstemp(dir=self._leases, suffix=".lease",
+                                            prefix=self._temp_prefix("build"))
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:  # a read-only store (an archive): nobody collects garbage in it
+            yield
+            return
+        self._lease = (fd, set())
+        try:
+            yield
+        finally:
+            with self._lease_guard:
+                self._lease = None
+            Path(name).unlink(missing_ok=True)
+            os.close(fd)
+
+    def _hold(self, digest: str) -> None:
+        """Record `digest` in the lease, if any, before the caller looks for the blob: gc
+        reads the leases and removes blobs under the exclusive store lock, so the blob is
+        either gone before this returns (and the caller writes it again) or kept."""
+        with self._lease_guard:
+            if self._lease is None or digest in self._lease[1]:
+                return
+            fd, held = self._lease
+            with self._locked(shared=True):
+                os.write(fd, f"{digest}\n".encode())
+            held.add(digest)
+
+    def _live_leases(self, *, remove_stale: bool) -> tuple[set[str], int]:
+        """The digests leased by running builds, and how many stale leases were found (a
+        lease nobody holds locked belongs to a process that ended without removing it)."""
+        leased: set[str] = set()
+        stale = 0
+        for path in sorted(self._leases.glob("*.lease")) if self._leases.is_dir() else []:
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                except BlockingIOError:  # held: its build runs
+                    with os.fdopen(os.dup(fd), "rb") as f:
+                        leased.update(line.decode().strip() for line in f if line.strip())
+                    continue
+                stale += 1
+                if remove_stale:
+                    path.unlink(missing_ok=True)
+            finally:
+                os.close(fd)
+        return leased, stale
+
     # -- upkeep ---------------------------------------------------------------------------
 
+    def _closure(self, roots: Iterable[Descriptor], *, present: set[str] | None = None,
+                 corrupt: frozenset[str] = frozenset()) -> tuple[set[str], list[Problem]]:
+        """Every digest reachable from `roots`, following manifests and indexes by their
+        descriptors' media type (never by what a blob's bytes look like), and the problems
+        met: a missing blob, or a manifest that cannot be read."""
+        reached: set[str] = set()
+        problems: list[Problem] = []
+        todo: list[tuple[Any, str]] = [(r.to_json(), "index.json") for r in roots]
+        while todo:
+            desc, parent = todo.pop()
+            digest = desc.get("digest") if isinstance(desc, dict) else None
+            if not isinstance(digest, str):
+                problems.append(Problem(parent, f"holds a malformed descriptor: {desc!r:.80}"))
+                continue
+            if digest in reached:
+                continue
+            reached.add(digest)
+            try:
+                path = self.blob_path(digest)
+            except StoreError:
+                problems.append(Problem(parent, f"names a malformed digest {digest!r:.80}"))
+                continue
+            exists = digest in present if present is not None else path.is_file()
+            media = desc.get("mediaType")
+            followed = media in MANIFEST_TYPES or media in INDEX_TYPES
+            if not exists:
+                what = "missing manifest" if followed else "missing"
+                problems.append(Problem(digest, f"{what} (referenced by {parent})"))
+                continue
+            if not followed:
+                continue  # an artifact, a config, a log: bytes, never parsed
+            if digest in corrupt:
+                continue  # reported already; its content cannot be trusted
+            data = path.read_bytes()
+            if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
+                problems.append(Problem(digest, "corrupt manifest (its content no longer "
+                                                "matches its name)"))
+                continue
+            try:
+                manifest = json.loads(data)
+            except ValueError:
+                problems.append(Problem(digest, "manifest is not valid JSON"))
+                continue
+            if not isinstance(manifest, dict):
+                problems.append(Problem(digest, "manifest is not a JSON object"))
+                continue
+            children = ([manifest.get("config"), *_list(manifest.get("layers"))]
+                        if media in MANIFEST_TYPES else _list(manifest.get("manifests")))
+            if "subject" in manifest:
+                children.append(manifest["subject"])
+            todo += [(child, digest) for child in children if child is not None]
+        return reached, problems
+
+    def _index_problems(self, blobs: int) -> list[Problem]:
+        """A missing index, or one that names nothing while blobs exist: every blob would
+        look unreferenced."""
+        if not (self.root / "index.json").exists():
+            return [Problem("index.json", f"missing, while the store holds {blobs} blob(s): "
+                            "nothing is named, so every blob looks unreferenced; restore "
+                            "index.json from a copy")]
+        if blobs and not self.index():
+            return [Problem("index.json", f"names no manifest, while the store holds {blobs} "
+                            "blob(s); restore index.json from a copy")]
+        return []
+
     def fsck(self) -> list[Problem]:
-        """Check every blob's hash and that every manifest's references are present."""
+        """Check every blob's hash, the index, and that every reference is present."""
         self.require()
         problems: list[Problem] = []
         present: set[str] = set()
+        corrupt: set[str] = set()
         for path in sorted(self.blobs.iterdir()):
             digest = "sha256:" + path.name
             with path.open("rb") as f:
                 actual = _hash_stream(f)
             if actual != path.name:
                 problems.append(Problem(digest, f"corrupt: content hashes to sha256:{actual}"))
+                corrupt.add(digest)
             present.add(digest)
-        seen: set[str] = set()
-        for entry in self.index():
-            self._check_refs(entry.digest, present, seen, problems, "index.json")
-        problems += [Problem(".cache/query.sqlite", f"query cache disagrees with index.json: "
-                             f"{what} (rebuilt from index.json)")
-                     for what in self.cache_problems()]
+        problems += self._index_problems(len(present))
+        if (self.root / "index.json").exists():
+            problems += self._closure(self.index(), present=present,
+                                      corrupt=frozenset(corrupt))[1]
+            problems += [Problem(".cache/query.sqlite", "query cache disagrees with "
+                                 f"index.json: {what} (rebuilt from index.json)")
+                         for what in self.cache_problems()]
         return problems
 
-    def _check_refs(self, digest: str, present: set[str], seen: set[str],
-                    problems: list[Problem], parent: str) -> None:
-        if digest in seen:
-            return
-        seen.add(digest)
-        if digest not in present:
-            problems.append(Problem(digest, f"missing (referenced by {parent})"))
-            return
-        try:
-            manifest = json.loads(self.blob_path(digest).read_bytes())
-        except ValueError:
-            problems.append(Problem(digest, "manifest is not valid JSON"))
-            return
-        if not isinstance(manifest, dict) or manifest.get("mediaType") != OCI_MANIFEST:
-            return
-        for child in [manifest.get("config", {}), *manifest.get("layers", [])]:
-            child_digest = child.get("digest")
-            if child_digest and child_digest not in present:
-                problems.append(Problem(child_digest, f"missing (referenced by {digest})"))
-
     def reachable(self) -> set[str]:
-        """Every blob named, directly or through a manifest, by index.json."""
-        keep: set[str] = set()
-        todo = [e.digest for e in self.index()]
-        while todo:
-            digest = todo.pop()
-            if digest in keep:
-                continue
-            keep.add(digest)
-            if not self.has(digest):
-                continue
-            try:
-                manifest = json.loads(self.blob_path(digest).read_bytes())
-            except ValueError:
-                continue
-            if isinstance(manifest, dict) and manifest.get("mediaType") == OCI_MANIFEST:
-                todo.extend(d["digest"] for d in [manifest["config"], *manifest["layers"]])
-                if "subject" in manifest:
-                    todo.append(manifest["subject"]["digest"])
-        return keep
+        """Every blob named, directly or through manifests, by index.json."""
+        return self._closure(self.index())[0]
 
-    def gc(self, grace_seconds: float = 3600) -> list[str]:
-        """Remove blobs nothing in index.json reaches, and stale temporary files."""
+    def gc(self, grace_seconds: float = 3600, *, dry_run: bool = False) -> Collected:
+        """Remove blobs nothing in index.json reaches, unless a running build leases them or
+        they are younger than the grace period; and the temporary files of dead writers.
+
+        Refuses (StoreError, nothing removed) when the index is missing or empty, when a
+        manifest cannot be read (its references would be unknown), or when every blob would
+        go."""
         self.require()
-        # A build writes its blobs before it names them in index.json, and a temporary file
-        # is a writer's work in progress: only what is older than the grace period goes.
+        # A build writes its blobs before it names them in index.json, and may reuse an old
+        # unreferenced blob: the lease covers both, the grace period what leases cannot
+        # (a writer of an older rebuild, another tool).
         cutoff = time.time() - grace_seconds
         with self._locked():
-            keep = self.reachable()
-            removed = []
-            for path in sorted(self.blobs.iterdir()):
-                if "sha256:" + path.name not in keep and path.stat().st_mtime < cutoff:
-                    path.unlink()
-                    removed.append("sha256:" + path.name)
-            for tmp in self._tmp.glob("*"):
-                if tmp.is_file() and tmp.stat().st_mtime < cutoff:
-                    tmp.unlink()
-        return removed
+            blobs = sorted(self.blobs.iterdir())
+            refusal = self._index_problems(len(blobs))
+            keep, problems = self._closure(self.index()) if not refusal else (set(), [])
+            # A missing leaf costs nothing more; a manifest that cannot be read hides what it
+            # references, which must then not be taken for garbage.
+            unsafe = [p for p in refusal + problems if not p.what.startswith("missing (")]
+            if unsafe:
+                raise StoreError(f"store gc removed nothing: {unsafe[0].digest}: "
+                                 f"{unsafe[0].what}; run `rebuild store fsck`")
+            leased, stale = self._live_leases(remove_stale=not dry_run)
+            removed: list[tuple[str, int]] = []
+            held = young = 0
+            for path in blobs:
+                digest = "sha256:" + path.name
+                if digest in keep:
+                    continue
+                st = path.stat()
+                if digest in leased:
+                    held += 1
+                elif st.st_mtime >= cutoff:
+                    young += 1
+                else:
+                    removed.append((digest, st.st_size))
+            if blobs and len(removed) == len(blobs):
+                raise StoreError(f"store gc removed nothing: all {len(blobs)} blob(s) look "
+                                 "unreferenced, which means index.json is wrong, not the "
+                                 "blobs; run `rebuild store fsck`")
+            temporary = self._remove_temporaries(cutoff, dry_run=dry_run) + stale
+            if not dry_run:
+                for digest, _ in removed:
+                    self.blob_path(digest).unlink(missing_ok=True)
+        return Collected(tuple(removed), held, young, temporary, dry_run)
+
+    def remove_dead_temporaries(self) -> int:
+        """Remove what killed writers left in the store's temporary directory (by owner)."""
+        return self._remove_temporaries(None, dry_run=False)
+
+    def _remove_temporaries(self, cutoff: float | None, *, dry_run: bool) -> int:
+        """Temporary entries of dead owners; with `cutoff`, also unnamed ones older than it
+        (left by an older rebuild)."""
+        count = 0
+        here = runtime.current_owner()
+        for entry in sorted(self._tmp.iterdir()) if self._tmp.is_dir() else []:
+            owner = runtime.Owner.parse("-".join(entry.name.split("-")[:5]))
+            if owner is not None:
+                if not runtime.is_dead(owner, here):
+                    continue
+            else:
+                try:
+                    if cutoff is None or entry.lstat().st_mtime >= cutoff:
+                        continue
+                except FileNotFoundError:
+                    continue
+            count += 1
+            if not dry_run:
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+        return count
 
     # -- internals ------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
+    def _locked(self, *, shared: bool = False) -> Iterator[None]:
         # flock on the store directory itself: no lock file, and it is released when the
-        # process dies, so a killed writer never wedges the store.
+        # process dies, so a killed writer never wedges the store. Leases take it shared,
+        # gc and index writers exclusive. Nested use by this object keeps the outer hold
+        # (two flocks of one process on two descriptors would wait for each other).
+        if getattr(self._held, "lock", False):
+            yield
+            return
         fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
+            fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+            self._held.lock = True
+            try:
+                yield
+            finally:
+                self._held.lock = False
         finally:
             os.close(fd)
 
@@ -521,7 +736,7 @@ class Store:
 
     def _write_atomic(self, final: Path, data: bytes, mode: int = 0o444) -> None:
         self._tmp.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=self._tmp, prefix="write-")
+        fd, tmp_name = tempfile.mkstemp(dir=self._tmp, prefix=self._temp_prefix("write"))
         tmp = Path(tmp_name)
         try:
             with os.fdopen(fd, "wb") as out:
@@ -562,6 +777,10 @@ def _canonical_entry(text: str) -> str:
         return canonical_json(json.loads(text)).decode()
     except ValueError:
         return text
+
+
+def _list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, list) else []
 
 
 def _hash_stream(f: IO[bytes]) -> str:
