@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -12,9 +13,12 @@ import sys
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
+
+# typer (0.2x) vendors click: its usage errors derive from this class, not click's.
+from typer._click.exceptions import ClickException
 
 from rebuild import __version__
 from rebuild.errors import EnvironmentProblem, ExitCode, RebuildError, StoreError, UsageError
@@ -580,21 +584,46 @@ def store_cat(digest: Annotated[str, typer.Argument(help="sha256:<hex>")],
 
 
 def main() -> None:
+    """Run the CLI: every failure is one message and an exit code from design.md's table;
+    a traceback only with --debug."""
     try:
         code = app(standalone_mode=False)
         sys.exit(code if isinstance(code, int) else 0)
     except RebuildError as exc:
-        if OPTIONS.debug:
-            traceback.print_exc()
-        say(f"error: {exc}")
-        sys.exit(int(exc.exit_code))
+        _fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
         say("interrupted")
         sys.exit(130)
-    except Exception as exc:  # click usage errors arrive here in non-standalone mode
-        import click
+    except ClickException as exc:
+        # Unknown command or option, missing or bad argument: click's usage message (exit 2).
+        exc.show()
+        sys.exit(ExitCode.USAGE if exc.exit_code == 2 else exc.exit_code)
+    except OSError as exc:
+        _fail(_os_error_message(exc), ExitCode.ENVIRONMENT)
+    except Exception as exc:  # noqa: BLE001 (the last resort: never a bare traceback)
+        # Not "the claim failed" (1): nothing was checked. The check could not be carried out
+        # here, which is what exit 3 means; the message says it is a fault of rebuild's.
+        _fail(f"unexpected {type(exc).__name__}: {_one_line(str(exc))}; this is a bug in "
+              "rebuild: rerun with --debug for the traceback and report it", ExitCode.ENVIRONMENT)
 
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(ExitCode.USAGE)
-        raise
+
+def _fail(message: str, code: int) -> NoReturn:
+    if OPTIONS.debug:
+        traceback.print_exc()
+    say(f"error: {message}")
+    sys.exit(code)
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[:limit] + "…"
+
+
+def _os_error_message(exc: OSError) -> str:
+    """What the operating system refused, where, and what to do (exit 3: the environment)."""
+    where = f" ({exc.filename})" if exc.filename is not None else ""
+    what = exc.strerror or _one_line(str(exc))
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"{what}{where}: the disk is full; free space (or point TMPDIR, --store or "
+                "REBUILD_CACHE elsewhere) and run again; the store keeps only complete blobs")
+    return f"{what}{where}; rerun with --debug for the traceback"
