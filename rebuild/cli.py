@@ -9,6 +9,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import sys
 import traceback
 from dataclasses import dataclass
@@ -81,7 +82,21 @@ def _opts(store: Path | None, json_out: bool, key: Path | None = None) -> Option
 
 
 def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    print(terminal_safe(message), file=sys.stderr, flush=True)
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def terminal_safe(text: str) -> str:
+    """Control characters (terminal escapes) from names a build chose, shown as \\xNN."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def shown(name: str) -> str:
+    """An output name for a line of text: as it is, or quoted and escaped (repr) when it
+    holds a newline or another character that is not printable."""
+    return name if name.isprintable() else repr(name)
 
 
 def emit(data: dict[str, Any]) -> None:
@@ -126,7 +141,7 @@ def build(
 ) -> None:
     """Fetch, build twice with variations, compare, and store the release."""
     from rebuild.build.recipe import load_recipe
-    from rebuild.twin import twin_build
+    from rebuild.twin import refuse_release_conflict, twin_build
 
 
     opts = _opts(store, json_out, key)
@@ -136,6 +151,8 @@ def build(
         raise UsageError(f"--keep {keep}: {keep}/a or {keep}/b already exists; remove them "
                          "or name another directory")
     loaded = [load_recipe(path) for path in recipes]  # every recipe is checked before any runs
+    for recipe in loaded:
+        refuse_release_conflict(Store(opts.store), recipe)
     signer = _signer(opts, keyless=keyless, trust_config=trust_config)
     outcomes = [twin_build(recipe, Store(opts.store), cache_dir=opts.cache, signer=signer,
                            log=say,
@@ -196,7 +213,7 @@ def keygen(
 
 def _difference_line(diff: DifferenceReport) -> str:
     """`share/stamp.txt: caused by time, hostname — hint: …` (with --explain)."""
-    name, blame = diff.difference.name, diff.blame
+    name, blame = shown(diff.difference.name), diff.blame
     if blame is None:
         return f"{name}: differs (run with --explain to find the variations responsible)"
     cause = ("differs between identical runs (randomness or a race)" if blame.inherent
@@ -214,7 +231,7 @@ def _print_outcome(outcome: BuildOutcome, signer: StatementSigner | None) -> Non
         say(f"{outcome.release}: reproducible: {len(outcome.artifacts)} artifact(s) "
             "identical in both runs")
         for artifact in outcome.artifacts:
-            say(f"  {artifact.name}  sha256:{artifact.sha256}  {artifact.size} bytes")
+            say(f"  {shown(artifact.name)}  sha256:{artifact.sha256}  {artifact.size} bytes")
     else:
         names = {a.name for a in outcome.artifacts} | {
             d.difference.name for d in outcome.differences}
@@ -356,13 +373,13 @@ def reproduce_cmd(
                         debug=say if opts.debug else lambda _: None)
     for artifact in verdict.artifacts:
         state = "same" if artifact.match else "DIFFERS"
-        say(f"  {state:<8} {artifact.name}  recorded sha256:{artifact.recorded}  "
+        say(f"  {state:<8} {shown(artifact.name)}  recorded sha256:{artifact.recorded}  "
             f"rebuilt sha256:{artifact.rebuilt}")
         if artifact.report:
             say(f"           report: rebuild store cat {artifact.report}")
     for name, blame in verdict.explanation.items():
         culprits = ", ".join(blame.variations) or "no variation (inherent)"
-        say(f"  twin runs differ on {name}: caused by {culprits}")
+        say(f"  twin runs differ on {shown(name)}: caused by {culprits}")
     outcome = "REPRODUCED bit for bit" if verdict.reproducible else "NOT reproduced"
     signed = f"; signed verdict {verdict.verdict}" if verdict.verdict else ""
     say(f"{verdict.release}: {outcome}{signed}")
@@ -442,7 +459,7 @@ def show(
     if opts.json:
         emit(story)
     else:
-        print(render_text(story), end="")
+        print(terminal_safe(render_text(story)), end="")
 
 
 @app.command()

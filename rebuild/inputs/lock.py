@@ -40,7 +40,7 @@ from rebuild.build.recipe import (
     parse_toml,
 )
 from rebuild.errors import EnvironmentProblem, UsageError
-from rebuild.inputs.fetch import hash_tree, scan_tree, source_tree_digest
+from rebuild.inputs.fetch import hash_tree, refuse_pseudo_tree, scan_tree, source_tree_digest
 from rebuild.store.layout import IMAGE_REF_ANN, Store
 
 LOCK_SUFFIX = ".lock.txt"
@@ -91,6 +91,7 @@ def lock_recipe(path: Path, store: Store, *, update_image: bool = False,
         root = (path.parent / str(source["path"])).resolve()
         if not root.is_dir():
             raise UsageError(f"{path}: [source] path: {root} is not a directory")
+        refuse_pseudo_tree(root, str(path))
         pin("source", "digest", hash_tree(scan_tree(root)))
     elif "url" in source or "git" in source:
         fields = {k: v for k, v in source.unwrap().items() if k != "digest"}
