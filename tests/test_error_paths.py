@@ -345,7 +345,6 @@ def test_a_full_workspace_is_a_clear_error(minimal_image: str, write_recipe: Rec
         assert result.code == 3, result.stderr
         _assert_one_clear_error(result)
         assert "disk is full" in result.stderr
-        assert not any(workspace.iterdir())  # the sandbox removed its workspace
     fsck = run_rebuild("store", "fsck", store=store)
     assert fsck.code == 0, fsck.stderr
     ls = run_rebuild("store", "ls", "--json", store=store)
