@@ -5,18 +5,23 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import re
 import signal
 import sys
 import tempfile
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
+
+# typer (0.2x) vendors click: its usage errors derive from this class, not click's.
+from typer._click.exceptions import ClickException
 
 from rebuild import __version__, runtime
 from rebuild.build.limits import BundleLimits, parse_size, show_size
@@ -87,7 +92,21 @@ def _opts(store: Path | None, json_out: bool, key: Path | None = None) -> Option
 
 
 def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    print(terminal_safe(message), file=sys.stderr, flush=True)
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def terminal_safe(text: str) -> str:
+    """Control characters (terminal escapes) from names a build chose, shown as \\xNN."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def shown(name: str) -> str:
+    """An output name for a line of text: as it is, or quoted and escaped (repr) when it
+    holds a newline or another character that is not printable."""
+    return name if name.isprintable() else repr(name)
 
 
 def emit(data: dict[str, Any]) -> None:
@@ -135,7 +154,7 @@ def build(
 ) -> None:
     """Fetch, build twice with variations, compare, and store the release."""
     from rebuild.build.recipe import load_recipe
-    from rebuild.twin import twin_build
+    from rebuild.twin import refuse_release_conflict, twin_build
 
 
     opts = _opts(store, json_out, key)
@@ -145,6 +164,8 @@ def build(
         raise UsageError(f"--keep {keep}: {keep}/a or {keep}/b already exists; remove them "
                          "or name another directory")
     loaded = [load_recipe(path) for path in recipes]  # every recipe is checked before any runs
+    for recipe in loaded:
+        refuse_release_conflict(Store(opts.store), recipe)
     signer = _signer(opts, keyless=keyless, trust_config=trust_config)
     outcomes = [twin_build(recipe, Store(opts.store), cache_dir=opts.cache, signer=signer,
                            log=say,
@@ -205,7 +226,7 @@ def keygen(
 
 def _difference_line(diff: DifferenceReport) -> str:
     """`share/stamp.txt: caused by time, hostname — hint: …` (with --explain)."""
-    name, blame = diff.difference.name, diff.blame
+    name, blame = shown(diff.difference.name), diff.blame
     if blame is None:
         return f"{name}: differs (run with --explain to find the variations responsible)"
     cause = ("differs between identical runs (randomness or a race)" if blame.inherent
@@ -223,7 +244,7 @@ def _print_outcome(outcome: BuildOutcome, signer: StatementSigner | None) -> Non
         say(f"{outcome.release}: reproducible: {len(outcome.artifacts)} artifact(s) "
             "identical in both runs")
         for artifact in outcome.artifacts:
-            say(f"  {artifact.name}  sha256:{artifact.sha256}  {artifact.size} bytes")
+            say(f"  {shown(artifact.name)}  sha256:{artifact.sha256}  {artifact.size} bytes")
     else:
         names = {a.name for a in outcome.artifacts} | {
             d.difference.name for d in outcome.differences}
@@ -367,13 +388,13 @@ def reproduce_cmd(
                         debug=say if opts.debug else lambda _: None)
     for artifact in verdict.artifacts:
         state = "same" if artifact.match else "DIFFERS"
-        say(f"  {state:<8} {artifact.name}  recorded sha256:{artifact.recorded}  "
+        say(f"  {state:<8} {shown(artifact.name)}  recorded sha256:{artifact.recorded}  "
             f"rebuilt sha256:{artifact.rebuilt}")
         if artifact.report:
             say(f"           report: rebuild store cat {artifact.report}")
     for name, blame in verdict.explanation.items():
         culprits = ", ".join(blame.variations) or "no variation (inherent)"
-        say(f"  twin runs differ on {name}: caused by {culprits}")
+        say(f"  twin runs differ on {shown(name)}: caused by {culprits}")
     outcome = "REPRODUCED bit for bit" if verdict.reproducible else "NOT reproduced"
     signed = f"; signed verdict {verdict.verdict}" if verdict.verdict else ""
     say(f"{verdict.release}: {outcome}{signed}")
@@ -453,7 +474,7 @@ def show(
     if opts.json:
         emit(story)
     else:
-        print(render_text(story), end="")
+        print(terminal_safe(render_text(story)), end="")
 
 
 @app.command()
@@ -841,6 +862,8 @@ def log_prove(
 
 
 def main() -> None:
+    """Run the CLI: every failure is one message and an exit code from design.md's table;
+    a traceback only with --debug."""
     runtime.install_interrupt_handlers()
     try:
         code = app(standalone_mode=False)
@@ -848,19 +871,42 @@ def main() -> None:
             _exit_interrupted()
         sys.exit(code if isinstance(code, int) else 0)
     except RebuildError as exc:
-        if OPTIONS.debug:
-            traceback.print_exc()
-        say(f"error: {exc}")
-        sys.exit(int(exc.exit_code))
+        _fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
         _exit_interrupted()
-    except Exception as exc:  # click usage errors arrive here in non-standalone mode
-        import click
+    except ClickException as exc:
+        # Unknown command or option, missing or bad argument: click's usage message (exit 2).
+        exc.show()
+        sys.exit(ExitCode.USAGE if exc.exit_code == 2 else exc.exit_code)
+    except OSError as exc:
+        _fail(_os_error_message(exc), ExitCode.ENVIRONMENT)
+    except Exception as exc:  # noqa: BLE001 (the last resort: never a bare traceback)
+        # Not "the claim failed" (1): nothing was checked. The check could not be carried out
+        # here, which is what exit 3 means; the message says it is a fault of rebuild's.
+        _fail(f"unexpected {type(exc).__name__}: {_one_line(str(exc))}; this is a bug in "
+              "rebuild: rerun with --debug for the traceback and report it", ExitCode.ENVIRONMENT)
 
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(ExitCode.USAGE)
-        raise
+
+def _fail(message: str, code: int) -> NoReturn:
+    if OPTIONS.debug:
+        traceback.print_exc()
+    say(f"error: {message}")
+    sys.exit(code)
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[:limit] + "…"
+
+
+def _os_error_message(exc: OSError) -> str:
+    """What the operating system refused, where, and what to do (exit 3: the environment)."""
+    where = f" ({exc.filename})" if exc.filename is not None else ""
+    what = exc.strerror or _one_line(str(exc))
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"{what}{where}: the disk is full; free space (or point TMPDIR, --store or "
+                "REBUILD_CACHE elsewhere) and run again; the store keeps only complete blobs")
+    return f"{what}{where}; rerun with --debug for the traceback"
 
 
 def _exit_interrupted() -> None:

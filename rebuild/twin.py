@@ -44,10 +44,10 @@ from rebuild.build.sandbox import (
     reap_orphans,
     require_success,
 )
-from rebuild.errors import BuildFailed, ClaimFailed, StoreError
+from rebuild.errors import BuildFailed, ClaimFailed, StoreError, UsageError
 from rebuild.evidence.provenance import Subject, make_test_result
 from rebuild.evidence.sign import StatementSigner
-from rebuild.inputs.fetch import Inputs, export_wheels, fetch_inputs, parse_lock
+from rebuild.inputs.fetch import TREE_ANN, Inputs, export_wheels, fetch_inputs, parse_lock
 from rebuild.store.auditlog import log_build
 from rebuild.store.layout import (
     ATTEMPT_TYPE,
@@ -163,6 +163,7 @@ def twin_build(loaded: LoadedRecipe, store: Store, *, cache_dir: Path,
     """
     clock = Stopwatch()
     client = connect()  # the environment first: nothing is fetched for an unusable engine
+    refuse_release_conflict(store, loaded)
     remove_leftovers(client, store, log)
     store.init()
     with store.lease():
@@ -186,6 +187,10 @@ def _twin_build(client: Any, loaded: LoadedRecipe, store: Store, *, cache_dir: P
     fetched = fetch_inputs(loaded, store, log=log)
     plan = plan_build(loaded.recipe, fetched.source_date_epoch, wheels=fetched.wheel_files)
     image = archived_image(store, plan.image)
+    refuse_release_conflict(store, loaded, {
+        loaded.digest, fetched.source.archive, image.manifest, *([fetched.python_lock]
+                                                                 if fetched.python_lock else []),
+        *(w.blob for w in fetched.wheels)})
     inputs = _store_inputs(store, loaded, fetched, image)
     log(f"{plan.release}: twin build, run b varies {len(plan.variations)} of 12: "
         f"{', '.join(plan.variations) or 'nothing'}")
@@ -262,6 +267,30 @@ def _twin_build(client: Any, loaded: LoadedRecipe, store: Store, *, cache_dir: P
                         explanation, clock.laps)
 
 
+def refuse_release_conflict(store: Store, loaded: LoadedRecipe,
+                            inputs: set[str] | None = None) -> None:
+    """A release is immutable: building an existing `name@version` from another recipe (or,
+    once fetched, from other inputs) is refused before anything runs, not after both runs.
+
+    `inputs`: the blob digests of this build's inputs (recipe, source, image, lock, wheels);
+    without them only the recipe's bytes are compared. A release whose inputs the store does
+    not record is left to the check of its artifacts after the runs.
+    """
+    existing = store.find(loaded.recipe.release) if store.exists() else None
+    if existing is None:
+        return
+    recorded = [{layer["digest"] for layer in store.read_json(entry.digest)["layers"]}
+                for entry in store.referrers(existing.digest)
+                if (entry.annotations or {}).get(KIND) == "inputs"]
+    if not recorded or any(loaded.digest in r if inputs is None else inputs == r
+                           for r in recorded):
+        return
+    what = "another recipe" if inputs is None else "other inputs (source, image or wheels)"
+    raise UsageError(f"{loaded.path}: release {loaded.recipe.release} already exists in the "
+                     f"store {store.root}, built from {what}; a release is immutable: bump "
+                     "[recipe] version (nothing was built)")
+
+
 def release_artifacts(store: Store, release: Descriptor) -> list[Artifact]:
     """The artifacts a stored release records (name, digest, size), as the store has them."""
     artifacts = []
@@ -329,7 +358,7 @@ def _store_inputs(store: Store, loaded: LoadedRecipe, inputs: Inputs,
         Descriptor("application/toml", recipe_digest, recipe_size,
                    {TITLE: loaded.path.name}),
         Descriptor("application/x-tar", source.archive, archive_size,
-                   {TITLE: "source.tar", "dev.rebuild.tree": source.tree_digest}),
+                   {TITLE: "source.tar", TREE_ANN: source.tree_digest}),
         # The image record (archive, package list, definition) belongs to the closure too.
         Descriptor(OCI_MANIFEST, image.manifest, store.blob_path(image.manifest).stat().st_size,
                    {TITLE: "image", IMAGE_ID_ANN: image.image_id}),

@@ -83,7 +83,8 @@ def glob_to_regex(pattern: str) -> re.Pattern[str]:
         else:
             out.append(re.escape(pattern[i]))
             i += 1
-    return re.compile("".join(out) + "(?:/.*)?")  # a matched directory brings its contents
+    # DOTALL: a file name may hold a newline, and `**` must still reach it.
+    return re.compile("".join(out) + "(?:/.*)?", re.DOTALL)  # a directory brings its contents
 
 
 def collect_outputs(out_dir: Path, globs: Sequence[str], run: str,
@@ -130,7 +131,7 @@ def _artifact(name: str, path: Path) -> Artifact:
         data = target.encode()
         return Artifact(name, hashlib.sha256(data).hexdigest(), len(data), path, target)
     if not stat.S_ISREG(st.st_mode):
-        raise BuildFailed(f"output {name} is not a regular file or link")
+        raise BuildFailed(f"output {name!r} is not a regular file or link")
     digest = hashlib.sha256()
     # O_NOFOLLOW: the file was a regular file at lstat; refuse it if it became a link since.
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
@@ -560,7 +561,17 @@ def keep_outputs(out_dirs: Mapping[str, Path], dest: Path) -> None:
         target = dest / run
         if target.exists():
             raise UsageError(f"--keep: {target} already exists; remove it or keep elsewhere")
-        shutil.copytree(out_dir, target, symlinks=True, copy_function=copy_sparse)
+        shutil.copytree(out_dir, target, symlinks=True, copy_function=_keep_copy)
+
+
+def _keep_copy(src: str, dst: str) -> None:
+    """copy2 for files; a FIFO is made anew (reading it would block forever) and a socket,
+    which holds no data, is left out."""
+    mode = os.lstat(src).st_mode
+    if stat.S_ISFIFO(mode):
+        os.mkfifo(dst, stat.S_IMODE(mode))
+    elif stat.S_ISREG(mode):
+        copy_sparse(src, dst)
 
 
 def copy_sparse(src: str | Path, dst: str | Path) -> None:

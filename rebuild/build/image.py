@@ -13,7 +13,6 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
-import tomllib
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from typing import IO, Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
+from rebuild.build.recipe import MAX_EPOCH, parse_toml
 from rebuild.errors import BuildFailed, EnvironmentProblem, StoreError, UsageError
 from rebuild.evidence.provenance import DebPackage
 from rebuild.store.layout import (
@@ -79,7 +79,7 @@ class ImageDefinition(BaseModel):
     variant: Variant
     # Lax so that a TOML array becomes the tuple; elements stay strict strings.
     packages: tuple[PackageSpec, ...] = Field(default=(), strict=False)
-    source_date_epoch: Annotated[int, Field(ge=0)]
+    source_date_epoch: Annotated[int, Field(ge=0, le=MAX_EPOCH)]
 
 
 class ImageFile(BaseModel):
@@ -117,16 +117,12 @@ class DockerArchive:
 def load_image_definition(path: Path) -> ImageDefinition:
     """Read and validate an image definition file."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+        text = path.read_bytes()
+    except OSError as exc:
         raise UsageError(
             f"{path}: cannot read image definition ({exc}); check the path passed"
         ) from exc
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"{path}: not valid TOML ({exc}); fix the syntax at that spot") from exc
-    return parse_image_definition(data, str(path))
+    return parse_image_definition(parse_toml(text, str(path)), str(path))
 
 
 def parse_image_definition(data: Mapping[str, Any], source: str) -> ImageDefinition:

@@ -39,6 +39,12 @@ IMAGE_RE = re.compile(
     r"@(?P<digest>sha256:[0-9a-f]{64})$"
 )
 MEMORY_RE = r"^[1-9][0-9]*[kmg]?$"
+MEMORY_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+# Docker refuses a memory limit under 6 MiB; above 1 TiB is a typo, not a build.
+MIN_MEMORY, MAX_MEMORY = 6 << 20, 1 << 40
+MAX_TIMEOUT = 7 * 24 * 3600  # a week: longer is a typo, and overflows the engine's wait
+# 9999-12-31T23:59:59Z: the last instant a timestamp in provenance or a tar header can name.
+MAX_EPOCH = 253402300799
 # Set by rebuild itself; a recipe may not override them (TZ, LANG and LC_ALL it may).
 RESERVED_ENV = frozenset({"PATH", "HOME", "SOURCE_DATE_EPOCH", "LD_PRELOAD", "LOCPATH",
                           "FAKETIME", "FAKETIME_FMT",
@@ -112,6 +118,9 @@ class Environment(_Strict):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"must be a non-negative integer (seconds since 1970) or \"git\", "
                              f"not {value!r}; write e.g. source_date_epoch = 1700000000")
+        if value > MAX_EPOCH:
+            raise ValueError(f"{value} is after the year 9999; write the seconds since 1970 "
+                             "of the source's last change, e.g. source_date_epoch = 1700000000")
         return value
 
 
@@ -132,12 +141,34 @@ class Build(_Strict):
                                  "/out, such as \"usr/bin/hello\" or \"*.tar.gz\"")
         return globs
 
+    @field_validator("timeout")
+    @classmethod
+    def _bounded_timeout(cls, timeout: int) -> int:
+        if timeout > MAX_TIMEOUT:
+            raise ValueError(f"{timeout} seconds is more than a week ({MAX_TIMEOUT}); write "
+                             "the build's real limit in seconds, e.g. timeout = 3600")
+        return timeout
+
+    @field_validator("memory")
+    @classmethod
+    def _bounded_memory(cls, memory: str) -> str:
+        if not MIN_MEMORY <= memory_bytes(memory) <= MAX_MEMORY:
+            raise ValueError(f"memory = {memory!r} is outside 6m to 1024g (Docker needs at "
+                             "least 6 MiB); write e.g. memory = \"2g\"")
+        return memory
+
     @field_validator("env")
     @classmethod
     def _not_reserved(cls, env: dict[str, str]) -> dict[str, str]:
         taken = sorted(RESERVED_ENV & env.keys())
         if taken:
             raise ValueError(f"{', '.join(taken)} is set by rebuild for every run; remove it")
+        for key, value in env.items():
+            # What execve cannot carry: the key would be cut at "=" or NUL, the value at NUL.
+            if not key or "=" in key or "\0" in key or "\0" in value:
+                raise ValueError(f"{key!r} = {value!r}: a variable's name must be non-empty "
+                                 "without \"=\" or NUL, and its value without NUL; rename or "
+                                 "remove it")
         return env
 
 
@@ -235,17 +266,35 @@ class LoadedRecipe:
         return (self.path.parent / relative).resolve()
 
 
+def memory_bytes(memory: str) -> int:
+    """`"2g"` -> 2147483648 (the units Docker's --memory takes)."""
+    unit = memory[-1] if memory[-1] in MEMORY_UNITS else ""
+    return int(memory.removesuffix(unit)) * MEMORY_UNITS[unit]
+
+
 def load_recipe(path: Path) -> LoadedRecipe:
     try:
         text = path.read_bytes()
     except OSError as exc:
         raise UsageError(f"{path}: cannot read the recipe ({exc.strerror}); "
                          "pass the path of a recipes/NAME.toml file") from None
-    try:
-        data = tomllib.loads(text.decode())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path}: not valid TOML ({exc}); fix the syntax") from None
+    data = parse_toml(text, str(path))
     return LoadedRecipe(path.resolve(), text, parse_recipe(data, source=str(path)))
+
+
+def parse_toml(text: bytes, source: str) -> dict[str, Any]:
+    """Parse a TOML file rebuild reads (recipe, policy, image definition); any problem is a
+    usage error naming the file."""
+    try:
+        return tomllib.loads(text.decode())
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{source}: not UTF-8 text (byte {exc.start}); save the file as "
+                         "UTF-8") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{source}: not valid TOML ({exc}); fix the syntax") from None
+    except RecursionError:
+        raise UsageError(f"{source}: not valid TOML (nested too deeply to read); write "
+                         "the tables and arrays rebuild's format describes") from None
 
 
 def parse_recipe(data: dict[str, Any], *, source: str = "<recipe>") -> Recipe:

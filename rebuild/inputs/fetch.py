@@ -66,6 +66,8 @@ FETCH_KIND = "fetch"
 DOWNLOAD_TYPE = "application/vnd.rebuild.download.v1+json"
 GIT_EXPORT_TYPE = "application/vnd.rebuild.git-export.v1+json"
 WHEELS_TYPE = "application/vnd.rebuild.wheels.v1+json"
+SOURCE_TYPE = "application/vnd.rebuild.source.v1+json"
+TREE_ANN = "dev.rebuild.tree"
 URL_ANN = "dev.rebuild.url"
 GIT_REPO_ANN = "dev.rebuild.git.repo"
 GIT_REV_ANN = "dev.rebuild.git.rev"
@@ -142,12 +144,34 @@ class LockedRequirement:
 # -- trees ----------------------------------------------------------------------------------
 
 
+PSEUDO_ROOTS = (Path("/proc"), Path("/sys"), Path("/dev"))
+
+
+def refuse_pseudo_tree(root: Path, where: str) -> None:
+    """A source is files: /proc, /sys and /dev hold endless or blocking ones (a read of
+    /proc/kmsg never returns), so they are refused before anything reads them."""
+    resolved = root.resolve()
+    if any(resolved == pseudo or pseudo in resolved.parents for pseudo in PSEUDO_ROOTS):
+        raise UsageError(f"{where}: [source] path: {resolved} is a kernel pseudo-filesystem "
+                         "(/proc, /sys or /dev), not a source tree; point path at the "
+                         "directory that holds the sources")
+
+
+def _pseudo_devices() -> frozenset[int]:
+    return frozenset(p.stat().st_dev for p in PSEUDO_ROOTS if p.is_dir())
+
+
 def scan_tree(root: Path) -> list[TreeEntry]:
     """Every entry below `root` in byte order of path, without following links."""
     entries: list[TreeEntry] = []
+    pseudo = _pseudo_devices()
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if d not in EXCLUDED)
         base = Path(dirpath)
+        if base.lstat().st_dev in pseudo:
+            # A proc, sysfs or devtmpfs mounted inside the tree (or the tree itself).
+            raise UsageError(f"{base}: lies on a kernel pseudo-filesystem (/proc, /sys or "
+                             "/dev); remove that mount from the source tree")
         for name in [*dirnames, *(f for f in filenames if f not in EXCLUDED)]:
             path = base / name
             rel = path.relative_to(root).as_posix()
@@ -219,25 +243,26 @@ def open_source(source: Source, base: Path, store: Store, *, where: str, log: Lo
         if not root.is_dir():
             raise UsageError(f"{where}: [source] path: {root} is not a directory; "
                              "fix the path (it is relative to the recipe file)")
+        refuse_pseudo_tree(root, where)
         yield SourceTree(root, f"file:{source.path}", None, None)
         return
     with tempfile.TemporaryDirectory(prefix="rebuild-source-") as tmp:
         root = Path(tmp) / "tree"
+        # A download or clone enters the store only when the caller's block succeeds: an
+        # archive refused while unpacking, or a tree refused by its pin, leaves nothing.
         if source.url is not None:
             assert source.sha256 is not None  # recipe.py requires it
             name = url_filename(source.url, where)
-            blob = fetch_url(source.url, source.sha256, store, where=where, log=log,
-                             downloaded=downloaded, limits=limits)
-            with _blob_file(store, blob, Path(tmp)) as path:
+            with fetch_url(source.url, source.sha256, store, where=where, log=log,
+                           downloaded=downloaded, limits=limits) as (blob, path):
                 unpack_source(path, name, root, where=where)
-            yield SourceTree(root, source.url, blob, None)
+                yield SourceTree(root, source.url, blob, None)
         else:
             assert source.git is not None and source.rev is not None
-            blob, commit_time = fetch_git(source.git, source.rev, base, store, where=where,
-                                          log=log, downloaded=downloaded)
-            with _blob_file(store, blob, Path(tmp)) as path:
+            with fetch_git(source.git, source.rev, base, store, where=where, log=log,
+                           downloaded=downloaded) as (blob, path, commit_time):
                 unpack_archive(path, "git-archive.tar", root, strip=False, where=where)
-            yield SourceTree(root, f"git+{source.git}@{source.rev}", blob, commit_time)
+                yield SourceTree(root, f"git+{source.git}@{source.rev}", blob, commit_time)
 
 
 def fetch_source(loaded: LoadedRecipe, store: Store, *, log: Log = lambda _: None,
@@ -263,6 +288,11 @@ def fetch_source(loaded: LoadedRecipe, store: Store, *, log: Log = lambda _: Non
             archive = tmp / "source.tar"
             pack_tree(tree.root, entries, archive, epoch)
             digest, _ = store.put_file(archive)
+    # Named in index.json like every fetched input, so that a fetch ahead of the build is
+    # not garbage to `store gc`, and a store is never blobs without an index.
+    _remember(store, SOURCE_TYPE, [_layer(store, "application/x-tar", digest,
+                                          {TITLE: "source.tar", TREE_ANN: tree_digest})],
+              {TREE_ANN: tree_digest})
     return SourceInput(tree_digest, digest, tree.uri, tree.fetched), epoch
 
 
@@ -281,37 +311,40 @@ def url_filename(url: str, where: str) -> str:
     return name
 
 
+@contextlib.contextmanager
 def fetch_url(url: str, sha256: str, store: Store, *, where: str, log: Log,
-              downloaded: set[str], limits: Limits = DEFAULT_LIMITS) -> str:
-    """The blob of `url`'s bytes: from the store when it has that sha256, else downloaded.
+              downloaded: set[str], limits: Limits = DEFAULT_LIMITS
+              ) -> Iterator[tuple[str, Path]]:
+    """(blob digest, a verified local copy) of `url`'s bytes: from the store when it has that
+    sha256, else downloaded to a temporary file outside the store.
 
-    The download goes to a temporary file outside the store and enters the store only
-    when its sha256 is the pinned one.
+    A download enters the store when its sha256 is the pinned one and the caller's block
+    succeeds (the archive unpacked, the tree accepted); a refused one leaves nothing.
     """
     digest = "sha256:" + sha256
     name = url_filename(url, where)
-    if store.exists() and store.has(digest):
-        log(f"{url}: found in the store by its sha256, not downloaded")
-        _remember(store, DOWNLOAD_TYPE, [_layer(store, "application/octet-stream", digest,
-                                                {TITLE: name, URL_ANN: url})], {URL_ANN: url})
-        return digest
-    scheme = urllib.parse.urlsplit(url).scheme
-    if scheme not in ("http", "https", "file"):
-        raise UsageError(f"{where}: [source] url {url}: only http, https and file addresses "
-                         "are supported")
     with tempfile.TemporaryDirectory(prefix="rebuild-download-") as tmp:
         part = Path(tmp) / "download"
-        actual, size = _download(url, part, where=where, log=log, limits=limits)
-        if actual != sha256:
-            raise UsageError(f"{where}: [source] sha256 of {url} does not match: expected "
-                             f"{sha256}, downloaded {actual} ({size} bytes); nothing was "
-                             "stored. The file changed where it is published, or the pin is "
-                             "wrong: check the file, then update sha256 in the recipe")
-        stored, _ = store.put_file(part)
-    downloaded.add(stored)
-    _remember(store, DOWNLOAD_TYPE, [_layer(store, "application/octet-stream", stored,
+        if store.exists() and store.has(digest):
+            log(f"{url}: found in the store by its sha256, not downloaded")
+            store.copy_out(digest, part)
+            yield digest, part
+        else:
+            scheme = urllib.parse.urlsplit(url).scheme
+            if scheme not in ("http", "https", "file"):
+                raise UsageError(f"{where}: [source] url {url}: only http, https and file "
+                                 "addresses are supported")
+            actual, size = _download(url, part, where=where, log=log, limits=limits)
+            if actual != sha256:
+                raise UsageError(f"{where}: [source] sha256 of {url} does not match: expected "
+                                 f"{sha256}, downloaded {actual} ({size} bytes); nothing was "
+                                 "stored. The file changed where it is published, or the pin "
+                                 "is wrong: check the file, then update sha256 in the recipe")
+            yield digest, part
+            store.put_file(part)
+            downloaded.add(digest)
+    _remember(store, DOWNLOAD_TYPE, [_layer(store, "application/octet-stream", digest,
                                             {TITLE: name, URL_ANN: url})], {URL_ANN: url})
-    return stored
 
 
 def _download(url: str, dest: Path, *, where: str, log: Log,
@@ -377,17 +410,6 @@ class _Overtime(Exception):
     pass
 
 
-@contextlib.contextmanager
-def _blob_file(store: Store, digest: str, tmp: Path) -> Iterator[Path]:
-    """A verified copy of a blob, named as a temporary file."""
-    path = tmp / "blob"
-    store.copy_out(digest, path)
-    try:
-        yield path
-    finally:
-        path.unlink(missing_ok=True)
-
-
 def fetch_bytes(url: str, *, timeout: float = 30) -> bytes:
     """GET a small document (e.g. a mirror's InRelease)."""
     try:
@@ -404,17 +426,39 @@ def _is_remote(repo: str) -> bool:
     return "://" in repo or bool(re.match(r"^[\w.-]+@[\w.-]+:", repo))
 
 
+@contextlib.contextmanager
 def fetch_git(repo: str, rev: str, base: Path, store: Store, *, where: str, log: Log,
-              downloaded: set[str]) -> tuple[str, int]:
-    """The blob of `git archive` of commit `rev`, and the commit's time.
+              downloaded: set[str]) -> Iterator[tuple[str, Path, int]]:
+    """(blob digest, a local copy, commit time) of `git archive` of commit `rev`.
 
-    A commit fetched once is remembered by its id, so a second fetch clones nothing.
+    A commit fetched once is remembered by its id, so a second fetch clones nothing. A new
+    export enters the store only when the caller's block succeeds.
     """
-    cached = _find_fetch(store, GIT_REV_ANN, rev)
-    if cached is not None:
-        annotations, [layer] = cached
-        log(f"git {repo} {rev[:12]}: found in the store, not cloned")
-        return layer.digest, int(annotations[GIT_TIME_ANN])
+    if not re.fullmatch(r"[0-9a-f]{40}", rev):
+        raise UsageError(f"{where}: [source] rev {rev!r} is not a 40-hex commit id")
+    with tempfile.TemporaryDirectory(prefix="rebuild-git-") as tmp:
+        export = Path(tmp) / "export.tar"
+        cached = _find_fetch(store, GIT_REV_ANN, rev)
+        if cached is not None:
+            annotations, [layer] = cached
+            log(f"git {repo} {rev[:12]}: found in the store, not cloned")
+            store.copy_out(layer.digest, export)
+            yield layer.digest, export, int(annotations[GIT_TIME_ANN])
+            return
+        commit_time = _export_commit(repo, rev, base, Path(tmp) / "repo.git", export,
+                                     where=where, log=log)
+        blob = "sha256:" + sha256_file(export)
+        yield blob, export, commit_time
+        store.put_file(export)
+    downloaded.add(blob)
+    _remember(store, GIT_EXPORT_TYPE,
+              [_layer(store, "application/x-tar", blob, {TITLE: f"{rev}.tar"})],
+              {GIT_REPO_ANN: repo, GIT_REV_ANN: rev, GIT_TIME_ANN: str(commit_time)})
+
+
+def _export_commit(repo: str, rev: str, base: Path, clone: Path, export: Path, *, where: str,
+                   log: Log) -> int:
+    """Clone `repo` bare into `clone`, `git archive` commit `rev` to `export`; its time."""
     git = shutil.which("git")
     if git is None:
         raise EnvironmentProblem("git is not installed; install it: apt-get install -y git")
@@ -423,35 +467,31 @@ def fetch_git(repo: str, rev: str, base: Path, store: Store, *, where: str, log:
         raise UsageError(f"{where}: [source] git: {location} does not exist; fix the path "
                          "(it is relative to the recipe file) or give a URL")
     log(f"cloning {repo} for {rev[:12]}")
-    with tempfile.TemporaryDirectory(prefix="rebuild-git-") as tmp:
-        clone = Path(tmp) / "repo.git"
-        cloned = _git(git, "clone", "--bare", "--quiet", location, str(clone))
-        if cloned.returncode != 0:
-            message = (f"{where}: [source] git: cannot clone {repo}: "
-                       f"{cloned.stderr.strip()}")
-            if _is_remote(repo):
-                raise EnvironmentProblem(message + "; check the address and the network")
-            raise UsageError(message + "; it must be a git repository")
+    # "--": a repository named like an option (--upload-pack=…) stays a repository.
+    cloned = _git(git, "clone", "--bare", "--quiet", "--", location, str(clone))
+    if cloned.returncode != 0:
+        message = f"{where}: [source] git: cannot clone {repo}: {cloned.stderr.strip()}"
+        if _is_remote(repo):
+            raise EnvironmentProblem(message + "; check the address and the network")
+        raise UsageError(message + "; it must be a git repository")
+    if not _has_commit(git, clone, rev):
+        # A commit no branch or tag reaches: servers that allow it send it by id.
+        _git(git, "-C", str(clone), "fetch", "--quiet", "origin", "--end-of-options", rev)
         if not _has_commit(git, clone, rev):
-            # A commit no branch or tag reaches: servers that allow it send it by id.
-            _git(git, "-C", str(clone), "fetch", "--quiet", "origin", rev)
-            if not _has_commit(git, clone, rev):
-                raise UsageError(f"{where}: [source] rev {rev} is not a commit of {repo}; "
-                                 "check the id (`git log` in that repository)")
-        shown = _git(git, "-C", str(clone), "show", "-s", "--format=%ct", rev)
-        export = Path(tmp) / "export.tar"
-        archived = _git(git, "-C", str(clone), "archive", "--format=tar", "-o", str(export),
-                        rev)
-        if shown.returncode != 0 or archived.returncode != 0:
-            raise EnvironmentProblem(f"git could not export {rev} of {repo}: "
-                                     f"{(shown.stderr + archived.stderr).strip()}")
-        commit_time = int(shown.stdout.strip())
-        blob, _ = store.put_file(export)
-    downloaded.add(blob)
-    _remember(store, GIT_EXPORT_TYPE,
-              [_layer(store, "application/x-tar", blob, {TITLE: f"{rev}.tar"})],
-              {GIT_REPO_ANN: repo, GIT_REV_ANN: rev, GIT_TIME_ANN: str(commit_time)})
-    return blob, commit_time
+            raise UsageError(f"{where}: [source] rev {rev} is not a commit of {repo}; "
+                             "check the id (`git log` in that repository)")
+    kind = _git(git, "-C", str(clone), "cat-file", "-t", rev).stdout.strip()
+    if kind != "commit":
+        # An annotated tag's id names the tag object, which can be re-signed or moved.
+        raise UsageError(f"{where}: [source] rev {rev} is a {kind} object, not a commit; "
+                         f"pin the commit it points to (`git rev-parse {rev}^{{commit}}`)")
+    shown = _git(git, "-C", str(clone), "show", "-s", "--format=%ct", "--end-of-options", rev)
+    archived = _git(git, "-C", str(clone), "archive", "--format=tar", "-o", str(export),
+                    "--end-of-options", rev)
+    if shown.returncode != 0 or archived.returncode != 0 or not shown.stdout.strip().isdigit():
+        raise EnvironmentProblem(f"git could not export {rev} of {repo}: "
+                                 f"{(shown.stderr + archived.stderr).strip()}")
+    return int(shown.stdout.strip())
 
 
 def _git(git: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -709,7 +749,9 @@ def fetch_wheels(loaded: LoadedRecipe, store: Store, *, log: Log = lambda _: Non
                          "from its .in file") from None
     requirements = parse_lock(data.decode(errors="replace"), source=str(path))
     store.init()
-    lock_digest, _ = store.put_bytes(data)
+    # The lock enters the store with its wheels, once they are accepted: a refused download
+    # leaves nothing.
+    lock_digest = "sha256:" + hashlib.sha256(data).hexdigest()
     cached = _find_fetch(store, LOCK_ANN, lock_digest)
     if cached is not None:
         wheels = tuple(_wheel_from_layer(layer) for layer in cached[1]
@@ -733,6 +775,7 @@ def fetch_wheels(loaded: LoadedRecipe, store: Store, *, log: Log = lambda _: Non
     wheels = tuple(sorted(wheels_by_name.values(), key=lambda w: w.name))
     log(f"{path.name}: {len(wheels)} wheel(s): {len(missing)} downloaded, "
         f"{len(wheels) - len(missing)} found in the store")
+    store.put_bytes(data)
     layers = [_layer(store, LOCK_MEDIA, lock_digest, {TITLE: WHEELS_LOCK_NAME})]
     layers += [_layer(store, WHEEL_MEDIA, w.blob, {TITLE: w.filename, WHEEL_NAME_ANN: w.name,
                                                   WHEEL_VERSION_ANN: w.version})

@@ -32,9 +32,15 @@ import tomlkit
 import tomlkit.exceptions
 from pydantic import ValidationError
 
-from rebuild.build.recipe import IMAGE_RE, Source, format_validation_error, parse_recipe
+from rebuild.build.recipe import (
+    IMAGE_RE,
+    Source,
+    format_validation_error,
+    parse_recipe,
+    parse_toml,
+)
 from rebuild.errors import EnvironmentProblem, UsageError
-from rebuild.inputs.fetch import hash_tree, scan_tree, source_tree_digest
+from rebuild.inputs.fetch import hash_tree, refuse_pseudo_tree, scan_tree, source_tree_digest
 from rebuild.store.layout import IMAGE_REF_ANN, Store
 
 LOCK_SUFFIX = ".lock.txt"
@@ -63,10 +69,13 @@ def latest_image(store: Store, name_tag: str) -> str | None:
 def lock_recipe(path: Path, store: Store, *, update_image: bool = False,
                 log: Callable[[str], None] = lambda _: None) -> LockResult:
     try:
-        text = path.read_text()
-        doc: Any = tomlkit.parse(text)
+        raw = path.read_bytes()
     except OSError as exc:
         raise UsageError(f"{path}: cannot read the recipe ({exc.strerror})") from None
+    parse_toml(raw, str(path))  # UTF-8, syntax and depth, before tomlkit keeps the layout
+    text = raw.decode()
+    try:
+        doc: Any = tomlkit.parse(text)
     except tomlkit.exceptions.ParseError as exc:
         raise UsageError(f"{path}: not valid TOML ({exc}); fix the syntax") from None
     changed: dict[str, tuple[str | None, str]] = {}
@@ -82,6 +91,7 @@ def lock_recipe(path: Path, store: Store, *, update_image: bool = False,
         root = (path.parent / str(source["path"])).resolve()
         if not root.is_dir():
             raise UsageError(f"{path}: [source] path: {root} is not a directory")
+        refuse_pseudo_tree(root, str(path))
         pin("source", "digest", hash_tree(scan_tree(root)))
     elif "url" in source or "git" in source:
         fields = {k: v for k, v in source.unwrap().items() if k != "digest"}
@@ -177,7 +187,8 @@ def _refuse_local_references(body: str, lock: Path, source: Path) -> None:
     """A lock is shared: it must not name this machine's paths or indexes."""
     for number, line in enumerate(body.splitlines(), 1):
         text = line.split("#", 1)[0] if not line.lstrip().startswith("#") else ""
-        if (re.search(r"(^|\s)-", text) and "--hash=" not in text) or "file:" in line \
+        # "file:" in a comment is pip-compile's own "unsafe in a requirements file:" heading.
+        if (re.search(r"(^|\s)-", text) and "--hash=" not in text) or "file:" in text \
                 or str(lock.parent) in line or re.search(r"\w+://", line):
             raise UsageError(f"{source}: pip-compile wrote {line.strip()!r} (line {number}) "
                              "into the lock: a local path, an index or an option; write plain "

@@ -7,14 +7,13 @@ and what the evidence must show. Its models are pydantic, like every file rebuil
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from securesystemslib.signer import SSlibKey  # type: ignore[attr-defined]
 
-from rebuild.build.recipe import format_validation_error
+from rebuild.build.recipe import format_validation_error, parse_toml
 from rebuild.errors import RebuildError, UsageError
 from rebuild.evidence.sign import KeylessIdentity, load_public_key
 from rebuild.release.verify import Policy
@@ -52,12 +51,10 @@ class PolicyFile(_Strict):
 def load_policy(path: Path) -> Policy:
     """Read a policy file (TOML); keys are paths relative to it. Any problem exits 2."""
     try:
-        data = tomllib.loads(path.read_text())
+        data = parse_toml(path.read_bytes(), str(path))
         rules = PolicyFile.model_validate(data).policy
     except OSError as exc:
         raise UsageError(f"{path}: cannot read the policy ({exc.strerror})") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"{path}: not valid TOML ({exc})") from None
     except ValidationError as exc:
         raise UsageError(format_validation_error(exc, PolicyFile, str(path))) from None
     if rules.verdicts and not rules.qa_keys:

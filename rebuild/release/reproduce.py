@@ -9,7 +9,6 @@ attached to the release, so a release can collect verdicts from independent rebu
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -29,7 +28,7 @@ from rebuild.build.compare import (
 from rebuild.build.explain import Blame, explain_differences
 from rebuild.build.image import stored_image
 from rebuild.build.plan import plan_build
-from rebuild.build.recipe import LoadedRecipe, parse_recipe
+from rebuild.build.recipe import LoadedRecipe, parse_recipe, parse_toml
 from rebuild.build.sandbox import RunResult, Sandbox, connect, require_success
 from rebuild.errors import StoreError
 from rebuild.evidence.provenance import STATEMENT_TYPE
@@ -118,7 +117,8 @@ def stored_inputs(store: Store, release: Descriptor) -> StoredInputs:
                   for layer in manifest["layers"]}
         recipe_title = next(t for t in layers if t.endswith(".toml"))
         text = store.read_bytes(layers[recipe_title].digest)
-        recipe = parse_recipe(tomllib.loads(text.decode()), source=f"{name}: {recipe_title}")
+        recipe = parse_recipe(parse_toml(text, f"{name}: {recipe_title}"),
+                              source=f"{name}: {recipe_title}")
         epoch = int(manifest.get("annotations", {}).get(EPOCH_ANN, -1))
         if epoch < 0:
             raise StoreError(f"the inputs of {name} do not record SOURCE_DATE_EPOCH")

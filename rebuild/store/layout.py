@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import fcntl
 import hashlib
 import json
@@ -34,7 +35,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from rebuild import runtime
-from rebuild.errors import StoreError, UsageError
+from rebuild.errors import EnvironmentProblem, StoreError, UsageError
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -266,6 +267,11 @@ class Store:
                 tmp.replace(final)
                 _fsync_dir(final.parent)
             return digest, size
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise self._disk_full() from exc
+            raise
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -362,7 +368,7 @@ class Store:
             return []
         except ValueError as exc:
             raise StoreError(f"{path} is not valid JSON ({exc}); restore it from a copy") from None
-        return [Descriptor.from_json(m) for m in data.get("manifests", [])]
+        return _index_entries(data, path)
 
     def add_to_index(self, desc: Descriptor, annotations: Mapping[str, str]) -> Descriptor:
         """Name a stored manifest in index.json; an identical entry is not added twice."""
@@ -746,9 +752,46 @@ class Store:
             tmp.chmod(mode)
             tmp.replace(final)
             _fsync_dir(final.parent)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise self._disk_full() from exc
+            raise
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+
+    def _disk_full(self) -> EnvironmentProblem:
+        """A full disk is the environment's problem (exit 3); the temporary file is gone and
+        no blob or index was replaced, so the store is as it was."""
+        return EnvironmentProblem(f"no space left on the device of the store {self.root}; "
+                                  "nothing was changed in the store; free space (or pass "
+                                  "--store DIR on a larger disk) and run again")
+
+
+def _index_entries(data: Any, path: Path) -> list[Descriptor]:
+    """The descriptors of a parsed index.json; anything else is a corrupt store (exit 5), never
+    an empty one: gc would then drop every blob."""
+    manifests = data.get("manifests") if isinstance(data, dict) else None
+    if not isinstance(manifests, list):
+        raise StoreError(f"{path} is not an OCI image index (no \"manifests\" list); "
+                         "restore it from a copy")
+    entries = []
+    for number, item in enumerate(manifests):
+        try:
+            entry = Descriptor.from_json(item)
+            _hex(entry.digest)
+            if not isinstance(entry.media_type, str) or entry.size < 0 or not isinstance(
+                    entry.annotations or {}, dict) or not all(
+                    isinstance(k, str) and isinstance(v, str)
+                    for k, v in (entry.annotations or {}).items()):
+                raise ValueError
+        except (TypeError, KeyError, ValueError, AttributeError, StoreError):
+            raise StoreError(f"{path}: manifests[{number}] is not a valid descriptor (it needs "
+                             "mediaType, a sha256 digest, a size and string annotations); "
+                             "restore index.json from a copy") from None
+        entries.append(entry)
+    return entries
 
 
 def _row(position: int, entry: Descriptor) -> tuple[int, str | None, str | None, str | None, str]:

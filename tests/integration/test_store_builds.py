@@ -93,6 +93,14 @@ def test_a_release_is_immutable(minimal_image: str, write_recipe: RecipeWriter,
                                 store: Path) -> None:
     first = run_rebuild("build", write_recipe(minimal_image, "echo one > /out/r"), store=store)
     assert first.code == 0, first.stderr
+    attempts = _attempts(store)
     second = run_rebuild("build", write_recipe(minimal_image, "echo two > /out/r"), store=store)
-    assert second.code == 1
-    assert "already exists" in second.stderr
+    # Another recipe for an existing release: refused before the runs (exit 2), nothing stored.
+    assert second.code == 2, second.stderr
+    assert "already exists" in second.stderr and "nothing was built" in second.stderr
+    assert _attempts(store) == attempts
+
+
+def _attempts(store: Path) -> list[str]:
+    ls = run_rebuild("store", "ls", "--json", store=store)
+    return [e["digest"] for e in ls.json["entries"] if e["kind"] == "attempt"]
