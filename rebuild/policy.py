@@ -17,6 +17,7 @@ from securesystemslib.signer import SSlibKey  # type: ignore[attr-defined]
 from rebuild.errors import RebuildError, UsageError
 from rebuild.recipe import format_validation_error
 from rebuild.sign import KeylessIdentity, load_public_key
+from rebuild.variations import select_variations
 from rebuild.verify import Policy
 
 
@@ -32,6 +33,8 @@ class ApprovalRule(_Strict):
 class PolicyRules(_Strict):
     builder_keys: tuple[str, ...] = Field(min_length=1)  # .pub files, relative to the policy
     reproducible: bool = True
+    # What run b must have varied for a match to count (`["all", "-cpus"]` style; README).
+    variations: tuple[str, ...] = ("all",)
     sbom: bool = True
     tests: bool = False
     verdicts: int = Field(default=0, ge=0)  # PASSED QA verdicts, each from another qa key
@@ -54,6 +57,11 @@ def load_policy(path: Path) -> Policy:
         raise UsageError(f"{path}: not valid TOML ({exc})") from None
     except ValidationError as exc:
         raise UsageError(format_validation_error(exc, PolicyFile, str(path))) from None
+    variations = select_variations(rules.variations, where=f"{path}: policy.variations")
+    if rules.reproducible and not variations:
+        raise UsageError(f"{path}: policy.variations = {list(rules.variations)} requires no "
+                         "variation, so a twin build of two identical runs would pass; name "
+                         "at least one, or leave the key out (all twelve)")
     if rules.verdicts and not rules.qa_keys:
         raise UsageError(f"{path}: policy.verdicts = {rules.verdicts} needs policy.qa_keys: "
                          "whose verdicts count")
@@ -66,7 +74,8 @@ def load_policy(path: Path) -> Policy:
 
     return Policy(keys("builder_keys", rules.builder_keys), rules.reproducible, rules.sbom,
                   rules.tests, rules.verdicts, keys("qa_keys", rules.qa_keys),
-                  {a.role: keys(f"approvals[{a.role}].keys", a.keys) for a in rules.approvals})
+                  {a.role: keys(f"approvals[{a.role}].keys", a.keys) for a in rules.approvals},
+                  variations=variations)
 
 
 

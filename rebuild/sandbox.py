@@ -30,7 +30,7 @@ import docker.errors
 import requests.exceptions
 
 from rebuild.errors import BuildFailed, EnvironmentProblem
-from rebuild.plan import FAKETIME_LIB, LOCALE_DIR, OUT_DIR, WHEELS_DIR, RunPlan
+from rebuild.plan import CLOCK_DIR, FAKETIME_LIB, LOCALE_DIR, OUT_DIR, WHEELS_DIR, RunPlan
 from rebuild.variations import BY_NAME
 
 SESSION_LABEL = "dev.rebuild.session"
@@ -243,7 +243,9 @@ class Sandbox:
             "memswap_limit": plan.memory,
             "pids_limit": plan.pids_limit,
             "cpuset_cpus": s.cpuset,
-            "tmpfs": {"/tmp": tmpfs_opts, s.home: tmpfs_opts},
+            # The clock's offset (plan.start_clock) is written there by the build's user.
+            "tmpfs": {"/tmp": tmpfs_opts, s.home: tmpfs_opts,
+                      CLOCK_DIR: "rw,noexec,nosuid,nodev,size=64k,mode=1777"},
             "volumes": {
                 str(build_dir): {"bind": s.build_path, "mode": "rw"},
                 str(out): {"bind": OUT_DIR, "mode": "rw" if writable_out else "ro"},

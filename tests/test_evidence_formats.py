@@ -23,6 +23,7 @@ from cyclonedx.validation.json import JsonStrictValidator
 
 from rebuild.attest import build_statements, prepare_sbom
 from rebuild.image import DebPackage, StoredImage
+from rebuild.plan import plan_run
 from rebuild.provenance import (
     BUILD_TYPE,
     BUILDER_ID,
@@ -34,6 +35,7 @@ from rebuild.provenance import (
     make_provenance,
     make_test_result,
 )
+from rebuild.recipe import parse_recipe
 from rebuild.sbom import (
     SERIAL_NAMESPACE,
     make_sbom,
@@ -64,6 +66,10 @@ RECIPE: dict[str, Any] = {
     "check": {"vary": ["all"]},
 }
 
+# Two runs as a build plans them (run b varies the build path and the time zone).
+RUNS = tuple(plan_run(parse_recipe(RECIPE), name, variations, 1700000000)
+             for name, variations in (("a", ()), ("b", ("build_path", "timezone"))))
+
 # Listed out of order on purpose: the outputs must not depend on it.
 FACTS = BuildFacts(
     release="hello-c@1.0.0",
@@ -85,7 +91,8 @@ FACTS = BuildFacts(
     py_packages=(PyPackage("markupsafe", "2.1.5", (sha("markupsafe b"), sha("markupsafe a"))),
                  PyPackage("click", "8.1.7", (sha("click wheel"),))),
     source_date_epoch=1700000000,
-    variations={"a": {}, "b": {"timezone": "GMT-14", "build_path": "/build/a-longer/src"}},
+    variations={run.name: run.describe() for run in reversed(RUNS)},
+    runs={run.name: run.record() for run in reversed(RUNS)},
     subjects=(Subject("usr/bin/hello", sha("hello")),
               Subject("hello-1.0.0.tar.gz", sha("tarball"))),
     comparison={"reproducible": True, "record": "sha256:" + sha("record"), "differences": []},
@@ -106,6 +113,7 @@ def shuffled(facts: BuildFacts) -> BuildFacts:
                           for p in facts.py_packages[::-1]),
         subjects=facts.subjects[::-1],
         variations=dict(reversed(list(facts.variations.items()))),
+        runs=dict(reversed(list(facts.runs.items()))),
         logs=dict(reversed(list(facts.logs.items()))),
     )
 
