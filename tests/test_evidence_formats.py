@@ -22,9 +22,10 @@ from cyclonedx.schema import SchemaVersion
 from cyclonedx.validation.json import JsonStrictValidator
 
 from rebuild.attest import build_statements, prepare_sbom
-from rebuild.image import DebPackage, StoredImage
-from rebuild.plan import plan_run
-from rebuild.provenance import (
+from rebuild.build.image import DebPackage, StoredImage
+from rebuild.build.plan import plan_run
+from rebuild.build.recipe import parse_recipe
+from rebuild.evidence.provenance import (
     BUILD_TYPE,
     BUILDER_ID,
     BuildFacts,
@@ -35,15 +36,14 @@ from rebuild.provenance import (
     make_provenance,
     make_test_result,
 )
-from rebuild.recipe import parse_recipe
-from rebuild.sbom import (
+from rebuild.evidence.sbom import (
     SERIAL_NAMESPACE,
     make_sbom,
     render_debian,
     serial_number,
     sort_facts,
 )
-from rebuild.store import canonical_json
+from rebuild.store.layout import canonical_json
 
 GOLDEN = Path(__file__).parent / "golden"
 

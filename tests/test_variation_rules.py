@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from rebuild.build.plan import CLOCK_FILE, plan_build
+from rebuild.build.recipe import Recipe, parse_recipe
+from rebuild.build.variations import NAMES, controlling_variation
 from rebuild.errors import UsageError
-from rebuild.plan import CLOCK_FILE, plan_build
-from rebuild.policy import load_policy
-from rebuild.recipe import Recipe, parse_recipe
-from rebuild.sign import generate_keypair
-from rebuild.variations import NAMES, controlling_variation
-from rebuild.verify import Policy, Report, _check_variations
+from rebuild.evidence.sign import generate_keypair
+from rebuild.release.policy import load_policy
+from rebuild.release.verify import Policy, Report, _check_variations
 
 RECIPE = """
 [recipe]

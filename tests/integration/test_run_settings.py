@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from rebuild.store import Store
-from rebuild.variations import NAMES
+from rebuild.build.variations import NAMES
+from rebuild.store.layout import Store
 from tests.conftest import RecipeWriter, run_rebuild
 
 pytestmark = pytest.mark.docker

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from rebuild.recipe import Recipe
-from rebuild.variations import RunSettings, apply_variations, describe
+from rebuild.build.recipe import Recipe
+from rebuild.build.variations import RunSettings, apply_variations, describe
 
 # Where the sandbox mounts rebuild's own helpers inside every container (read-only).
 FAKETIME_LIB = "/usr/lib/rebuild/faketime/libfaketime.so.1"

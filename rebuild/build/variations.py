@@ -23,7 +23,7 @@ class RunSettings:
 
     # The instant the recipe's command starts at, seconds since the epoch
     # (2030-01-01T00:00:00Z); the clock runs on from there (libfaketime, relative mode: see
-    # rebuild.plan.start_clock).
+    # rebuild.build.plan.start_clock).
     clock: int = 1893456000
     build_path: str = "/build/src"
     hostname: str = "rebuild"

@@ -26,7 +26,7 @@ from pydantic import (
 )
 
 from rebuild.errors import UsageError
-from rebuild.variations import BY_NAME, controlling_variation, select_variations
+from rebuild.build.variations import BY_NAME, controlling_variation, select_variations
 
 NAME_RE = r"^[a-z0-9][a-z0-9._-]*$"
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -38,7 +38,7 @@ MEMORY_RE = r"^[1-9][0-9]*[kmg]?$"
 # Set by rebuild for every run (the sandbox, the clock, a python_lock's venv); a recipe may
 # never set them. Every libfaketime setting is reserved: FAKETIME_ONLY_CMDS, say, would stop
 # the time variation for most of the build. Variables a variation sets (TZ, LANG, LC_*, …) a
-# recipe may set only with that variation off (rebuild.variations.ENV_VARIATIONS).
+# recipe may set only with that variation off (rebuild.build.variations.ENV_VARIATIONS).
 RESERVED_ENV = frozenset({"PATH", "HOME", "SOURCE_DATE_EPOCH", "LD_PRELOAD", "LOCPATH",
                           "VIRTUAL_ENV", "DONT_FAKE_MONOTONIC", "NO_FAKE_STAT"})
 RESERVED_ENV_PREFIXES = ("FAKETIME",)
