@@ -91,6 +91,7 @@ def gather_facts(loaded: LoadedRecipe, inputs: Inputs, image: StoredImage, plan:
                           for r in requirements),
         source_date_epoch=plan.source_date_epoch,
         variations={run.name: run.describe() for run in plan.runs},
+        runs={run.name: run.record() for run in plan.runs},
         subjects=tuple(Subject(a.name, a.sha256) for a in artifacts),
         comparison={"reproducible": reproducible, "record": record},
         logs=logs,

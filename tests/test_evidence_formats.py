@@ -23,6 +23,8 @@ from cyclonedx.validation.json import JsonStrictValidator
 
 from rebuild.attest import build_statements, prepare_sbom
 from rebuild.build.image import DebPackage, StoredImage
+from rebuild.build.plan import plan_run
+from rebuild.build.recipe import parse_recipe
 from rebuild.evidence.provenance import (
     BUILD_TYPE,
     BUILDER_ID,
@@ -65,6 +67,10 @@ RECIPE: dict[str, Any] = {
     "check": {"vary": ["all"]},
 }
 
+# Two runs as a build plans them (run b varies the build path and the time zone).
+RUNS = tuple(plan_run(parse_recipe(RECIPE), name, variations, 1700000000)
+             for name, variations in (("a", ()), ("b", ("build_path", "timezone"))))
+
 # Listed out of order on purpose: the outputs must not depend on it.
 FACTS = BuildFacts(
     release="hello-c@1.0.0",
@@ -86,7 +92,8 @@ FACTS = BuildFacts(
     py_packages=(PyPackage("markupsafe", "2.1.5", (sha("markupsafe b"), sha("markupsafe a"))),
                  PyPackage("click", "8.1.7", (sha("click wheel"),))),
     source_date_epoch=1700000000,
-    variations={"a": {}, "b": {"timezone": "GMT-14", "build_path": "/build/a-longer/src"}},
+    variations={run.name: run.describe() for run in reversed(RUNS)},
+    runs={run.name: run.record() for run in reversed(RUNS)},
     subjects=(Subject("usr/bin/hello", sha("hello")),
               Subject("hello-1.0.0.tar.gz", sha("tarball"))),
     comparison={"reproducible": True, "record": "sha256:" + sha("record"), "differences": []},
@@ -107,6 +114,7 @@ def shuffled(facts: BuildFacts) -> BuildFacts:
                           for p in facts.py_packages[::-1]),
         subjects=facts.subjects[::-1],
         variations=dict(reversed(list(facts.variations.items()))),
+        runs=dict(reversed(list(facts.runs.items()))),
         logs=dict(reversed(list(facts.logs.items()))),
     )
 

@@ -62,6 +62,22 @@ CASES = {
         GOOD.replace('outputs = ["r"]', 'outputs = ["r"]\nenv = { PATH = "/x" }'),
         ["build.env", "PATH is set by rebuild"]),
     "not toml": ("[recipe\nname=", ["not valid TOML"]),
+    # A variable a variation sets would cancel it while the record said it ran.
+    "env cancels the timezone variation": (
+        GOOD.replace('outputs = ["r"]', 'outputs = ["r"]\nenv = { TZ = "UTC" }'),
+        ["build.env.TZ", "timezone variation", '"-timezone"']),
+    "env cancels the locale variation": (
+        GOOD.replace('outputs = ["r"]', 'outputs = ["r"]\nenv = { LC_ALL = "C", LANG = "C" }'),
+        ["build.env.LANG", "build.env.LC_ALL", "locale variation", '"-locale"']),
+    "env overridden by the locale variation": (
+        GOOD.replace('outputs = ["r"]', 'outputs = ["r"]\nenv = { LC_COLLATE = "C" }'),
+        ["build.env.LC_COLLATE", "locale variation"]),
+    "libfaketime setting": (
+        GOOD.replace('outputs = ["r"]', 'outputs = ["r"]\nenv = { FAKETIME_ONLY_CMDS = "x" }'),
+        ["build.env", "FAKETIME_ONLY_CMDS is set by rebuild"]),
+    "vary nothing": (GOOD + '\n[check]\nvary = []\n', ["check.vary", "varies nothing"]),
+    "vary nothing after removals": (
+        GOOD + '\n[check]\nvary = ["time", "-time"]\n', ["check.vary", "varies nothing"]),
 }
 
 

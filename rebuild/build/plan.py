@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
 
 from rebuild.build.limits import DEFAULT as DEFAULT_LIMITS
 from rebuild.build.limits import Limits
@@ -16,6 +18,10 @@ from rebuild.build.variations import RunSettings, apply_variations, describe
 
 # Where the sandbox mounts rebuild's own helpers inside every container (read-only).
 FAKETIME_LIB = "/usr/lib/rebuild/faketime/libfaketime.so.1"
+# A tmpfs of its own (not /tmp, which a build may clean): the run's clock offset, written
+# when the command starts and read by libfaketime in every process (FAKETIME_TIMESTAMP_FILE).
+CLOCK_DIR = "/usr/lib/rebuild/clock"
+CLOCK_FILE = f"{CLOCK_DIR}/faketimerc"
 LOCALE_DIR = "/usr/lib/rebuild/locale"
 OUT_DIR = "/out"
 # A build with a python_lock: the wheels and the lock are mounted here (read-only), and are
@@ -57,11 +63,30 @@ class RunPlan:
         steps = ['umask "$0"']
         if self.wheels is not None:  # a python_lock: its venv, with exactly the locked wheels
             steps += [CREATE_VENV, INSTALL_WHEELS] if self.wheels else [CREATE_VENV]
-        script = " && ".join([*steps, 'exec "$@"'])
-        return ("/bin/sh", "-c", script, self.settings.umask, *self.command)
+        script = " && ".join([*steps, START_CLOCK, 'shift', 'exec "$@"'])
+        return ("/bin/sh", "-c", script, self.settings.umask, str(self.settings.clock),
+                *self.command)
 
     def describe(self) -> dict[str, str]:
         return describe(self.variations)
+
+    def record(self) -> dict[str, Any]:
+        """What this run had, as the signed provenance states it (docs/build-type.md): the
+        container's settings and its whole environment (Docker adds HOSTNAME, libfaketime
+        FAKETIME_SHARED for its child processes)."""
+        s = self.settings
+        return {
+            "variations": list(self.variations),
+            "clock": datetime.fromtimestamp(s.clock, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "build_path": s.build_path,
+            "hostname": s.hostname,
+            "domainname": s.domainname,
+            "umask": s.umask,
+            "user": self.user,
+            "cpuset": s.cpuset if s.cpuset is not None else "all",
+            "file_order": "shuffled" if s.shuffle_dirents else "natural",
+            "env": dict(sorted(self.env.items())),
+        }
 
 
 @dataclass(frozen=True)
@@ -75,6 +100,27 @@ class BuildPlan:
     limits: Limits = DEFAULT_LIMITS
 
 
+# Starts the run's clock at the instant in "$1" (seconds since the epoch), just before the
+# command runs.
+#
+# libfaketime's start-at mode (FAKETIME="@…") parses its instant with strptime and mktime in
+# every process before main(); mktime reads TZ and glibc then keeps that time zone, so a
+# program that sets TZ itself and relies on the first localtime_r to read it (coreutils
+# `date -u` puts TZ=UTC0 and never calls tzset) formats in the run's TZ: under the timezone
+# variation `date -u -d @$SOURCE_DATE_EPOCH` came out 14 hours off. Relative mode
+# (FAKETIME="+N.NNNNNNNNN") parses a number only, so the clock and TZ stay apart. The offset
+# is taken inside the container from the real clock, in nanoseconds (LD_PRELOAD emptied:
+# that date must read the real clock), so the command starts at the instant and every
+# process sees the clock run on from there: run a's clock is pinned, as before.
+START_CLOCK = (
+    'rebuild_now=$(LD_PRELOAD= date +%s%N) && case "$rebuild_now" in '
+    "''|*[!0-9]*) echo 'rebuild: cannot read the clock (date +%s%N)' >&2; exit 125;; esac "
+    '&& rebuild_d=$(($1 * 1000000000 - rebuild_now)) && rebuild_s=+ && '
+    'if [ "$rebuild_d" -lt 0 ]; then rebuild_s=- rebuild_d=$((-rebuild_d)); fi && '
+    "printf '%s%d.%09d\\n' \"$rebuild_s\" $((rebuild_d / 1000000000)) "
+    f"$((rebuild_d % 1000000000)) > {CLOCK_FILE} && unset rebuild_now rebuild_d rebuild_s")
+
+
 def run_environment(settings: RunSettings, source_date_epoch: int,
                     recipe_env: Mapping[str, str]) -> dict[str, str]:
     """The complete environment of a run: nothing from the caller's environment leaks in."""
@@ -86,10 +132,10 @@ def run_environment(settings: RunSettings, source_date_epoch: int,
         "LANG": settings.locale,
         "LC_ALL": settings.locale,
         "LOCPATH": LOCALE_DIR,
-        # libfaketime, start-at mode: each process starts at this instant (design.md, "time").
+        # libfaketime, relative mode: the offset is in CLOCK_FILE (start_clock), the same
+        # path in every run, so the environment a build sees does not follow the real clock.
         "LD_PRELOAD": FAKETIME_LIB,
-        "FAKETIME": f"@{settings.clock}",
-        "FAKETIME_FMT": "%s",
+        "FAKETIME_TIMESTAMP_FILE": CLOCK_FILE,
         "FAKETIME_DONT_FAKE_MONOTONIC": "1",
     }
     env.update(recipe_env)

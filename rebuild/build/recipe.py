@@ -29,7 +29,7 @@ from pydantic import (
 
 from rebuild.build.limits import DEFAULT as DEFAULT_LIMITS
 from rebuild.build.limits import Limits, parse_size
-from rebuild.build.variations import select_variations
+from rebuild.build.variations import BY_NAME, controlling_variation, select_variations
 from rebuild.errors import UsageError
 
 NAME_RE = r"^[a-z0-9][a-z0-9._-]*$"
@@ -45,10 +45,17 @@ MIN_MEMORY, MAX_MEMORY = 6 << 20, 1 << 40
 MAX_TIMEOUT = 7 * 24 * 3600  # a week: longer is a typo, and overflows the engine's wait
 # 9999-12-31T23:59:59Z: the last instant a timestamp in provenance or a tar header can name.
 MAX_EPOCH = 253402300799
-# Set by rebuild itself; a recipe may not override them (TZ, LANG and LC_ALL it may).
+# Set by rebuild for every run (the sandbox, the clock, a python_lock's venv); a recipe may
+# never set them. Every libfaketime setting is reserved: FAKETIME_ONLY_CMDS, say, would stop
+# the time variation for most of the build. Variables a variation sets (TZ, LANG, LC_*, …) a
+# recipe may set only with that variation off (rebuild.build.variations.ENV_VARIATIONS).
 RESERVED_ENV = frozenset({"PATH", "HOME", "SOURCE_DATE_EPOCH", "LD_PRELOAD", "LOCPATH",
-                          "FAKETIME", "FAKETIME_FMT",
-                          "FAKETIME_DONT_FAKE_MONOTONIC"})
+                          "VIRTUAL_ENV", "DONT_FAKE_MONOTONIC", "NO_FAKE_STAT"})
+RESERVED_ENV_PREFIXES = ("FAKETIME",)
+
+
+def is_reserved_env(key: str) -> bool:
+    return key in RESERVED_ENV or key.startswith(RESERVED_ENV_PREFIXES)
 
 
 class _Strict(BaseModel):
@@ -160,7 +167,7 @@ class Build(_Strict):
     @field_validator("env")
     @classmethod
     def _not_reserved(cls, env: dict[str, str]) -> dict[str, str]:
-        taken = sorted(RESERVED_ENV & env.keys())
+        taken = sorted(k for k in env if is_reserved_env(k))
         if taken:
             raise ValueError(f"{', '.join(taken)} is set by rebuild for every run; remove it")
         for key, value in env.items():
@@ -183,9 +190,14 @@ class Check(_Strict):
     @classmethod
     def _known(cls, vary: tuple[str, ...]) -> tuple[str, ...]:
         try:
-            select_variations(vary)
+            chosen = select_variations(vary)
         except UsageError as exc:
             raise ValueError(str(exc).removeprefix("[check] vary: ")) from None
+        if not chosen:
+            # Two identical runs agreeing proves nothing a verdict of "reproducible" claims.
+            raise ValueError(f"{list(vary)} varies nothing, so run b would be a copy of run a "
+                             "and the twin build would prove nothing; name at least one "
+                             "variation (vary = [\"all\"] is the default)")
         return vary
 
 
@@ -299,9 +311,30 @@ def parse_toml(text: bytes, source: str) -> dict[str, Any]:
 
 def parse_recipe(data: dict[str, Any], *, source: str = "<recipe>") -> Recipe:
     try:
-        return Recipe.model_validate(data)
+        recipe = Recipe.model_validate(data)
     except ValidationError as exc:
         raise UsageError(format_validation_error(exc, Recipe, source)) from None
+    _refuse_cancelled_variations(recipe, source)
+    return recipe
+
+
+def _refuse_cancelled_variations(recipe: Recipe, source: str) -> None:
+    """A [build] env key that an enabled variation sets would make run b run without that
+    variation while the console, the record and `show` said it was varied: refuse it, and
+    say how to turn the variation off instead (then the record says so)."""
+    enabled = set(recipe.variations)
+    lines = []
+    for key in sorted(recipe.build.env):
+        name = controlling_variation(key)
+        if name in enabled:
+            lines.append(
+                f"{source}: build.env.{key}: {key} belongs to the {name} variation (run b: "
+                f"{BY_NAME[name].shown}); set here, it would cancel that variation (or be "
+                f"silently overridden) while the record said it ran; remove {key}, or turn "
+                f"the variation off: "
+                f"[check] vary = [\"all\", \"-{name}\"]")
+    if lines:
+        raise UsageError("\n".join(lines))
 
 
 def format_validation_error(exc: ValidationError, model: type[BaseModel], source: str) -> str:

@@ -39,7 +39,7 @@ import urllib3.exceptions
 
 from rebuild import runtime
 from rebuild.build.limits import HeadTail
-from rebuild.build.plan import FAKETIME_LIB, LOCALE_DIR, OUT_DIR, WHEELS_DIR, RunPlan
+from rebuild.build.plan import CLOCK_DIR, FAKETIME_LIB, LOCALE_DIR, OUT_DIR, WHEELS_DIR, RunPlan
 from rebuild.build.variations import BY_NAME
 from rebuild.errors import BuildFailed, EnvironmentProblem
 
@@ -367,7 +367,9 @@ class Sandbox:
             "memswap_limit": plan.memory,
             "pids_limit": plan.pids_limit,
             "cpuset_cpus": s.cpuset,
-            "tmpfs": {"/tmp": tmpfs_opts, s.home: tmpfs_opts},
+            # The clock's offset (plan.start_clock) is written there by the build's user.
+            "tmpfs": {"/tmp": tmpfs_opts, s.home: tmpfs_opts,
+                      CLOCK_DIR: "rw,noexec,nosuid,nodev,size=64k,mode=1777"},
             "volumes": {
                 str(build_dir): {"bind": s.build_path, "mode": "rw"},
                 str(out): {"bind": OUT_DIR, "mode": "rw" if writable_out else "ro"},

@@ -21,8 +21,9 @@ BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 class RunSettings:
     """Everything about a run's environment that a variation may change."""
 
-    # libfaketime start-at instant, seconds since the epoch (2030-01-01T00:00:00Z): every
-    # process starts at this time. An epoch, not a date, so that TZ cannot move it.
+    # The instant the recipe's command starts at, seconds since the epoch
+    # (2030-01-01T00:00:00Z); the clock runs on from there (libfaketime, relative mode: see
+    # rebuild.build.plan.start_clock).
     clock: int = 1893456000
     build_path: str = "/build/src"
     hostname: str = "rebuild"
@@ -68,6 +69,22 @@ VARIATIONS: tuple[Variation, ...] = (
 )
 NAMES: tuple[str, ...] = tuple(v.name for v in VARIATIONS)
 BY_NAME: Mapping[str, Variation] = {v.name: v for v in VARIATIONS}
+
+
+# Environment variables a variation sets (in run b, and pinned in run a). A recipe that set
+# one in [build] env would cancel that variation while the record said it ran, so it may
+# set one only when the variation is off (rebuild.recipe). LANGUAGE outranks LC_ALL for
+# messages; any other LC_* is overridden by LC_ALL, so setting it would silently do nothing.
+# HOSTNAME is the variable Docker sets to the container's host name.
+ENV_VARIATIONS: Mapping[str, str] = {
+    "TZ": "timezone", "LANG": "locale", "LC_ALL": "locale", "LANGUAGE": "locale",
+    "HOSTNAME": "hostname", "REBUILD_VARIATION": "env",
+}
+
+
+def controlling_variation(key: str) -> str | None:
+    """The variation that sets the environment variable `key`, if any."""
+    return ENV_VARIATIONS.get(key) or ("locale" if key.startswith("LC_") else None)
 
 
 def select_variations(vary: Iterable[str], *, where: str = "[check] vary") -> tuple[str, ...]:

@@ -80,6 +80,8 @@ class BuildFacts:
     py_packages: tuple[PyPackage, ...]
     source_date_epoch: int
     variations: Mapping[str, Mapping[str, str]]  # run name -> {variation: what that run got}
+    # run name -> the settings and environment that run had (RunPlan.record)
+    runs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     subjects: tuple[Subject, ...]
     comparison: Mapping[str, Any]  # {"reproducible": bool, "record": "sha256:…", …}
     logs: Mapping[str, str]  # run name -> "sha256:<hex>" of its log
@@ -119,6 +121,7 @@ def make_provenance(facts: BuildFacts) -> dict[str, Any]:
             "externalParameters": external,
             "internalParameters": {
                 "variations": plain_json(facts.variations),
+                "runs": plain_json(facts.runs),
                 "source_date_epoch": facts.source_date_epoch,
             },
             "resolvedDependencies": [resource_descriptor(d) for d in dependencies],

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from securesystemslib.signer import SSlibKey  # type: ignore[attr-defined]
 
 from rebuild.build.recipe import format_validation_error, parse_toml
+from rebuild.build.variations import select_variations
 from rebuild.errors import RebuildError, UsageError
 from rebuild.evidence.sign import KeylessIdentity, load_public_key
 from rebuild.release.verify import Policy
@@ -36,6 +37,8 @@ class LogRule(_Strict):
 class PolicyRules(_Strict):
     builder_keys: tuple[str, ...] = Field(min_length=1)  # .pub files, relative to the policy
     reproducible: bool = True
+    # What run b must have varied for a match to count (`["all", "-cpus"]` style; README).
+    variations: tuple[str, ...] = ("all",)
     sbom: bool = True
     tests: bool = False
     verdicts: int = Field(default=0, ge=0)  # PASSED QA verdicts, each from another qa key
@@ -57,6 +60,11 @@ def load_policy(path: Path) -> Policy:
         raise UsageError(f"{path}: cannot read the policy ({exc.strerror})") from None
     except ValidationError as exc:
         raise UsageError(format_validation_error(exc, PolicyFile, str(path))) from None
+    variations = select_variations(rules.variations, where=f"{path}: policy.variations")
+    if rules.reproducible and not variations:
+        raise UsageError(f"{path}: policy.variations = {list(rules.variations)} requires no "
+                         "variation, so a twin build of two identical runs would pass; name "
+                         "at least one, or leave the key out (all twelve)")
     if rules.verdicts and not rules.qa_keys:
         raise UsageError(f"{path}: policy.verdicts = {rules.verdicts} needs policy.qa_keys: "
                          "whose verdicts count")
@@ -78,7 +86,7 @@ def load_policy(path: Path) -> Policy:
     return Policy(keys("builder_keys", rules.builder_keys), rules.reproducible, rules.sbom,
                   rules.tests, rules.verdicts, keys("qa_keys", rules.qa_keys),
                   {a.role: keys(f"approvals[{a.role}].keys", a.keys) for a in rules.approvals},
-                  log_key=log_key)
+                  variations=variations, log_key=log_key)
 
 
 

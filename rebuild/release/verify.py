@@ -17,6 +17,7 @@ from typing import Any
 from securesystemslib.signer import SSlibKey  # type: ignore[attr-defined]
 
 from rebuild.build.limits import BundleLimits
+from rebuild.build.variations import NAMES
 from rebuild.errors import ClaimFailed, StoreError
 from rebuild.evidence.provenance import (
     BUILD_TYPE,
@@ -59,6 +60,9 @@ class Policy:
     qa_keys: tuple[SSlibKey, ...] = ()
     approvals: Mapping[str, tuple[SSlibKey, ...]] = field(default_factory=dict)
     keyless: tuple[KeylessIdentity, ...] = ()  # trusted keyless builders (Fulcio identities)
+    # With `reproducible`: the variations run b must have had, read from the signed
+    # provenance. The default is the recipe default, all twelve (README, "Policies").
+    variations: tuple[str, ...] = NAMES
     log_key: NoteVerifier | None = None  # when set, the release's records must be logged
 
 
@@ -452,3 +456,21 @@ def _check_provenance(statement: Mapping[str, Any], policy: Policy, report: Repo
         reproducible = comparison.get("annotations", {}).get("reproducible") is True
         report.add("twin build", reproducible, "both runs gave identical artifacts"
                    if reproducible else "the twin build did not match")
+        _check_variations(predicate, policy, report)
+
+
+def _check_variations(predicate: Mapping[str, Any], policy: Policy, report: Report) -> None:
+    """A match means as much as the variations run b had: the signed record must show every
+    variation the policy requires (a recipe could turn some off with [check] vary)."""
+    runs = predicate.get("buildDefinition", {}).get("internalParameters", {}).get(
+        "variations", {})
+    run_b = runs.get("b") if isinstance(runs, Mapping) else None
+    varied: set[str] = set(run_b) if isinstance(run_b, Mapping) else set()
+    missing = [n for n in policy.variations if n not in varied]
+    shown = ", ".join(n for n in NAMES if n in varied) or "nothing"
+    report.add("variations", not missing,
+               f"run b varied {len(varied & set(NAMES))} of {len(NAMES)} ({shown})"
+               if not missing else
+               f"run b did not vary {', '.join(missing)}, which the policy requires "
+               f"(signed record: {shown}); rebuild with those variations, or accept "
+               f"fewer with policy.variations")

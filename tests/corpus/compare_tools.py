@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.corpus.corpus import (  # noqa: E402
     CORPUS,
+    MUST_PASS,
     Entry,
     Verdict,
     load_entries,
@@ -101,8 +102,51 @@ def measure_gaps(images: dict[str, str], store: Path, workdir: Path,
     return gaps
 
 
+# Measured once, not by this script: the must-pass set built by the code before the clock
+# moved to libfaketime's relative mode (start-at mode, FAKETIME="@<epoch>").
+START_AT_MEASUREMENT = (
+    "Before the clock moved to relative mode, measured on 2026-11-30 with the previous "
+    "commit on the same nine builds, rebuild passed 6/9: shell-date, make-date and gzip-n "
+    "(each formats SOURCE_DATE_EPOCH with `date -u -d @…`) were reported NOT reproducible, "
+    "caused by timezone, because start-at mode made `date -u` follow TZ.")
+
+
+def render_must_pass(rows: Sequence[Row]) -> list[str]:
+    """The must-pass section: correct builds, so any verdict but reproducible is false."""
+    if not rows:
+        return []
+
+    def passed(pick: Callable[[Row], Verdict]) -> int:
+        return sum(not pick(r).detected for r in rows)
+
+    return [
+        "",
+        "## Must pass: correct builds, written the documented way",
+        "",
+        "tests/corpus/must-pass/ holds builds that honour SOURCE_DATE_EPOCH exactly as "
+        "reproducible-builds.org documents it for each tool (shell `date -u -d @…`, Make "
+        "`$(shell date -u -d …)`, Perl gmtime, Python aware UTC datetimes and time.gmtime, gcc "
+        "`__DATE__`/`__TIME__`, tar --sort/--mtime/--owner, gzip -n, zip -X with clamped times, "
+        "Python zipfile). Any verdict but reproducible is a false alarm. CMake's "
+        "string(TIMESTAMP) is not covered: neither base image has cmake.",
+        "",
+        "| | rebuild | reprotest |",
+        "|---|---|---|",
+        f"| passed (no false alarm) | {passed(lambda r: r.rebuild)}/{len(rows)} | "
+        f"{passed(lambda r: r.reprotest)}/{len(rows)} |",
+        "",
+        "| entry | what | rebuild | s | reprotest | s |",
+        "|---|---|---|---|---|---|",
+        *(f"| {r.entry.name} | {r.entry.description} | {_mark(r.entry, r.rebuild)} "
+          f"{_show(r.rebuild)} | {r.rebuild.seconds:.1f} | {_mark(r.entry, r.reprotest)} "
+          f"{_show(r.reprotest)} | {r.reprotest.seconds:.1f} |" for r in rows),
+        "",
+        START_AT_MEASUREMENT,
+    ]
+
+
 def render_results(rows: Sequence[Row], gaps: Sequence[Gap], started: datetime,
-                   seconds: float) -> str:
+                   seconds: float, must_pass: Sequence[Row] = ()) -> str:
     n = len(rows)
     unrepro = [r for r in rows if not r.entry.reproducible]
     clean = [r for r in rows if r.entry.reproducible]
@@ -192,6 +236,7 @@ def render_results(rows: Sequence[Row], gaps: Sequence[Gap], started: datetime,
             "",
             AB_MEASUREMENT,
         ]
+    lines += render_must_pass(must_pass)
     if gaps:
         lines += [
             "",
@@ -255,6 +300,8 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=[], help="entry names")
     parser.add_argument("--out", type=Path, default=CORPUS / "RESULTS.md")
     parser.add_argument("--no-gaps", action="store_true", help="skip tests/corpus/gaps")
+    parser.add_argument("--no-must-pass", action="store_true",
+                        help="skip tests/corpus/must-pass")
     args = parser.parse_args()
     if shutil.which("reprotest") is None:
         sys.exit("reprotest is not installed: apt-get install -y reprotest")
@@ -267,8 +314,12 @@ def main() -> None:
         store = Path(tmp) / "store"
         seed_store(store)
         rows = compare_corpus(entries, images, store, Path(tmp))
+        correct = [] if args.no_must_pass else compare_corpus(
+            [e for e in load_entries(MUST_PASS) if not args.only or e.name in args.only],
+            images, store, Path(tmp))
         gaps = [] if args.no_gaps else measure_gaps(images, store, Path(tmp))
-    args.out.write_text(render_results(rows, gaps, started, time.monotonic() - clock))
+    args.out.write_text(render_results(rows, gaps, started, time.monotonic() - clock,
+                                       correct))
     print(f"wrote {args.out}")
     subprocess.run(["sed", "-n", "/## Summary/,/## Per entry/p", str(args.out)], check=False)
 

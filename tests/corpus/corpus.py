@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 CORPUS = Path(__file__).resolve().parent
+# Correct builds, each written as reproducible-builds.org documents its tool: must pass.
+MUST_PASS = CORPUS / "must-pass"
 IMAGES = ("minimal", "c")
 EXPECT_KEYS = {"description", "fix", "image", "reproducible", "variations", "inherent",
                "outputs", "artifacts"}

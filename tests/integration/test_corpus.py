@@ -14,9 +14,12 @@ import pytest
 
 from rebuild.build.explain import HINTS, INHERENT
 from rebuild.build.variations import NAMES
-from tests.corpus.corpus import Entry, load_entries, run_rebuild_entry
+from tests.corpus.corpus import MUST_PASS, Entry, load_entries, run_rebuild_entry
 
 ENTRIES = load_entries()
+# Correct builds written the way reproducible-builds.org documents SOURCE_DATE_EPOCH: any
+# verdict but reproducible is a false alarm.
+CORRECT = load_entries(MUST_PASS)
 
 
 def test_the_corpus_covers_every_variation_and_has_clean_entries() -> None:
@@ -48,3 +51,22 @@ def test_entry_verdict_and_culprits(entry: Entry, minimal_image: str, c_image: s
     if entry.inherent:
         assert verdict.inherent, log
         assert all(d["hints"] == [HINTS[INHERENT]] for d in differences), log
+
+
+def test_the_must_pass_set_holds_only_correct_builds() -> None:
+    assert len(CORRECT) >= 8
+    for entry in CORRECT:
+        assert entry.reproducible and not entry.variations and not entry.inherent, entry.name
+        assert (entry.path / "build.sh").is_file(), entry.name
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("entry", CORRECT, ids=[e.name for e in CORRECT])
+def test_documented_idiom_is_reproducible_under_all_twelve(entry: Entry, minimal_image: str,
+                                                           c_image: str, store: Path,
+                                                           tmp_path: Path) -> None:
+    image = {"minimal": minimal_image, "c": c_image}[entry.image]
+    verdict = run_rebuild_entry(entry, image, store, tmp_path)
+    log = verdict.raw["stderr"]
+    assert not verdict.detected, (verdict.per_artifact, log)
+    assert sorted(verdict.raw["runs"][1]["variations"]) == sorted(NAMES), log

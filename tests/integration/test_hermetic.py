@@ -68,7 +68,7 @@ def test_no_network_but_lo(minimal_image: str, write_recipe: RecipeWriter, store
 def test_caller_environment_does_not_leak(minimal_image: str, write_recipe: RecipeWriter,
                                           store: Path) -> None:
     secret = "s3cr3t-value-from-the-caller"
-    result = run_rebuild("build", write_recipe(minimal_image, "env | sort > /out/r", vary=[]),
+    result = run_rebuild("build", write_recipe(minimal_image, "env | sort > /out/r", vary=["cpus"]),
                          "--json",
                          store=store, env={"REBUILD_TEST_SECRET": secret, "AWS_SECRET": secret})
     assert result.code == 0, result.stderr
@@ -77,7 +77,7 @@ def test_caller_environment_does_not_leak(minimal_image: str, write_recipe: Reci
     names = {line.split("=", 1)[0] for line in env.splitlines()}
     assert "SOURCE_DATE_EPOCH=1700000000" in env.splitlines()
     assert names <= {"PATH", "HOME", "SOURCE_DATE_EPOCH", "TZ", "LANG", "LC_ALL", "LOCPATH",
-                     "LD_PRELOAD", "FAKETIME", "FAKETIME_FMT", "FAKETIME_DONT_FAKE_MONOTONIC",
+                     "LD_PRELOAD", "FAKETIME_TIMESTAMP_FILE", "FAKETIME_DONT_FAKE_MONOTONIC",
                      "FAKETIME_SHARED",  # set by libfaketime itself for child processes
                      "HOSTNAME", "PWD", "SHLVL", "_", "OLDPWD"}
 
@@ -89,7 +89,7 @@ def test_writes_outside_out_and_tmp_fail(minimal_image: str, write_recipe: Recip
     script = "{ " + "; ".join(f'if touch {t} 2>/dev/null; then echo "{t} written"; '
                               f'else echo "{t} refused"; fi' for t in targets) + "; } > /out/r"
     script += "; id -u >> /out/r; grep -E '^Cap(Eff|Prm|Bnd):' /proc/self/status >> /out/r"
-    result = run_rebuild("build", write_recipe(minimal_image, script, vary=[]), "--json",
+    result = run_rebuild("build", write_recipe(minimal_image, script, vary=["cpus"]), "--json",
                          store=store)
     assert result.code == 0, result.stderr
     lines = artifact(store, result.json, "r").splitlines()
@@ -104,14 +104,14 @@ def test_memory_limit_stops_a_greedy_build(minimal_image: str, write_recipe: Rec
                                            store: Path) -> None:
     # memory = "512m" in the test recipes: a 1 GiB buffer cannot be had.
     script = "dd if=/dev/zero of=/dev/null bs=1G count=1 && echo done > /out/r"
-    result = run_rebuild("build", write_recipe(minimal_image, script, vary=[]), store=store)
+    result = run_rebuild("build", write_recipe(minimal_image, script, vary=["cpus"]), store=store)
     assert result.code == 4, result.stderr
 
 
 def test_pids_limit(minimal_image: str, write_recipe: RecipeWriter, store: Path) -> None:
     script = ("{ cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max; } "
               "> /out/r")
-    result = run_rebuild("build", write_recipe(minimal_image, script, vary=[]), "--json",
+    result = run_rebuild("build", write_recipe(minimal_image, script, vary=["cpus"]), "--json",
                          store=store)
     assert result.code == 0, result.stderr
     assert artifact(store, result.json, "r").strip() == "1024"
