@@ -24,12 +24,16 @@ from rebuild.attest import (
     prepare_sbom,
 )
 from rebuild.compare import (
+    COMPARED,
     Artifact,
     Difference,
     collect_outputs,
     compare_artifacts,
     diff_reports,
+    differing_properties,
+    format_mode,
     keep_outputs,
+    parse_mode,
 )
 from rebuild.errors import BuildFailed, ClaimFailed, StoreError
 from rebuild.explain import Blame, Explanation, explain_differences
@@ -61,6 +65,9 @@ RECORD_MEDIA = "application/vnd.rebuild.comparison.v1+json"
 LOG_MEDIA = "text/plain; charset=utf-8"
 HTML_MEDIA = "text/html; charset=utf-8"
 JSON_MEDIA = "application/json"
+# Release layer annotations: a link's target, a file's permission bits ("0755").
+LINK_ANN = "dev.rebuild.link"
+MODE_ANN = "dev.rebuild.mode"
 
 Log = Callable[[str], None]
 
@@ -81,10 +88,17 @@ class DifferenceReport:
                "explained": self.blame is not None,
                "hints": list(self.blame.hints) if self.blame else [],
                "a": self.difference.a.sha256 if self.difference.a else None,
-               "b": self.difference.b.sha256 if self.difference.b else None}
+               "b": self.difference.b.sha256 if self.difference.b else None,
+               "differs": list(self.differs)}
         if self.blame is not None and self.blame.note:
             out["note"] = self.blame.note
         return out
+
+    @property
+    def differs(self) -> tuple[str, ...]:
+        """The properties that differ (`compare.COMPARED`); ("presence",) when one run lacks it."""
+        a, b = self.difference.a, self.difference.b
+        return ("presence",) if a is None or b is None else differing_properties(a, b)
 
 
 @dataclass(frozen=True)
@@ -109,6 +123,7 @@ class BuildOutcome:
             **({"explain": self.explanation.to_json()} if self.explanation else {}),
             "release": self.release,
             "reproducible": self.reproducible,
+            "compared": list(COMPARED),
             "artifacts": [a.to_json() for a in self.artifacts],
             "runs": [{"name": plan.name, "variations": plan.describe(),
                       "exit_code": result.exit_code, "seconds": round(result.seconds, 3)}
@@ -224,14 +239,16 @@ def twin_build(loaded: LoadedRecipe, store: Store, *, cache_dir: Path,
 
 
 def release_artifacts(store: Store, release: Descriptor) -> list[Artifact]:
-    """The artifacts a stored release records (name, digest, size), as the store has them."""
+    """The artifacts a stored release records (name, digest, size, link or mode), as the store
+    has them; `mode` is None in a release stored before modes were recorded."""
     artifacts = []
     for layer in store.read_json(release.digest)["layers"]:
         path = store.blob_path(layer["digest"])
-        link = layer.get("annotations", {}).get("dev.rebuild.link")
-        artifacts.append(Artifact(layer["annotations"][TITLE],
-                                  layer["digest"].removeprefix("sha256:"), layer["size"],
-                                  path, link))
+        annotations = layer.get("annotations", {})
+        mode = annotations.get(MODE_ANN)
+        artifacts.append(Artifact(annotations[TITLE], layer["digest"].removeprefix("sha256:"),
+                                  layer["size"], path, annotations.get(LINK_ANN),
+                                  None if mode is None else parse_mode(mode)))
     return artifacts
 
 
@@ -316,7 +333,9 @@ def _store_release(store: Store, plan: BuildPlan, artifacts: Sequence[Artifact])
             digest, size = store.put_bytes(artifact.link.encode())
         annotations = {TITLE: artifact.name}
         if artifact.link is not None:
-            annotations["dev.rebuild.link"] = artifact.link
+            annotations[LINK_ANN] = artifact.link
+        if artifact.mode is not None:
+            annotations[MODE_ANN] = format_mode(artifact.mode)
         layers.append(Descriptor("application/octet-stream", digest, size, annotations))
     release = store.put_artifact(RELEASE_TYPE, layers, annotations={
         RELEASE_ANN: plan.release, "org.opencontainers.image.created":
@@ -353,6 +372,7 @@ def _store_attempt(store: Store, plan: BuildPlan, inputs: Descriptor,
         "image": plan.image,
         "inputs": inputs.digest,
         "source_date_epoch": plan.source_date_epoch,
+        "compared": list(COMPARED),
         "runs": [{"name": run.name, "variations": run.describe(), "exit_code": r.exit_code,
                   "timed_out": r.timed_out, "log": log}
                  for run, r, log in zip(plan.runs, results, logs, strict=True)],

@@ -208,7 +208,7 @@ def test_a_missing_output_and_a_link_get_notes_in_every_format(tmp_path: Path) -
     assert json.loads(reports.json)["comments"] == ["f: only run a produced this output"]
     link = Artifact("l", "0" * 64, 1, tmp_path / "l", "target-a")
     other = Artifact("l", "1" * 64, 1, tmp_path / "l", "target-b")
-    assert b"link b -> target-b" in diff_reports(Difference("l", link, other)).text
+    assert b"b: symbolic link -> target-b" in diff_reports(Difference("l", link, other)).text
 
 
 # -- the CLI against the engine -------------------------------------------------------------
