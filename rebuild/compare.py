@@ -540,13 +540,16 @@ def _copy_tree_unprivileged(src: Path, target: Path) -> None:
             st = (here / name).lstat()
             if stat.S_ISLNK(st.st_mode):
                 (there / name).symlink_to((here / name).readlink())
+                os.utime(there / name, ns=(st.st_atime_ns, st.st_mtime_ns),
+                         follow_symlinks=False)
             elif stat.S_ISDIR(st.st_mode):
                 (there / name).mkdir(mode=0o700)
                 (there / name).chmod((stat.S_IMODE(st.st_mode) & KEEP_MODE_MASK) | 0o700)
             elif stat.S_ISREG(st.st_mode):
-                # O_NOFOLLOW: the build may still swap a file for a link to a host file.
+                # O_NOFOLLOW: never read through a link to a host file, whatever lstat saw.
                 fd = os.open(here / name, os.O_RDONLY | os.O_NOFOLLOW)
                 with os.fdopen(fd, "rb") as f_in, (there / name).open("xb") as f_out:
                     shutil.copyfileobj(f_in, f_out, CHUNK)
                 (there / name).chmod(stat.S_IMODE(st.st_mode) & KEEP_MODE_MASK)
+                os.utime(there / name, ns=(st.st_atime_ns, st.st_mtime_ns))  # as copy2 did
     target.chmod((stat.S_IMODE(src.lstat().st_mode) & KEEP_MODE_MASK) | 0o700)
