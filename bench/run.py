@@ -44,21 +44,22 @@ from typing import Any
 
 from rebuild import __version__
 from rebuild.attest import attach_evidence, build_link, build_statements
-from rebuild.build import LOG_MEDIA, RECORD_MEDIA, iso_time
-from rebuild.cli import OPTIONS
-from rebuild.fetch import TreeEntry, fetch_inputs, hash_tree
-from rebuild.image import StoredImage, find_image, stored_image
-from rebuild.plan import plan_build
-from rebuild.provenance import BuildFacts, Dependency, Subject, digest_set
-from rebuild.recipe import Recipe, load_recipe, parse_image_reference, parse_recipe
-from rebuild.report import release_story
-from rebuild.sandbox import (
+from rebuild.build.image import StoredImage, find_image, stored_image
+from rebuild.build.plan import plan_build
+from rebuild.build.recipe import Recipe, load_recipe, parse_image_reference, parse_recipe
+from rebuild.build.sandbox import (
     Sandbox,
     connect,
     docker_run_line,
 )
-from rebuild.sign import KeySigner, load_public_key, load_signer, passphrase_from_env
-from rebuild.store import (
+from rebuild.build.variations import NAMES
+from rebuild.cli import OPTIONS
+from rebuild.evidence.provenance import BuildFacts, Dependency, Subject, digest_set
+from rebuild.evidence.sign import KeySigner, load_public_key, load_signer, passphrase_from_env
+from rebuild.inputs.fetch import TreeEntry, fetch_inputs, hash_tree
+from rebuild.release.report import release_story
+from rebuild.release.verify import Policy
+from rebuild.store.layout import (
     ATTEMPT_TYPE,
     EPOCH_ANN,
     IMAGE_ID_ANN,
@@ -74,8 +75,7 @@ from rebuild.store import (
     Store,
     canonical_json,
 )
-from rebuild.variations import NAMES
-from rebuild.verify import Policy
+from rebuild.twin import LOG_MEDIA, RECORD_MEDIA, iso_time
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -734,7 +734,7 @@ def fetch_warm(ctx: Context) -> Section:
         name="fetch_warm",
         title="fetch with a warm store (issue 3)",
         method=(f"N={ctx.reps} timed repetitions after one untimed warm-up, interleaved; "
-                "wall seconds of the CLI, and of rebuild.fetch.fetch_inputs alone in the "
+                "wall seconds of the CLI, and of rebuild.inputs.fetch.fetch_inputs alone in the "
                 "bench's process. The first fetch of pyhello is measured once, before the "
                 "others."),
         timings=rows,
@@ -1118,11 +1118,11 @@ def show_10k(ctx: Context) -> Section:
         title="rebuild show in a store of 10,000 releases (issue 6)",
         method=(f"N={ctx.reps} timed repetitions of each after one untimed warm-up, "
                 "interleaved; the first run after seeding once. CLI wall seconds, and the "
-                "call of rebuild.report.release_story alone in the bench's process."),
+                "call of rebuild.release.report.release_story alone in the bench's process."),
         timings=rows,
         verdicts=verdicts,
         commands=(("show", shlex.join(show_cmd)),
-                  ("in-process", f"rebuild.report.release_story(Store({str(store_path)!r}), "
+                  ("in-process", f"rebuild.release.report.release_story(Store({str(store_path)!r}), "
                    f"{release!r}, Policy((load_public_key(ci.pub),)))"),
                   *((f"seed: {argv[3]}", shlex.join(argv)) for argv in setup)),
         notes=(

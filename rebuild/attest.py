@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from rebuild import __version__
-from rebuild.compare import Artifact
-from rebuild.fetch import Inputs, LockedRequirement
-from rebuild.image import StoredImage
-from rebuild.plan import BuildPlan
-from rebuild.provenance import (
+from rebuild.build.compare import Artifact
+from rebuild.build.image import StoredImage
+from rebuild.build.plan import BuildPlan
+from rebuild.build.recipe import LoadedRecipe, parse_image_reference
+from rebuild.evidence.provenance import (
     SBOM_PREDICATE,
     STATEMENT_TYPE,
     BuildFacts,
@@ -30,10 +30,10 @@ from rebuild.provenance import (
     digest_set,
     make_provenance,
 )
-from rebuild.recipe import LoadedRecipe, parse_image_reference
-from rebuild.sbom import DebianPart, make_sbom, render_debian
-from rebuild.sign import KeySigner, StatementSigner
-from rebuild.store import (
+from rebuild.evidence.sbom import DebianPart, make_sbom, render_debian
+from rebuild.evidence.sign import KeySigner, StatementSigner
+from rebuild.inputs.fetch import Inputs, LockedRequirement
+from rebuild.store.layout import (
     BUNDLE_MEDIA,
     EVIDENCE_TYPE,
     KIND,
@@ -118,7 +118,7 @@ def build_link(facts: BuildFacts, command: Sequence[str],
         return None
     # Imported here: in-toto is heavy and only key-signed builds need it (prepare_sbom
     # imports it ahead, while the runs run).
-    from rebuild.intoto import intoto_keyid, link_filename, make_link
+    from rebuild.evidence.intoto import intoto_keyid, link_filename, make_link
 
     materials = {"recipe.toml": facts.recipe_digest, "source.tar": facts.source.annotations[
         "archive"], "image": facts.image.annotations["archive"]}
@@ -187,7 +187,7 @@ def prepare_sbom(image: StoredImage, signer: StatementSigner | None = None
     there too."""
     def prepare() -> DebianPart:
         if isinstance(signer, KeySigner):
-            import rebuild.intoto  # noqa: F401 (loaded ahead for build_link)
+            import rebuild.evidence.intoto  # noqa: F401 (loaded ahead for build_link)
         # gather_facts leaves debian_distro at its default.
         return render_debian(image.packages, BuildFacts.debian_distro)
 

@@ -18,11 +18,11 @@ import typer
 
 from rebuild import __version__
 from rebuild.errors import EnvironmentProblem, ExitCode, RebuildError, StoreError, UsageError
-from rebuild.store import KIND, REF_NAME, RELEASE_ANN, Store
+from rebuild.store.layout import KIND, REF_NAME, RELEASE_ANN, Store
 
 if TYPE_CHECKING:
-    from rebuild.build import BuildOutcome, DifferenceReport
-    from rebuild.sign import StatementSigner
+    from rebuild.evidence.sign import StatementSigner
+    from rebuild.twin import BuildOutcome, DifferenceReport
 
 # The stages are imported by the commands that use them: `rebuild show` or `--version` need
 # neither Docker's SDK nor the recipe models, and start-up time is most of a small command.
@@ -121,8 +121,8 @@ def build(
     trust_config: TrustConfigOpt = None,
 ) -> None:
     """Fetch, build twice with variations, compare, and store the release."""
-    from rebuild.build import twin_build
-    from rebuild.recipe import load_recipe
+    from rebuild.build.recipe import load_recipe
+    from rebuild.twin import twin_build
 
 
     opts = _opts(store, json_out, key)
@@ -149,7 +149,7 @@ def build(
 
 def _signer(opts: Options, what: str = "evidence", *, keyless: bool = False,
             trust_config: Path | None = None) -> StatementSigner | None:
-    from rebuild.sign import KeylessSigner, KeySigner, load_signer, passphrase_from_env
+    from rebuild.evidence.sign import KeylessSigner, KeySigner, load_signer, passphrase_from_env
 
     if keyless and opts.key is not None:
         raise UsageError("--key and --keyless: choose one way to sign")
@@ -176,7 +176,7 @@ def keygen(
     json_out: JsonOpt = False,
 ) -> None:
     """Make a signing key pair; a passphrase is taken from REBUILD_KEY_PASSPHRASE if set."""
-    from rebuild.sign import generate_keypair, passphrase_from_env
+    from rebuild.evidence.sign import generate_keypair, passphrase_from_env
 
     opts = _opts(None, json_out)
     if algorithm not in ("ecdsa-p256", "ed25519"):
@@ -206,7 +206,7 @@ def _difference_line(diff: DifferenceReport) -> str:
 
 
 def _print_outcome(outcome: BuildOutcome, signer: StatementSigner | None) -> None:
-    from rebuild.compare import format_mode
+    from rebuild.build.compare import format_mode
 
     if outcome.reproducible:
         say(f"{outcome.release}: reproducible: {len(outcome.artifacts)} artifact(s) "
@@ -241,7 +241,7 @@ def lock(
     json_out: JsonOpt = False,
 ) -> None:
     """Write the pins (source digest, image digest) into each recipe."""
-    from rebuild.lock import lock_recipe
+    from rebuild.inputs.lock import lock_recipe
 
 
     opts = _opts(store, json_out)
@@ -264,8 +264,8 @@ def fetch(
     json_out: JsonOpt = False,
 ) -> None:
     """Fetch every input (source, wheels) into the store, verifying hashes."""
-    from rebuild.fetch import fetch_inputs
-    from rebuild.recipe import load_recipe
+    from rebuild.build.recipe import load_recipe
+    from rebuild.inputs.fetch import fetch_inputs
 
 
     opts = _opts(store, json_out)
@@ -303,9 +303,9 @@ def image_build(
     json_out: JsonOpt = False,
 ) -> None:
     """Build a base image with mmdebstrap, load it, archive it; print its pinned reference."""
-    from rebuild.fetch import fetch_bytes
-    from rebuild.image import build_image, mirror_release_url
-    from rebuild.sandbox import connect, has_image, load_image
+    from rebuild.build.image import build_image, mirror_release_url
+    from rebuild.build.sandbox import connect, has_image, load_image
+    from rebuild.inputs.fetch import fetch_bytes
 
 
     opts = _opts(store, json_out)
@@ -396,13 +396,13 @@ def approve_cmd(
     from datetime import UTC, datetime
 
     from rebuild.approve import approve
-    from rebuild.policy import keys_policy, load_policy
+    from rebuild.release.policy import keys_policy, load_policy
 
     opts = _opts(store, json_out, key)
     if opts.key is None:
         raise UsageError("an approval must be signed: pass --key PREFIX.key")
     signer = _signer(opts, what="approval")
-    from rebuild.sign import KeySigner
+    from rebuild.evidence.sign import KeySigner
 
     assert isinstance(signer, KeySigner)
     rules = load_policy(policy) if policy else keys_policy(trust or [])
@@ -427,14 +427,14 @@ def show(
         "shown as verified.")] = None,
 ) -> None:
     """The release's story: what, from what, by whom, how checked, who approved."""
-    from rebuild.report import release_story, render_text
-    from rebuild.sign import load_public_key
-    from rebuild.verify import Policy
+    from rebuild.evidence.sign import load_public_key
+    from rebuild.release.report import release_story, render_text
+    from rebuild.release.verify import Policy
 
     opts = _opts(store, json_out)
     keys = key or ([OPTIONS.key] if OPTIONS.key else [])
     if policy is not None:
-        from rebuild.policy import load_policy  # pydantic: only when a policy file is read
+        from rebuild.release.policy import load_policy  # pydantic: only when a policy file is read
 
         rules = load_policy(policy)
     else:
@@ -468,9 +468,9 @@ def verify(
     byte of an exported bundle FILE, then the release inside it (no store needed)."""
     from dataclasses import replace
 
-    from rebuild.policy import keys_policy, load_policy
-    from rebuild.sign import load_keyless_identity
-    from rebuild.verify import verify_bundle_file, verify_release
+    from rebuild.evidence.sign import load_keyless_identity
+    from rebuild.release.policy import keys_policy, load_policy
+    from rebuild.release.verify import verify_bundle_file, verify_release
 
     opts = _opts(store, json_out)
     keys = key or ([OPTIONS.key] if OPTIONS.key else [])
@@ -514,7 +514,7 @@ def export_cmd(
         "to check the evidence for the report; repeatable.")] = None,
 ) -> None:
     """Write one self-contained, byte-reproducible evidence bundle of a release."""
-    from rebuild.export import export_release
+    from rebuild.release.export import export_release
 
     opts = _opts(store, json_out)
     keys = key or ([OPTIONS.key] if OPTIONS.key else [])
@@ -540,7 +540,7 @@ def store_ls(store: StoreOpt = None, json_out: JsonOpt = False) -> None:
     rows = [{"kind": (e.annotations or {}).get(KIND, "?"),
              "name": (e.annotations or {}).get(REF_NAME)
              or (e.annotations or {}).get(RELEASE_ANN)
-             or (e.annotations or {}).get("dev.rebuild.image.ref", ""),
+             or (e.annotations or {}).get("dev.rebuild.build.image.ref", ""),
              "status": (e.annotations or {}).get("dev.rebuild.status", ""),
              "digest": e.digest} for e in st.index()]
     if opts.json:

@@ -22,8 +22,8 @@ from cyclonedx.schema import SchemaVersion
 from cyclonedx.validation.json import JsonStrictValidator
 
 from rebuild.attest import build_statements, prepare_sbom
-from rebuild.image import DebPackage, StoredImage
-from rebuild.provenance import (
+from rebuild.build.image import DebPackage, StoredImage
+from rebuild.evidence.provenance import (
     BUILD_TYPE,
     BUILDER_ID,
     BuildFacts,
@@ -34,14 +34,14 @@ from rebuild.provenance import (
     make_provenance,
     make_test_result,
 )
-from rebuild.sbom import (
+from rebuild.evidence.sbom import (
     SERIAL_NAMESPACE,
     make_sbom,
     render_debian,
     serial_number,
     sort_facts,
 )
-from rebuild.store import canonical_json
+from rebuild.store.layout import canonical_json
 
 GOLDEN = Path(__file__).parent / "golden"
 

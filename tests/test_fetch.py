@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from rebuild.errors import UsageError
-from rebuild.fetch import hash_tree, parse_lock, scan_tree, unpack_archive
+from rebuild.inputs.fetch import hash_tree, parse_lock, scan_tree, unpack_archive
 from tests.conftest import run_rebuild
 from tests.inputs_support import (
     FileServer,

@@ -14,8 +14,7 @@ from typing import Any
 
 import pytest
 
-from rebuild.errors import BuildFailed, EnvironmentProblem, UsageError
-from rebuild.image import (
+from rebuild.build.image import (
     DebPackage,
     ImageDefinition,
     build_rootfs,
@@ -26,6 +25,7 @@ from rebuild.image import (
     read_packages,
     write_docker_archive,
 )
+from rebuild.errors import BuildFailed, EnvironmentProblem, UsageError
 
 REPO = Path(__file__).resolve().parent.parent
 EPOCH = 1700000000

@@ -21,7 +21,7 @@ from in_toto.models.metadata import Envelope  # type: ignore[import-untyped]
 from securesystemslib.signer import Signer, SSlibKey  # type: ignore[attr-defined]
 
 from rebuild.errors import ClaimFailed, UsageError
-from rebuild.intoto import (
+from rebuild.evidence.intoto import (
     IN_TOTO_PAYLOAD_TYPE,
     LAYOUT_FILENAME,
     intoto_keyid,
@@ -30,8 +30,8 @@ from rebuild.intoto import (
     make_link,
     verify_chain,
 )
-from rebuild.sign import generate_keypair, load_public_key, load_signer
-from rebuild.store import canonical_json
+from rebuild.evidence.sign import generate_keypair, load_public_key, load_signer
+from rebuild.store.layout import canonical_json
 from tests.conftest import ROOT
 
 ALGORITHMS = ["ecdsa-p256", "ed25519"]  # in-toto verifies both (and RSA, which rebuild refuses)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import tomllib
 
-from rebuild.plan import VENV_DIR, WHEELS_DIR, plan_build
-from rebuild.recipe import parse_recipe
+from rebuild.build.plan import VENV_DIR, WHEELS_DIR, plan_build
+from rebuild.build.recipe import parse_recipe
 
 RECIPE = parse_recipe(tomllib.loads(f"""
 [recipe]

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.serialization import (
 from securesystemslib.dsse import Envelope
 
 from rebuild.errors import ClaimFailed, ExitCode, SigningError
-from rebuild.sign import (
+from rebuild.evidence.sign import (
     BUNDLE_MEDIA_TYPE,
     IN_TOTO_PAYLOAD_TYPE,
     KeyPair,
@@ -38,7 +38,7 @@ from rebuild.sign import (
     verify_bundle,
     verify_keyless,
 )
-from rebuild.store import canonical_json
+from rebuild.store.layout import canonical_json
 from tests.conftest import ROOT, require_tool
 from tests.keyless_standin import ISSUER, KeylessStandin
 

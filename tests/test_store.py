@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from rebuild.errors import StoreError
-from rebuild.store import REF_NAME, Descriptor, Store
+from rebuild.store.layout import REF_NAME, Descriptor, Store
 from tests.conftest import run_rebuild, tamper
 
 
@@ -119,7 +119,7 @@ def test_sigkill_mid_write_leaves_no_partial_blob(tmp_path: Path) -> None:
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     writer = subprocess.Popen([sys.executable, "-c", "import sys; from pathlib import Path; "
-                               "from rebuild.store import Store; "
+                               "from rebuild.store.layout import Store; "
                                "Store(Path(sys.argv[1])).put_file(Path(sys.argv[2]))",
                                str(store.root), str(fifo)])
     with fifo.open("wb") as feed:

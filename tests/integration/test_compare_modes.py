@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from rebuild.compare import (
+from rebuild.build.compare import (
     KEEP_MODE_MASK,
     Artifact,
     Difference,

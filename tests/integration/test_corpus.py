@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from rebuild.explain import HINTS, INHERENT
-from rebuild.variations import NAMES
+from rebuild.build.explain import HINTS, INHERENT
+from rebuild.build.variations import NAMES
 from tests.corpus.corpus import Entry, load_entries, run_rebuild_entry
 
 ENTRIES = load_entries()

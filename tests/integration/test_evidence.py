@@ -11,7 +11,7 @@ from cyclonedx.schema import SchemaVersion
 from cyclonedx.validation.json import JsonStrictValidator
 
 from rebuild.errors import ClaimFailed
-from rebuild.store import canonical_json
+from rebuild.store.layout import canonical_json
 from tests.conftest import RecipeWriter, repoint_blob, run_rebuild, tamper
 from tests.test_sign import node_verifier, run_node_verifier  # noqa: F401 (fixture)
 
@@ -151,8 +151,8 @@ def test_independent_verifier_on_stored_bundles(built: dict,  # type: ignore[typ
 
 def test_build_link_verifies_against_a_layout(built: dict, store: Path,  # type: ignore[type-arg]
                                               keys: dict[str, Path], tmp_path: Path) -> None:
-    from rebuild.intoto import make_layout, verify_chain
-    from rebuild.sign import generate_keypair, load_public_key, load_signer
+    from rebuild.evidence.intoto import make_layout, verify_chain
+    from rebuild.evidence.sign import generate_keypair, load_public_key, load_signer
 
     layers = evidence_layers(store, built)
     [link] = [t for t in layers if t.endswith(".link")]

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from rebuild.compare import Artifact, Difference, _artifact, diff_reports, stage_archives
-from rebuild.explain import HINTS, INHERENT, Blame, blame_outputs, next_probes
-from rebuild.variations import NAMES
+from rebuild.build.compare import Artifact, Difference, _artifact, diff_reports, stage_archives
+from rebuild.build.explain import HINTS, INHERENT, Blame, blame_outputs, next_probes
+from rebuild.build.variations import NAMES
 from tests.conftest import RecipeWriter, require_tool, run_rebuild
 
 ALL = NAMES

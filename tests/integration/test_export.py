@@ -257,10 +257,10 @@ def test_with_inputs_reproduces_from_the_bundle_alone(exported: Exported,
 def test_an_extracted_bundle_can_reload_the_image(exported: Exported, tmp_path: Path) -> None:
     """With the image gone from Docker, `reproduce` reloads it from the layout. The load is
     faked here: removing the shared base image would disturb concurrent test sessions."""
-    from rebuild.image import load_archived, stored_image
-    from rebuild.reproduce import stored_inputs
-    from rebuild.store import Store
-    from rebuild.verify import resolve_release
+    from rebuild.build.image import load_archived, stored_image
+    from rebuild.release.reproduce import stored_inputs
+    from rebuild.release.verify import resolve_release
+    from rebuild.store.layout import Store
 
     with tarfile.open(exported.with_inputs) as tar:
         tar.extractall(tmp_path / "layout", filter="data")

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from rebuild.fetch import export_recorded_wheels
-from rebuild.store import TITLE, Descriptor, Store
+from rebuild.inputs.fetch import export_recorded_wheels
+from rebuild.store.layout import TITLE, Descriptor, Store
 from tests.conftest import IMAGE_STORE, ROOT, run_rebuild
 from tests.inputs_support import (
     FileServer,

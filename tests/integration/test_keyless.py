@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 
 from rebuild.errors import ClaimFailed
-from rebuild.sign import KeylessSigner, verify_keyless
-from rebuild.store import canonical_json
-from rebuild.verify import PREDICATES
+from rebuild.evidence.sign import KeylessSigner, verify_keyless
+from rebuild.release.verify import PREDICATES
+from rebuild.store.layout import canonical_json
 from tests.conftest import Result, repoint_blob, run_rebuild, seed_store
 from tests.keyless_standin import ISSUER, KeylessStandin
 from tests.test_sign import node_verifier  # noqa: F401 (fixture)

@@ -93,7 +93,7 @@ def test_gc_keeps_the_closure_of_a_release(released: tuple[Path, Path, str],
                                            store: Path) -> None:
     """With only the release's own records left in index.json, gc drops everything else and
     the release still reproduces: its inputs (source, image archive) are in its closure."""
-    from rebuild.store import Store
+    from rebuild.store.layout import Store
 
     index = json.loads((store / "index.json").read_bytes())
     index["manifests"] = [m for m in index["manifests"]

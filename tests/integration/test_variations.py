@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from rebuild.variations import NAMES
+from rebuild.build.variations import NAMES
 from tests.conftest import RecipeWriter, run_rebuild
 
 pytestmark = pytest.mark.docker

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import IO
 
 from rebuild.errors import BuildFailed, UsageError
-from rebuild.store import CHUNK, sha256_file
+from rebuild.store.layout import CHUNK, sha256_file
 
 DIFFOSCOPE_TIMEOUT = 120  # seconds per differing file
 DIFFOSCOPE_MAX_REPORT = 4 << 20  # bytes of each report (text, HTML, JSON)

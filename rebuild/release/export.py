@@ -54,9 +54,10 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from rebuild.errors import SigningError, StoreError, UsageError
-from rebuild.report import CREATED_ANN, release_story, render_html, render_markdown
-from rebuild.sign import keyid, load_public_key
-from rebuild.store import (
+from rebuild.evidence.sign import keyid, load_public_key
+from rebuild.release.report import CREATED_ANN, release_story, render_html, render_markdown
+from rebuild.release.verify import Check, Policy, resolve_release
+from rebuild.store.layout import (
     CHUNK,
     EMPTY_DIGEST,
     INPUTS_TYPE,
@@ -75,11 +76,10 @@ from rebuild.store import (
     canonical_json,
     sha256_file,
 )
-from rebuild.verify import Check, Policy, resolve_release
 
-EXPORT_TYPE = "application/vnd.rebuild.export.v1+json"
+EXPORT_TYPE = "application/vnd.rebuild.release.export.v1+json"
 STATUS_ANN = "dev.rebuild.status"
-WITH_INPUTS_ANN = "dev.rebuild.export.with-inputs"
+WITH_INPUTS_ANN = "dev.rebuild.release.export.with-inputs"
 SUMS = "SHA256SUMS"
 OCI_LAYOUT = canonical_json({"imageLayoutVersion": "1.0.0"})
 # What Python's gzip writes with mtime 0, no file name and level 9 (RFC 1952: XFL 2, OS 255).

@@ -44,12 +44,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rebuild.compare import Artifact, Difference, collect_outputs, differing_properties
+from rebuild.build.compare import Artifact, Difference, collect_outputs, differing_properties
 from rebuild.errors import BuildFailed
-from rebuild.plan import BuildPlan, plan_run
-from rebuild.recipe import Recipe
-from rebuild.sandbox import Sandbox
-from rebuild.variations import NAMES
+from rebuild.build.plan import BuildPlan, plan_run
+from rebuild.build.recipe import Recipe
+from rebuild.build.sandbox import Sandbox
+from rebuild.build.variations import NAMES
 
 INHERENT = "inherent"
 

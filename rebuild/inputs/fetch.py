@@ -48,10 +48,10 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
+from rebuild.build.plan import WHEELS_LOCK_NAME
+from rebuild.build.recipe import LoadedRecipe, Source
 from rebuild.errors import EnvironmentProblem, UsageError
-from rebuild.plan import WHEELS_LOCK_NAME
-from rebuild.recipe import LoadedRecipe, Source
-from rebuild.store import KIND, TITLE, Descriptor, Store, canonical_json, sha256_file
+from rebuild.store.layout import KIND, TITLE, Descriptor, Store, canonical_json, sha256_file
 
 Log = Callable[[str], None]
 

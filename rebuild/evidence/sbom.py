@@ -34,8 +34,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from rebuild.provenance import BuildFacts, DebPackage, Dependency, PyPackage, plain_json
-from rebuild.store import canonical_json
+from rebuild.evidence.provenance import BuildFacts, DebPackage, Dependency, PyPackage, plain_json
+from rebuild.store.layout import canonical_json
 
 if TYPE_CHECKING:
     from cyclonedx.model import Property

@@ -14,12 +14,12 @@ from typing import Any
 from securesystemslib.signer import Signer  # type: ignore[attr-defined]
 
 from rebuild.attest import attach_statement
-from rebuild.build import release_artifacts
 from rebuild.errors import ClaimFailed, UsageError
-from rebuild.provenance import STATEMENT_TYPE
-from rebuild.sign import KeySigner
-from rebuild.store import REF_NAME, Store
-from rebuild.verify import Policy, resolve_release, verify_release
+from rebuild.evidence.provenance import STATEMENT_TYPE
+from rebuild.evidence.sign import KeySigner
+from rebuild.release.verify import Policy, resolve_release, verify_release
+from rebuild.store.layout import REF_NAME, Store
+from rebuild.twin import release_artifacts
 
 APPROVAL = "https://rebuild.dev/attestations/approval/v1"
 

@@ -37,8 +37,8 @@ import docker.errors
 import requests.exceptions
 
 from rebuild.errors import BuildFailed, EnvironmentProblem
-from rebuild.plan import FAKETIME_LIB, LOCALE_DIR, OUT_DIR, WHEELS_DIR, RunPlan
-from rebuild.variations import BY_NAME
+from rebuild.build.plan import FAKETIME_LIB, LOCALE_DIR, OUT_DIR, WHEELS_DIR, RunPlan
+from rebuild.build.variations import BY_NAME
 
 SESSION_LABEL = "dev.rebuild.session"
 # Locales compiled on the host and mounted read-only (LOCPATH), so that the locale variation

@@ -16,15 +16,15 @@ from typing import Any
 from securesystemslib.signer import SSlibKey  # type: ignore[attr-defined]
 
 from rebuild.errors import ClaimFailed, StoreError
-from rebuild.provenance import (
+from rebuild.evidence.provenance import (
     BUILD_TYPE,
     BUILDER_ID,
     SBOM_PREDICATE,
     SLSA_PROVENANCE,
     TEST_RESULT,
 )
-from rebuild.sign import KeylessIdentity, UntrustedSigner, verify_bundle, verify_signed
-from rebuild.store import BUNDLE_MEDIA, KIND, REF_NAME, TITLE, Descriptor, Store
+from rebuild.evidence.sign import KeylessIdentity, UntrustedSigner, verify_bundle, verify_signed
+from rebuild.store.layout import BUNDLE_MEDIA, KIND, REF_NAME, TITLE, Descriptor, Store
 
 PREDICATES = {"provenance": SLSA_PROVENANCE, "sbom": SBOM_PREDICATE,
               "test-result": TEST_RESULT}
@@ -147,7 +147,7 @@ def verify_release(store: Store, target: str, policy: Policy) -> Report:
 def verify_bundle_file(path: Path, policy: Policy) -> Report:
     """Verify an exported bundle (`rebuild export`) offline: every byte of the archive, each
     failure naming its file (rebuild.export), then `verify_release` on the layout inside."""
-    from rebuild.export import open_bundle  # export builds on this module
+    from rebuild.release.export import open_bundle  # export builds on this module
 
     with tempfile.TemporaryDirectory(prefix="rebuild-verify-") as tmp:
         bundle = open_bundle(path, Path(tmp))

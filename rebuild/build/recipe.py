@@ -26,7 +26,7 @@ from pydantic import (
 )
 
 from rebuild.errors import UsageError
-from rebuild.variations import select_variations
+from rebuild.build.variations import select_variations
 
 NAME_RE = r"^[a-z0-9][a-z0-9._-]*$"
 HEX64 = re.compile(r"^[0-9a-f]{64}$")

@@ -32,10 +32,10 @@ import tomlkit
 import tomlkit.exceptions
 from pydantic import ValidationError
 
+from rebuild.build.recipe import IMAGE_RE, Source, format_validation_error, parse_recipe
 from rebuild.errors import EnvironmentProblem, UsageError
-from rebuild.fetch import hash_tree, scan_tree, source_tree_digest
-from rebuild.recipe import IMAGE_RE, Source, format_validation_error, parse_recipe
-from rebuild.store import IMAGE_REF_ANN, Store
+from rebuild.inputs.fetch import hash_tree, scan_tree, source_tree_digest
+from rebuild.store.layout import IMAGE_REF_ANN, Store
 
 LOCK_SUFFIX = ".lock.txt"
 IN_MARKER = "# rebuild: in-sha256="

@@ -24,8 +24,9 @@ from typing import Any
 from securesystemslib.signer import SSlibKey  # type: ignore[attr-defined]
 
 from rebuild.errors import ClaimFailed, StoreError
-from rebuild.sign import KeylessIdentity, verify_bundle, verify_signed
-from rebuild.store import (
+from rebuild.evidence.sign import KeylessIdentity, verify_bundle, verify_signed
+from rebuild.release.verify import Policy, resolve_release, verify_release
+from rebuild.store.layout import (
     EPOCH_ANN,
     IMAGE_ID_ANN,
     IMAGE_REF_ANN,
@@ -39,7 +40,6 @@ from rebuild.store import (
     Descriptor,
     Store,
 )
-from rebuild.verify import Policy, resolve_release, verify_release
 
 STORY_FORMAT = "rebuild-story/v1"
 CREATED_ANN = "org.opencontainers.image.created"

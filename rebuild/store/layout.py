@@ -47,8 +47,8 @@ STATEMENT_MEDIA = "application/vnd.in-toto+json"
 BUNDLE_MEDIA = "application/vnd.dev.sigstore.bundle.v0.3+json"
 SBOM_MEDIA = "application/vnd.cyclonedx+json"
 LINK_MEDIA = "application/vnd.in-toto.link+dsse+json"
-IMAGE_ID_ANN = "dev.rebuild.image.id"
-IMAGE_REF_ANN = "dev.rebuild.image.ref"
+IMAGE_ID_ANN = "dev.rebuild.build.image.id"
+IMAGE_REF_ANN = "dev.rebuild.build.image.ref"
 CHUNK = 1 << 20
 
 

@@ -14,10 +14,10 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from securesystemslib.signer import SSlibKey  # type: ignore[attr-defined]
 
+from rebuild.build.recipe import format_validation_error
 from rebuild.errors import RebuildError, UsageError
-from rebuild.recipe import format_validation_error
-from rebuild.sign import KeylessIdentity, load_public_key
-from rebuild.verify import Policy
+from rebuild.evidence.sign import KeylessIdentity, load_public_key
+from rebuild.release.verify import Policy
 
 
 class _Strict(BaseModel):

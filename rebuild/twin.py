@@ -23,7 +23,7 @@ from rebuild.attest import (
     gather_facts,
     prepare_sbom,
 )
-from rebuild.compare import (
+from rebuild.build.compare import (
     COMPARED,
     Artifact,
     Difference,
@@ -35,16 +35,23 @@ from rebuild.compare import (
     keep_outputs,
     parse_mode,
 )
+from rebuild.build.explain import Blame, Explanation, explain_differences
+from rebuild.build.image import StoredImage, find_image, load_archived, stored_image
+from rebuild.build.plan import BuildPlan, RunPlan, plan_build, plan_run
+from rebuild.build.recipe import LoadedRecipe
+from rebuild.build.sandbox import (
+    RunResult,
+    Sandbox,
+    connect,
+    has_image,
+    load_image,
+    require_success,
+)
 from rebuild.errors import BuildFailed, ClaimFailed, StoreError
-from rebuild.explain import Blame, Explanation, explain_differences
-from rebuild.fetch import Inputs, export_wheels, fetch_inputs, parse_lock
-from rebuild.image import StoredImage, find_image, load_archived, stored_image
-from rebuild.plan import BuildPlan, RunPlan, plan_build, plan_run
-from rebuild.provenance import Subject, make_test_result
-from rebuild.recipe import LoadedRecipe
-from rebuild.sandbox import RunResult, Sandbox, connect, has_image, load_image, require_success
-from rebuild.sign import StatementSigner
-from rebuild.store import (
+from rebuild.evidence.provenance import Subject, make_test_result
+from rebuild.evidence.sign import StatementSigner
+from rebuild.inputs.fetch import Inputs, export_wheels, fetch_inputs, parse_lock
+from rebuild.store.layout import (
     ATTEMPT_TYPE,
     EPOCH_ANN,
     IMAGE_ID_ANN,

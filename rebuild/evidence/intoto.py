@@ -8,7 +8,7 @@ DSSE envelopes (payloadType `application/vnd.in-toto+json`), as `in-toto-run --u
 writes them.
 
 Key ids: in-toto metadata names keys by in-toto's key id (sha256 of the key's canonical JSON,
-spec section 4.2), not by rebuild's key id (`rebuild.sign.keyid`, a hash of the DER key).
+spec section 4.2), not by rebuild's key id (`rebuild.evidence.sign.keyid`, a hash of the DER key).
 The `in-toto-verify` and `in-toto-run` tools compute that id from a PEM file, so only with it
 do rebuild's layouts and links verify with them, and links they record join the same chain.
 The DSSE signature covers payload type and payload only, so naming the key differently does
@@ -41,7 +41,7 @@ from securesystemslib.formats import encode_canonical
 from securesystemslib.signer import Key, Signature, Signer  # type: ignore[attr-defined]
 
 from rebuild.errors import ClaimFailed, UsageError
-from rebuild.store import canonical_json
+from rebuild.store.layout import canonical_json
 
 IN_TOTO_PAYLOAD_TYPE = "application/vnd.in-toto+json"
 BUILD_STEP = "build"
@@ -60,7 +60,7 @@ def intoto_keyid(key: Key) -> str:
     """The key's in-toto id: sha256 hex of the canonical JSON of keytype, scheme and keyval.
 
     The id `in-toto-verify --verification-keys FILE.pub` computes; rebuild's own key id
-    (`rebuild.sign.keyid`) is a different hash of the same key.
+    (`rebuild.evidence.sign.keyid`) is a different hash of the same key.
     """
     document = {"keytype": key.keytype, "scheme": key.scheme, "keyval": key.keyval}
     canonical = encode_canonical(document)

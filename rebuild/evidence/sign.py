@@ -66,7 +66,7 @@ from securesystemslib.signer import (  # type: ignore[attr-defined]
 )
 
 from rebuild.errors import ClaimFailed, SigningError
-from rebuild.store import canonical_json
+from rebuild.store.layout import canonical_json
 
 if TYPE_CHECKING:
     from sigstore.models import ClientTrustConfig

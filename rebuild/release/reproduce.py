@@ -19,8 +19,7 @@ from typing import Any
 
 from rebuild import __version__
 from rebuild.attest import attach_statement
-from rebuild.build import ensure_loaded, release_artifacts
-from rebuild.compare import (
+from rebuild.build.compare import (
     Artifact,
     Difference,
     collect_outputs,
@@ -29,16 +28,17 @@ from rebuild.compare import (
     differing_properties,
     format_mode,
 )
+from rebuild.build.explain import Blame, explain_differences
+from rebuild.build.image import stored_image
+from rebuild.build.plan import plan_build
+from rebuild.build.recipe import LoadedRecipe, parse_recipe
+from rebuild.build.sandbox import RunResult, Sandbox, connect, require_success
 from rebuild.errors import StoreError
-from rebuild.explain import Blame, explain_differences
-from rebuild.fetch import export_recorded_wheels
-from rebuild.image import stored_image
-from rebuild.plan import plan_build
-from rebuild.provenance import STATEMENT_TYPE
-from rebuild.recipe import LoadedRecipe, parse_recipe
-from rebuild.sandbox import RunResult, Sandbox, connect, require_success
-from rebuild.sign import StatementSigner
-from rebuild.store import (
+from rebuild.evidence.provenance import STATEMENT_TYPE
+from rebuild.evidence.sign import StatementSigner
+from rebuild.inputs.fetch import export_recorded_wheels
+from rebuild.release.verify import resolve_release
+from rebuild.store.layout import (
     EPOCH_ANN,
     INPUTS_TYPE,
     KIND,
@@ -48,7 +48,7 @@ from rebuild.store import (
     Descriptor,
     Store,
 )
-from rebuild.verify import resolve_release
+from rebuild.twin import ensure_loaded, release_artifacts
 
 VSA = "https://slsa.dev/verification_summary/v1"
 VERIFIER_ID = "https://rebuild.dev/verifier/reproduce@v1"

@@ -1,7 +1,7 @@
 """Provenance: SLSA provenance v1 and test-result statements of a release (design.md, "Evidence").
 
 Pure: `make_provenance(facts)` and `make_test_result(...)` turn frozen data into in-toto
-Statement v1 dicts; the caller serializes them with `rebuild.store.canonical_json`, signs and
+Statement v1 dicts; the caller serializes them with `rebuild.store.layout.canonical_json`, signs and
 stores them. Nothing here reads a clock or a file: every time and digest comes from the
 inputs, so the same build gives the same bytes. The build type is documented in
 docs/build-type.md.

@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from rebuild.recipe import Recipe
-from rebuild.variations import RunSettings, apply_variations, describe
+from rebuild.build.recipe import Recipe
+from rebuild.build.variations import RunSettings, apply_variations, describe
 
 # Where the sandbox mounts rebuild's own helpers inside every container (read-only).
 FAKETIME_LIB = "/usr/lib/rebuild/faketime/libfaketime.so.1"
