@@ -226,7 +226,7 @@ def keygen(
 
 def _difference_line(diff: DifferenceReport) -> str:
     """`share/stamp.txt: caused by time, hostname — hint: …` (with --explain)."""
-    name, blame = shown(diff.difference.name), diff.blame
+    name, blame = f"{shown(diff.difference.name)} ({', '.join(diff.differs)})", diff.blame
     if blame is None:
         return f"{name}: differs (run with --explain to find the variations responsible)"
     cause = ("differs between identical runs (randomness or a race)" if blame.inherent
@@ -240,11 +240,15 @@ def _difference_line(diff: DifferenceReport) -> str:
 
 
 def _print_outcome(outcome: BuildOutcome, signer: StatementSigner | None) -> None:
+    from rebuild.build.compare import format_mode
+
     if outcome.reproducible:
         say(f"{outcome.release}: reproducible: {len(outcome.artifacts)} artifact(s) "
             "identical in both runs")
         for artifact in outcome.artifacts:
-            say(f"  {shown(artifact.name)}  sha256:{artifact.sha256}  {artifact.size} bytes")
+            what = (f"-> {artifact.link}" if artifact.link is not None
+                    else f"{artifact.size} bytes, mode {format_mode(artifact.mode or 0)}")
+            say(f"  {shown(artifact.name)}  sha256:{artifact.sha256}  {what}")
     else:
         names = {a.name for a in outcome.artifacts} | {
             d.difference.name for d in outcome.differences}
@@ -388,7 +392,8 @@ def reproduce_cmd(
                         debug=say if opts.debug else lambda _: None)
     for artifact in verdict.artifacts:
         state = "same" if artifact.match else "DIFFERS"
-        say(f"  {state:<8} {shown(artifact.name)}  recorded sha256:{artifact.recorded}  "
+        differs = "" if artifact.match else f" ({', '.join(artifact.differs)})"
+        say(f"  {state:<8} {shown(artifact.name)}{differs}  recorded sha256:{artifact.recorded}  "
             f"rebuilt sha256:{artifact.rebuilt}")
         if artifact.report:
             say(f"           report: rebuild store cat {artifact.report}")

@@ -24,12 +24,16 @@ from rebuild.attest import (
     prepare_sbom,
 )
 from rebuild.build.compare import (
+    COMPARED,
     Artifact,
     Difference,
     collect_outputs,
     compare_artifacts,
     diff_reports,
+    differing_properties,
+    format_mode,
     keep_outputs,
+    parse_mode,
 )
 from rebuild.build.explain import Blame, Explanation, explain_differences
 from rebuild.build.image import StoredImage, find_image, load_archived, stored_image
@@ -56,6 +60,7 @@ from rebuild.store.layout import (
     INPUTS_TYPE,
     KIND,
     LINK_ANN,
+    MODE_ANN,
     OCI_MANIFEST,
     REF_NAME,
     RELEASE_ANN,
@@ -92,10 +97,17 @@ class DifferenceReport:
                "explained": self.blame is not None,
                "hints": list(self.blame.hints) if self.blame else [],
                "a": self.difference.a.sha256 if self.difference.a else None,
-               "b": self.difference.b.sha256 if self.difference.b else None}
+               "b": self.difference.b.sha256 if self.difference.b else None,
+               "differs": list(self.differs)}
         if self.blame is not None and self.blame.note:
             out["note"] = self.blame.note
         return out
+
+    @property
+    def differs(self) -> tuple[str, ...]:
+        """The properties that differ (`compare.COMPARED`); ("presence",) when one run lacks it."""
+        a, b = self.difference.a, self.difference.b
+        return ("presence",) if a is None or b is None else differing_properties(a, b)
 
 
 @dataclass(frozen=True)
@@ -120,6 +132,7 @@ class BuildOutcome:
             **({"explain": self.explanation.to_json()} if self.explanation else {}),
             "release": self.release,
             "reproducible": self.reproducible,
+            "compared": list(COMPARED),
             "artifacts": [a.to_json() for a in self.artifacts],
             "runs": [{"name": plan.name, "variations": plan.describe(),
                       "exit_code": result.exit_code, "seconds": round(result.seconds, 3)}
@@ -292,14 +305,16 @@ def refuse_release_conflict(store: Store, loaded: LoadedRecipe,
 
 
 def release_artifacts(store: Store, release: Descriptor) -> list[Artifact]:
-    """The artifacts a stored release records (name, digest, size), as the store has them."""
+    """The artifacts a stored release records (name, digest, size, link or mode), as the store
+    has them; `mode` is None in a release stored before modes were recorded."""
     artifacts = []
     for layer in store.read_json(release.digest)["layers"]:
         path = store.blob_path(layer["digest"])
-        link = layer.get("annotations", {}).get("dev.rebuild.link")
-        artifacts.append(Artifact(layer["annotations"][TITLE],
-                                  layer["digest"].removeprefix("sha256:"), layer["size"],
-                                  path, link))
+        annotations = layer.get("annotations", {})
+        mode = annotations.get(MODE_ANN)
+        artifacts.append(Artifact(annotations[TITLE], layer["digest"].removeprefix("sha256:"),
+                                  layer["size"], path, annotations.get(LINK_ANN),
+                                  None if mode is None else parse_mode(mode)))
     return artifacts
 
 
@@ -386,6 +401,8 @@ def _store_release(store: Store, plan: BuildPlan, artifacts: Sequence[Artifact])
         annotations = {TITLE: artifact.name}
         if artifact.link is not None:
             annotations[LINK_ANN] = artifact.link
+        if artifact.mode is not None:
+            annotations[MODE_ANN] = format_mode(artifact.mode)
         layers.append(Descriptor("application/octet-stream", digest, size, annotations))
     release = store.put_artifact(RELEASE_TYPE, layers, annotations=release_annotations(
         plan.release, plan.source_date_epoch))
@@ -421,6 +438,7 @@ def _store_attempt(store: Store, plan: BuildPlan, inputs: Descriptor,
         "image": plan.image,
         "inputs": inputs.digest,
         "source_date_epoch": plan.source_date_epoch,
+        "compared": list(COMPARED),
         "runs": [{"name": run.name, "variations": run.describe(), "exit_code": r.exit_code,
                   "timed_out": r.timed_out, "log": log}
                  for run, r, log in zip(plan.runs, results, logs, strict=True)],

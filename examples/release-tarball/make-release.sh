@@ -11,3 +11,5 @@ tar --sort=name --mtime="@$SOURCE_DATE_EPOCH" --clamp-mtime \
     --pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime \
     -C "$work" -cf - "$name" | gzip -n -9 > "/out/$name.tar.gz"
 sha256sum "/out/$name.tar.gz" | cut -d' ' -f1 > /out/SHA256SUM
+# The outputs' own modes, explicitly: left to the umask, they differ between machines.
+chmod 0644 "/out/$name.tar.gz" /out/SHA256SUM

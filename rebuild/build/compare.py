@@ -1,9 +1,12 @@
 """Compare: collect the declared outputs of each run, hash them, and diff what differs.
 
 Outputs are read from a run's `/out` without ever following a link (a build could point one
-at a host file). Equal hashes end the comparison; diffoscope runs only on files that differ,
-bounded in time and report size, and writes each report as text, HTML and JSON. Archives are
-compared member by member first, so that diffoscope sees only the members that differ.
+at a host file). Two outputs are the same artifact when every property in `COMPARED` is
+equal: the file type, the content (a link's content is its target) and the permission bits,
+which the umask and `chmod` decide and which ship with the file. Equal properties end the
+comparison; diffoscope runs only on files whose content differs, bounded in time and report
+size, and writes each report as text, HTML and JSON. Archives are compared member by member
+first, so that diffoscope sees only the members that differ.
 """
 
 from __future__ import annotations
@@ -42,6 +45,12 @@ DIFFOSCOPE_MAX_REPORT = 4 << 20  # bytes of each report (text, HTML, JSON)
 DIFFOSCOPE_MAX_DIFF_INPUT = 50_000
 
 
+# The properties that make two outputs the same artifact, in the order reports name them. A
+# link's content is its target (hashed as a string); a link has no mode of its own on Linux.
+COMPARED = ("type", "content", "mode")
+FILE, LINK = "file", "link"
+
+
 @dataclass(frozen=True)
 class Artifact:
     name: str  # path relative to /out
@@ -49,12 +58,51 @@ class Artifact:
     size: int
     path: Path  # where it is on the host, in the run's output directory
     link: str | None = None  # the target, when the output is a symbolic link
+    # Permission bits (st_mode & 0o7777) of a file; None for a link, or when a record made
+    # before modes were recorded does not say.
+    mode: int | None = None
+
+    @property
+    def type(self) -> str:
+        return LINK if self.link is not None else FILE
 
     def to_json(self) -> dict[str, object]:
-        out: dict[str, object] = {"name": self.name, "sha256": self.sha256, "size": self.size}
+        out: dict[str, object] = {"name": self.name, "sha256": self.sha256, "size": self.size,
+                                  "type": self.type}
         if self.link is not None:
             out["link"] = self.link
+        if self.mode is not None:
+            out["mode"] = format_mode(self.mode)
         return out
+
+
+def format_mode(mode: int) -> str:
+    """Permission bits as four octal digits, as chmod takes them ("0644", "4755")."""
+    return f"{mode & 0o7777:04o}"
+
+
+def parse_mode(text: str) -> int:
+    return int(text, 8) & 0o7777
+
+
+def differing_properties(a: Artifact, b: Artifact) -> tuple[str, ...]:
+    """Which of `COMPARED` differ; a mode is compared only where both sides record one."""
+    if a.type != b.type:
+        return ("type",)  # content and mode of a file and of a link do not compare
+    differ = []
+    if a.sha256 != b.sha256:
+        differ.append("content")
+    if a.mode is not None and b.mode is not None and a.mode != b.mode:
+        differ.append("mode")
+    return tuple(differ)
+
+
+def describe_artifact(artifact: Artifact) -> str:
+    """One line for a report: the type, and the link target or the mode and digest."""
+    if artifact.link is not None:
+        return f"symbolic link -> {artifact.link}"
+    mode = f"mode {format_mode(artifact.mode)}, " if artifact.mode is not None else ""
+    return f"regular file, {mode}{artifact.size} bytes, sha256:{artifact.sha256}"
 
 
 @dataclass(frozen=True)
@@ -136,9 +184,10 @@ def _artifact(name: str, path: Path) -> Artifact:
     # O_NOFOLLOW: the file was a regular file at lstat; refuse it if it became a link since.
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())  # the mode of what is hashed
         while chunk := f.read(CHUNK):
             digest.update(chunk)
-    return Artifact(name, digest.hexdigest(), st.st_size, path)
+    return Artifact(name, digest.hexdigest(), st.st_size, path, mode=stat.S_IMODE(st.st_mode))
 
 
 def compare_artifacts(a: Sequence[Artifact], b: Sequence[Artifact]) -> tuple[Difference, ...]:
@@ -147,7 +196,7 @@ def compare_artifacts(a: Sequence[Artifact], b: Sequence[Artifact]) -> tuple[Dif
     names = sorted(by_a.keys() | by_b.keys())
     return tuple(Difference(n, by_a.get(n), by_b.get(n)) for n in names
                  if by_a.get(n) is None or by_b.get(n) is None
-                 or by_a[n].sha256 != by_b[n].sha256)
+                 or differing_properties(by_a[n], by_b[n]))
 
 
 # -- reports ---------------------------------------------------------------------------------
@@ -200,9 +249,14 @@ def diff_reports(diff: Difference, *, timeout: int = DIFFOSCOPE_TIMEOUT,
         return note_reports(diff.name, f"{diff.name}: only run {present} produced this output")
     header = (f"--- a/{diff.name}\tsha256:{diff.a.sha256}\n"
               f"+++ b/{diff.name}\tsha256:{diff.b.sha256}\n").encode()
-    if diff.a.link is not None or diff.b.link is not None:
-        return note_reports(diff.name, f"link a -> {diff.a.link}\nlink b -> {diff.b.link}",
-                            header)
+    differ = differing_properties(diff.a, diff.b)
+    sides = (f"differs in {', '.join(differ) or 'nothing'}\n"
+             f"a: {describe_artifact(diff.a)}\nb: {describe_artifact(diff.b)}")
+    # diffoscope compares contents only: a type, a link or a mode difference is said here.
+    if "content" not in differ or diff.a.link is not None:
+        return note_reports(diff.name, sides, header)
+    if "mode" in differ:
+        header += f"{sides}\n".encode()
     diffoscope = shutil.which("diffoscope")
     if diffoscope is None:
         return note_reports(diff.name, "(diffoscope is not installed: apt-get install -y "
@@ -554,44 +608,68 @@ def _unique(name: str, seen: dict[str, int]) -> str:
 
 
 
+# What a kept copy may keep of a mode: no setuid, setgid or sticky bit, nothing writable by
+# others. rebuild runs as root, so a copy it writes is owned by root: a build's setuid file
+# kept as is would give any user who runs it euid 0.
+KEEP_MODE_MASK = 0o0775
+
 
 def keep_outputs(out_dirs: Mapping[str, Path], dest: Path) -> None:
-    """Copy each run's /out tree to dest/<run> (`rebuild build --keep DIR`), links as links."""
+    """Copy each run's /out tree to dest/<run> (`rebuild build --keep DIR`), links as links.
+
+    Modes are kept within `KEEP_MODE_MASK`; what is neither a file, a link nor a directory
+    (a FIFO, a socket) is not copied.
+    """
+    for run in out_dirs:
+        if (dest / run).exists():
+            raise UsageError(f"--keep: {dest / run} already exists; remove it or keep elsewhere")
     for run, out_dir in out_dirs.items():
-        target = dest / run
-        if target.exists():
-            raise UsageError(f"--keep: {target} already exists; remove it or keep elsewhere")
-        shutil.copytree(out_dir, target, symlinks=True, copy_function=_keep_copy)
+        _copy_tree_unprivileged(out_dir, dest / run)
 
 
-def _keep_copy(src: str, dst: str) -> None:
-    """copy2 for files; a FIFO is made anew (reading it would block forever) and a socket,
-    which holds no data, is left out."""
-    mode = os.lstat(src).st_mode
-    if stat.S_ISFIFO(mode):
-        os.mkfifo(dst, stat.S_IMODE(mode))
-    elif stat.S_ISREG(mode):
-        copy_sparse(src, dst)
+def _copy_tree_unprivileged(src: Path, target: Path) -> None:
+    target.mkdir(parents=True, mode=0o700)
+    for dirpath, dirnames, filenames in os.walk(src):
+        here = Path(dirpath)
+        there = target / here.relative_to(src)
+        for name in [*dirnames, *filenames]:
+            st = (here / name).lstat()
+            if stat.S_ISLNK(st.st_mode):
+                (there / name).symlink_to((here / name).readlink())
+                os.utime(there / name, ns=(st.st_atime_ns, st.st_mtime_ns),
+                         follow_symlinks=False)
+            elif stat.S_ISDIR(st.st_mode):
+                (there / name).mkdir(mode=0o700)
+                (there / name).chmod((stat.S_IMODE(st.st_mode) & KEEP_MODE_MASK) | 0o700)
+            elif stat.S_ISREG(st.st_mode):
+                # O_NOFOLLOW: never read through a link to a host file, whatever lstat saw.
+                fd = os.open(here / name, os.O_RDONLY | os.O_NOFOLLOW)
+                with os.fdopen(fd, "rb") as f_in, (there / name).open("xb") as f_out:
+                    copy_sparse(f_in, f_out)
+                (there / name).chmod(stat.S_IMODE(st.st_mode) & KEEP_MODE_MASK)
+                os.utime(there / name, ns=(st.st_atime_ns, st.st_mtime_ns))  # as copy2 did
+            elif stat.S_ISFIFO(st.st_mode):  # made anew: reading it would block forever
+                os.mkfifo(there / name, stat.S_IMODE(st.st_mode) & KEEP_MODE_MASK)
+            # A socket holds no data and is left out, like any other special file.
+    target.chmod((stat.S_IMODE(src.lstat().st_mode) & KEEP_MODE_MASK) | 0o700)
 
 
-def copy_sparse(src: str | Path, dst: str | Path) -> None:
-    """Copy a file with its holes kept as holes (shutil copies a 20 GiB sparse output as 20
-    GiB of zeros on disk): only the data extents are read and written; metadata as copy2."""
-    with Path(src).open("rb") as fin, Path(dst).open("wb") as fout:
-        size = os.fstat(fin.fileno()).st_size
-        offset = 0
-        while offset < size:
-            try:
-                start = os.lseek(fin.fileno(), offset, os.SEEK_DATA)
-            except OSError:  # ENXIO: only a hole is left
-                break
-            end = os.lseek(fin.fileno(), start, os.SEEK_HOLE)
-            fin.seek(start)
-            fout.seek(start)
-            remaining = end - start
-            while remaining > 0 and (chunk := fin.read(min(CHUNK, remaining))):
-                fout.write(chunk)
-                remaining -= len(chunk)
-            offset = end
-        fout.truncate(size)
-    shutil.copystat(src, dst)
+def copy_sparse(fin: IO[bytes], fout: IO[bytes]) -> None:
+    """Copy a file with its holes kept as holes (a 20 GiB sparse output stays a few blocks
+    on disk): only the data extents are read and written."""
+    size = os.fstat(fin.fileno()).st_size
+    offset = 0
+    while offset < size:
+        try:
+            start = os.lseek(fin.fileno(), offset, os.SEEK_DATA)
+        except OSError:  # ENXIO: only a hole is left
+            break
+        end = os.lseek(fin.fileno(), start, os.SEEK_HOLE)
+        fin.seek(start)
+        fout.seek(start)
+        remaining = end - start
+        while remaining > 0 and (chunk := fin.read(min(CHUNK, remaining))):
+            fout.write(chunk)
+            remaining -= len(chunk)
+        offset = end
+    fout.truncate(size)

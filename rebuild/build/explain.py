@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rebuild.build.compare import Artifact, Difference, collect_outputs
+from rebuild.build.compare import Artifact, Difference, collect_outputs, differing_properties
 from rebuild.build.plan import BuildPlan, plan_run
 from rebuild.build.recipe import Recipe
 from rebuild.build.sandbox import Sandbox
@@ -261,6 +261,13 @@ def blame_outputs(enabled: Sequence[str], differing: Sequence[str],
 
 # -- the runs -------------------------------------------------------------------------------
 
+def _changed(before: Artifact | None, after: Artifact | None) -> bool:
+    """Whether an output differs from run A's in presence or in any compared property."""
+    if before is None or after is None:
+        return before is not after
+    return bool(differing_properties(before, after))
+
+
 def explain_differences(recipe: Recipe, plan: BuildPlan, sandbox: Sandbox, source_tar: Path,
                         baseline: Sequence[Artifact], differences: Sequence[Difference],
                         pool: Executor, *, wheels: Path | None = None,
@@ -273,7 +280,7 @@ def explain_differences(recipe: Recipe, plan: BuildPlan, sandbox: Sandbox, sourc
     started = time.monotonic()
     enabled = plan.variations
     differing = tuple(d.name for d in differences)
-    by_name = {a.name: a.sha256 for a in baseline}
+    by_name = {a.name: a for a in baseline}
     observed: dict[frozenset[str], frozenset[str] | None] = {
         frozenset(enabled): frozenset(differing)}  # run B
     probes: list[Probe] = []
@@ -295,8 +302,8 @@ def explain_differences(recipe: Recipe, plan: BuildPlan, sandbox: Sandbox, sourc
                 outputs = collect_outputs(result.out_dir, plan.outputs, name, plan.limits)
             except BuildFailed:
                 return Probe(variations, None, result.exit_code, result.seconds)
-            got = {a.name: a.sha256 for a in outputs}
-            changed = frozenset(n for n in differing if got.get(n) != by_name.get(n))
+            got = {a.name: a for a in outputs}
+            changed = frozenset(n for n in differing if _changed(by_name.get(n), got.get(n)))
             return Probe(variations, changed, result.exit_code, result.seconds)
         finally:
             # Only the hashes are kept: a large build must not pile up a copy per probe.

@@ -11,6 +11,13 @@ equivalent `docker run`.
 What a killed process (SIGKILL) could not remove is found by its owner (rebuild.runtime):
 containers carry the owner's token as a label, workspaces and disorderfs mounts live in the
 owner's process directory; `reap_orphans` removes those of dead owners only.
+
+Host paths: a build can read the host path of every bind mount (/proc/self/mountinfo). Each
+run therefore gets a directory of its own with a random name, holding everything mounted into
+it, so that a build that embeds such a path differs between runs A and B (the twin check
+catches it) instead of passing and failing `reproduce` later. Its `/out` sits under a 0700
+directory owned by root: the container reaches it through the bind mount, while no other
+user of the host can reach what the build leaves there (a setuid file, say) while it runs.
 """
 
 from __future__ import annotations
@@ -207,7 +214,8 @@ class Sandbox:
         self.locales = compile_locales(cache_dir)
         # In this process's runtime directory, not the cache: disorderfs re-enters the source
         # by path as the build's user, so every directory above it must be traversable; and
-        # whatever a killed process leaves there is found by the directory's name.
+        # whatever a killed process leaves there is found by the directory's name. It holds
+        # the inputs shared by the runs (the source tar, exported wheels), never mounted as is.
         self.workspace = Path(tempfile.mkdtemp(prefix="workspace-", dir=runtime.process_dir()))
         self.workspace.chmod(0o711)
         self._mounts: list[Path] = []
@@ -216,6 +224,7 @@ class Sandbox:
         self._state = threading.Condition()
         self._closed = False
         self._active = 0
+        self._run_dirs: list[Path] = []
 
     def __enter__(self) -> Sandbox:
         return self
@@ -243,6 +252,8 @@ class Sandbox:
                 mounts, self._mounts = self._mounts, []
             for mount in mounts:
                 _unmount(mount)
+            for run_dir in self._run_dirs:
+                runtime.remove_tree(run_dir)
             runtime.remove_tree(self.workspace)
 
     @contextmanager
@@ -320,24 +331,38 @@ class Sandbox:
         """A run's directories (a fresh source copy, /out, the disorderfs mount) and its
         container arguments; `release` undoes the mount."""
         settings = plan.settings
-        run_dir = Path(tempfile.mkdtemp(prefix=f"run-{plan.name}-", dir=self.workspace))
+        # Random per run, not shared by the runs: see the module docstring (host paths); in
+        # the process directory, where a killed process's runs are found by their owner.
+        run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=runtime.process_dir()))
+        self._run_dirs.append(run_dir)
         run_dir.chmod(0o711)
-        src, out = run_dir / "src", outputs or run_dir / "out"
+        # disorderfs re-enters the source by path as the build's user: its parent is that
+        # user's alone. Everything else is mounted from `private` (root, 0700).
+        tree, private = run_dir / "build", run_dir / "private"
+        for directory, owner in ((tree, (settings.uid, settings.gid)), (private, (0, 0))):
+            directory.mkdir()
+            os.chown(directory, *owner)
+            directory.chmod(0o700)
+        src, out = tree / "src", outputs or private / "out"
         _extract_owned(source_tar, src, settings.uid, settings.gid)
         if outputs is None:
             out.mkdir()
             os.chown(out, settings.uid, settings.gid)
+            out.chmod(0o755)
         mount = None
         if settings.shuffle_dirents:
-            mount = run_dir / "shuffled"
+            mount = private / "shuffled"
             mount.mkdir()
             with self._state:  # never a mount that close() would not see
                 self._check_open(plan.name)
                 _mount_disorderfs(src, mount)
                 self._mounts.append(mount)
-        kwargs = self._container_args(plan, mount or src, out, writable_out=outputs is None)
+        locales = _link_tree(self.locales, private / "locale")
+        kwargs = self._container_args(plan, mount or src, out, locales,
+                                      writable_out=outputs is None)
         if wheels is not None:
-            kwargs["volumes"][str(wheels)] = {"bind": WHEELS_DIR, "mode": "ro"}
+            kwargs["volumes"][str(_link_tree(wheels, private / "wheels"))] = {
+                "bind": WHEELS_DIR, "mode": "ro"}
         return PreparedRun(run_dir, out, mount, kwargs)
 
     def release(self, prepared: PreparedRun) -> None:
@@ -347,7 +372,7 @@ class Sandbox:
                 if prepared.mount in self._mounts:
                     self._mounts.remove(prepared.mount)
 
-    def _container_args(self, plan: RunPlan, build_dir: Path, out: Path, *,
+    def _container_args(self, plan: RunPlan, build_dir: Path, out: Path, locales: Path, *,
                         writable_out: bool = True) -> dict[str, Any]:
         s = plan.settings
         tmpfs_opts = "rw,exec,nosuid,nodev,size=1g,mode=1777"
@@ -374,7 +399,7 @@ class Sandbox:
                 str(build_dir): {"bind": s.build_path, "mode": "rw"},
                 str(out): {"bind": OUT_DIR, "mode": "rw" if writable_out else "ro"},
                 str(self.faketime): {"bind": FAKETIME_LIB, "mode": "ro"},
-                str(self.locales): {"bind": LOCALE_DIR, "mode": "ro"},
+                str(locales): {"bind": LOCALE_DIR, "mode": "ro"},
             },
             "labels": {SESSION_LABEL: self.session, OWNER_LABEL: self.owner.token},
             "detach": True,
@@ -407,6 +432,18 @@ def docker_run_line(kwargs: dict[str, Any]) -> str:
     args += [f"--volume={host}:{m['bind']}:{m['mode']}" for host, m in kwargs["volumes"].items()]
     args += [f"--env={key}={value}" for key, value in sorted(kwargs["environment"].items())]
     return shlex.join([*args, kwargs["image"], *kwargs["command"]])
+
+
+def _link_tree(source: Path, dest: Path) -> Path:
+    """A copy of `source` at `dest`, hard-linked where the file system allows."""
+    def link(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    shutil.copytree(source, dest, copy_function=link)
+    return dest
 
 
 def _extract_owned(source_tar: Path, dest: Path, uid: int, gid: int) -> None:

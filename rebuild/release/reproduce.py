@@ -24,6 +24,8 @@ from rebuild.build.compare import (
     collect_outputs,
     compare_artifacts,
     diff_reports,
+    differing_properties,
+    format_mode,
 )
 from rebuild.build.explain import Blame, explain_differences
 from rebuild.build.image import stored_image
@@ -66,13 +68,41 @@ class StoredInputs:
 @dataclass(frozen=True)
 class Rebuilt:
     name: str
-    recorded: str | None  # sha256 hex, None if the release has no such artifact
-    rebuilt: str | None
+    old: Artifact | None  # as the release records it; None if it has no such artifact
+    new: Artifact | None  # as rebuilt; None if the rebuild did not produce it
     report: str | None = None  # digest of the text report of a mismatch (diffoscope)
 
     @property
+    def recorded(self) -> str | None:  # sha256 hex
+        return self.old.sha256 if self.old else None
+
+    @property
+    def rebuilt(self) -> str | None:
+        return self.new.sha256 if self.new else None
+
+    @property
+    def differs(self) -> tuple[str, ...]:
+        """What differs from the record: its presence, or properties of `compare.COMPARED`
+        (a mode only where the release records one)."""
+        if self.old is None or self.new is None:
+            return ("presence",)
+        return differing_properties(self.old, self.new)
+
+    @property
     def match(self) -> bool:
-        return self.recorded is not None and self.recorded == self.rebuilt
+        return not self.differs
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "sha256": self.rebuilt,
+                               "recorded": self.recorded, "match": self.match,
+                               "differs": list(self.differs), "report": self.report}
+        if self.new is not None:
+            out["type"] = self.new.type
+            if self.new.mode is not None:
+                out["mode"] = format_mode(self.new.mode)
+        if self.old is not None and self.old.mode is not None:
+            out["recorded_mode"] = format_mode(self.old.mode)
+        return out
 
 
 @dataclass(frozen=True)
@@ -93,8 +123,7 @@ class Verdict:
             "release": self.release,
             "manifest": self.manifest,
             "reproducible": self.reproducible,
-            "artifacts": [{"name": a.name, "sha256": a.rebuilt, "recorded": a.recorded,
-                           "match": a.match, "report": a.report} for a in self.artifacts],
+            "artifacts": [a.to_json() for a in self.artifacts],
             "runs": [{"name": r.name, "exit_code": r.exit_code,
                       "seconds": round(r.seconds, 3)} for r in self.runs],
             "differences": [a.name for a in self.artifacts if not a.match],
@@ -149,7 +178,7 @@ def _reproduce(store: Store, target: str, *, runs: int, cache_dir: Path,
     release = resolve_release(store, target)
     name = (release.annotations or {}).get(REF_NAME, target)
     inputs = stored_inputs(store, release)
-    recorded = {a.name: a.sha256 for a in release_artifacts(store, release)}
+    recorded = {a.name: a for a in release_artifacts(store, release)}
     image = stored_image(store, inputs.image_manifest)
     client = connect()
     remove_leftovers(client, store, log)
@@ -169,8 +198,7 @@ def _reproduce(store: Store, target: str, *, runs: int, cache_dir: Path,
             log(f"run {result.name}: exit {result.exit_code} after {result.seconds:.1f} s")
             require_success(result, "the build command")
         outputs = [collect_outputs(r.out_dir, plan.outputs, r.name, plan.limits) for r in results]
-        rebuilt = tuple(_report(store, r, release_artifacts(store, release), outputs, log,
-                                plan.limits.diffoscope_memory)
+        rebuilt = tuple(_report(store, r, log, plan.limits.diffoscope_memory)
                         for r in _judge(recorded, outputs))
         blames: Mapping[str, Blame] = {}
         twin = compare_artifacts(*outputs) if len(outputs) == 2 else ()
@@ -188,25 +216,22 @@ def _reproduce(store: Store, target: str, *, runs: int, cache_dir: Path,
     return verdict
 
 
-def _report(store: Store, rebuilt: Rebuilt, recorded: Sequence[Artifact],
-            outputs: Sequence[Sequence[Artifact]], log: Log, memory: int) -> Rebuilt:
+def _report(store: Store, rebuilt: Rebuilt, log: Log, memory: int) -> Rebuilt:
     """A mismatch's diffoscope report: the recorded artifact (its blob) against the rebuilt."""
     if rebuilt.match:
         return rebuilt
-    old = next((a for a in recorded if a.name == rebuilt.name), None)
-    new = next((a for run in outputs for a in run
-                if a.name == rebuilt.name and a.sha256 == rebuilt.rebuilt), None)
-    log(f"differs from the record: {rebuilt.name}; running diffoscope")
-    report = diff_reports(Difference(rebuilt.name, old, new), memory=memory).text
+    log(f"differs from the record: {rebuilt.name} ({', '.join(rebuilt.differs)}); "
+        "running diffoscope")
+    report = diff_reports(Difference(rebuilt.name, rebuilt.old, rebuilt.new), memory=memory).text
     return replace(rebuilt, report=store.put_bytes(report)[0])
 
 
-def _judge(recorded: Mapping[str, str],
+def _judge(recorded: Mapping[str, Artifact],
            outputs: Sequence[Sequence[Artifact]]) -> tuple[Rebuilt, ...]:
     """Every artifact of every run against the record: all must match."""
     judged: dict[str, Rebuilt] = {}
     for artifacts in outputs:
-        by_name = {a.name: a.sha256 for a in artifacts}
+        by_name = {a.name: a for a in artifacts}
         for name in sorted(recorded.keys() | by_name.keys()):
             entry = Rebuilt(name, recorded.get(name), by_name.get(name))
             if name not in judged or judged[name].match:

@@ -32,6 +32,7 @@ from rebuild.store.layout import (
     BUNDLE_MEDIA,
     KIND,
     LINK_ANN,
+    MODE_ANN,
     REF_NAME,
     RELEASE_ANN,
     RELEASE_TYPE,
@@ -345,6 +346,7 @@ def release_manifest(store: Store, provenance: Mapping[str, Any],
         return None
     links = {_get(layer, "annotations", TITLE): _get(layer, "annotations", LINK_ANN)
              for layer in layers}
+    modes = _signed_modes(store, provenance)
     out = []
     for subject in provenance.get("subject", []):
         title, hexdigest = _get(subject, "name"), _get(subject, "digest", "sha256")
@@ -355,6 +357,8 @@ def release_manifest(store: Store, provenance: Mapping[str, Any],
         link = links.get(title)
         if isinstance(link, str) and hashlib.sha256(link.encode()).hexdigest() == hexdigest:
             annotations[LINK_ANN] = link
+        if title in modes:
+            annotations[MODE_ANN] = modes[title]
         try:
             size = store.blob_path(digest).stat().st_size
         except (OSError, StoreError):
@@ -362,6 +366,23 @@ def release_manifest(store: Store, provenance: Mapping[str, Any],
         out.append(Descriptor("application/octet-stream", digest, size, annotations))
     out.sort(key=lambda d: (d.annotations or {})[TITLE])
     return artifact_manifest(RELEASE_TYPE, out, annotations=release_annotations(name, epoch))
+
+
+def _signed_modes(store: Store, provenance: Mapping[str, Any]) -> dict[str, str]:
+    """Each artifact's permission bits from the comparison record the signed provenance pins
+    (by digest, among its byproducts); none for a record made before modes were compared."""
+    byproducts = _get(provenance.get("predicate"), "runDetails", "byproducts")
+    found = next((b for b in byproducts or [] if _get(b, "name") == "comparison.json"), None)
+    hexdigest = _get(found, "digest", "sha256")
+    if not isinstance(hexdigest, str):
+        return {}
+    try:
+        record = store.read_json(f"sha256:{hexdigest}")
+    except (StoreError, ValueError):
+        return {}
+    return {a["name"]: a["mode"] for a in _get(record, "artifacts") or []
+            if isinstance(a, Mapping) and isinstance(a.get("name"), str)
+            and isinstance(a.get("mode"), str)}
 
 
 def _get(value: Any, *path: str) -> Any:

@@ -68,6 +68,7 @@ IMAGE_ID_ANN = "dev.rebuild.build.image.id"
 IMAGE_REF_ANN = "dev.rebuild.build.image.ref"
 CREATED_ANN = "org.opencontainers.image.created"
 LINK_ANN = "dev.rebuild.link"  # a release layer that is a symbolic link: its target
+MODE_ANN = "dev.rebuild.mode"  # a release layer's permission bits ("0755")
 CHUNK = 1 << 20
 
 

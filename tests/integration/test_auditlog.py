@@ -17,7 +17,7 @@ from tests.conftest import ROOT, RecipeWriter, Result, run_rebuild
 
 pytestmark = pytest.mark.docker
 
-SCRIPT = "mkdir -p /out && printf 'device firmware\\n' > /out/fw.bin"
+SCRIPT = "umask 022 && mkdir -p /out && printf 'device firmware\\n' > /out/fw.bin"
 RELEASE = "t@1.0.0"
 
 

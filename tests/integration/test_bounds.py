@@ -26,7 +26,7 @@ def keygen(tmp_path: Path) -> Path:
 def test_twenty_thousand_outputs_build_and_sign(minimal_image: str, write_recipe: RecipeWriter,
                                                 store: Path, tmp_path: Path) -> None:
     # split writes 20,000 files, each with its own line (so 20,000 different blobs).
-    script = "mkdir -p /out/d && seq 1 20000 | split -l 1 -a 5 - /out/d/f"
+    script = "umask 022 && mkdir -p /out/d && seq 1 20000 | split -l 1 -a 5 - /out/d/f"
     recipe = write_recipe(minimal_image, script, ["d/**"], vary=["-file_order"])
     started = time.monotonic()
     result = run_rebuild("build", recipe, "--key", keygen(tmp_path), "--json", store=store)
@@ -41,7 +41,7 @@ def test_twenty_thousand_outputs_build_and_sign(minimal_image: str, write_recipe
 
 def test_output_count_limit_exits_4_naming_it(minimal_image: str, write_recipe: RecipeWriter,
                                               store: Path) -> None:
-    recipe = write_recipe(minimal_image, "seq 1 20 | split -l 1 - /out/f", ["f*"],
+    recipe = write_recipe(minimal_image, "umask 022 && seq 1 20 | split -l 1 - /out/f", ["f*"],
                           vary=["-file_order"], extra="\n[limits]\nmax_outputs = 10\n")
     result = run_rebuild("build", recipe, store=store)
     assert result.code == 4, result.stderr

@@ -21,7 +21,8 @@ from tests.conftest import ROOT, RecipeWriter, run_rebuild
 pytestmark = pytest.mark.docker
 
 GOLDEN = ROOT / "tests" / "golden"
-SCRIPT = "mkdir -p /out/usr/bin && printf 'hello\\n' > /out/usr/bin/hello"
+SCRIPT = ("mkdir -p /out/usr/bin && printf 'hello\\n' > /out/usr/bin/hello && "
+          "chmod 755 /out/usr/bin/hello")
 
 
 def normalized(document: dict[str, Any], keep: set[str], paths: dict[str, str]) -> str:

@@ -17,7 +17,8 @@ from tests.test_sign import node_verifier, run_node_verifier  # noqa: F401 (fixt
 
 pytestmark = pytest.mark.docker
 
-SCRIPT = "mkdir -p /out/usr/bin && printf 'hello\\n' > /out/usr/bin/hello && echo 2 > /out/n"
+SCRIPT = ("umask 022 && mkdir -p /out/usr/bin && printf 'hello\\n' > /out/usr/bin/hello && "
+          "echo 2 > /out/n")
 TEST = '\n[test]\ncommand = ["sh", "-c", "grep -q hello /out/usr/bin/hello"]\n'
 
 

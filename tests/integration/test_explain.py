@@ -208,7 +208,7 @@ def test_a_missing_output_and_a_link_get_notes_in_every_format(tmp_path: Path) -
     assert json.loads(reports.json)["comments"] == ["f: only run a produced this output"]
     link = Artifact("l", "0" * 64, 1, tmp_path / "l", "target-a")
     other = Artifact("l", "1" * 64, 1, tmp_path / "l", "target-b")
-    assert b"link b -> target-b" in diff_reports(Difference("l", link, other)).text
+    assert b"b: symbolic link -> target-b" in diff_reports(Difference("l", link, other)).text
 
 
 # -- the CLI against the engine -------------------------------------------------------------
@@ -216,7 +216,7 @@ def test_a_missing_output_and_a_link_get_notes_in_every_format(tmp_path: Path) -
 @pytest.mark.docker
 def test_explain_names_the_cause_and_stores_three_reports(
         minimal_image: str, write_recipe: RecipeWriter, store: Path, tmp_path: Path) -> None:
-    script = ("mkdir -p /out/share && date -u +%F > /out/share/stamp.txt && "
+    script = ("umask 022 && mkdir -p /out/share && date -u +%F > /out/share/stamp.txt && "
               "uname -n >> /out/share/stamp.txt && echo same > /out/same.txt")
     recipe = write_recipe(minimal_image, script, ["share/stamp.txt", "same.txt"])
     result = run_rebuild("build", recipe, "--explain", "--json", "--keep", tmp_path / "kept",
@@ -227,7 +227,7 @@ def test_explain_names_the_cause_and_stores_three_reports(
     assert diff["variations"] == ["time", "hostname"]
     assert diff["hints"] == [HINTS["time"], HINTS["hostname"]]
     assert diff["explained"] is True
-    assert "share/stamp.txt: caused by time, hostname — hints:" in result.stderr
+    assert "share/stamp.txt (content): caused by time, hostname — hints:" in result.stderr
     assert diff["reports"]["text"] == diff["report"]
     runs = result.json["explain"]["runs"]
     assert runs[0]["variations"] == [] and runs[0]["changed"] == []
@@ -259,7 +259,7 @@ def test_without_explain_every_enabled_variation_is_listed(
     assert diff["variations"] == ["time", "hostname"]
     assert diff["explained"] is False and diff["hints"] == []
     assert "explain" not in result.json
-    assert "r: differs (run with --explain" in result.stderr
+    assert "r (content): differs (run with --explain" in result.stderr
 
 
 @pytest.mark.docker

@@ -20,7 +20,8 @@ from tests.conftest import ROOT, Result, require_tool, run_rebuild, seed_store
 pytestmark = pytest.mark.docker
 
 RELEASE = "fw@2.1.0"
-SCRIPT = "mkdir -p /out/usr/bin && printf 'hello\\n' > /out/usr/bin/hello && echo 2 > /out/n"
+SCRIPT = ("umask 022 && mkdir -p /out/usr/bin && printf 'hello\\n' > /out/usr/bin/hello && "
+          "echo 2 > /out/n")
 RECIPE = """[recipe]
 name = "fw"
 version = "2.1.0"

@@ -24,8 +24,8 @@ from tests.conftest import ROOT, SESSION_PREFIX, RecipeWriter, run_rebuild
 
 pytestmark = pytest.mark.docker
 
-SLEEPY = "sleep 300; echo > /out/r"
-QUICK = "echo quick > /out/r"
+SLEEPY = "umask 022; sleep 300; echo > /out/r"
+QUICK = "umask 022; echo quick > /out/r"
 
 
 @pytest.fixture
@@ -214,7 +214,7 @@ def test_an_output_that_looks_like_a_manifest_does_not_break_gc(
         minimal_image: str, write_recipe: RecipeWriter, store: Path, runtime_dir: Path) -> None:
     fake = ('{"mediaType":"application/vnd.oci.image.manifest.v1+json",'
             '"layers":[{"digest":"sha256:' + "0" * 64 + '"}]}')
-    built = run_rebuild("build", write_recipe(minimal_image, f"printf '%s' '{fake}' > /out/r"),
+    built = run_rebuild("build", write_recipe(minimal_image, f"umask 022; printf '%s' '{fake}' > /out/r"),
                         "--json", store=store, env=build_env(runtime_dir))
     assert built.code == 0, built.stderr
     assert (store / "blobs" / "sha256" / built.json["artifacts"][0]["sha256"]).read_text() == fake

@@ -52,7 +52,7 @@ def test_no_network_but_lo(minimal_image: str, write_recipe: RecipeWriter, store
     port, seen = host_server
     gateway = "172.17.0.1"  # the host, as seen from Docker's default bridge
     script = (
-        "sed 1,2d /proc/net/dev | cut -d: -f1 | tr -d ' ' > /out/ifaces; "
+        "umask 022 && sed 1,2d /proc/net/dev | cut -d: -f1 | tr -d ' ' > /out/ifaces; "
         f"for host in 127.0.0.1 {gateway}; do "
         f"if timeout 5 bash -c \"exec 3<>/dev/tcp/$host/{port}\" 2>/dev/null; "
         "then echo \"$host connected\"; else echo \"$host refused\"; fi; done > /out/net")

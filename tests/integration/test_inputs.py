@@ -120,8 +120,8 @@ def demo_recipe(tmp_path: Path, server: FileServer, image: str, script: str) -> 
 
 def test_locked_wheels_are_installed_into_a_venv(c_image: str, server: FileServer,
                                                  tmp_path: Path, store: Path) -> None:
-    script = ("python -c 'import demo_pkg, sys; print(demo_pkg.VALUE, sys.prefix)' > /out/r "
-              "&& echo \"$VIRTUAL_ENV\" >> /out/r")
+    script = ("umask 022 && python -c 'import demo_pkg, sys; print(demo_pkg.VALUE, sys.prefix)' "
+              "> /out/r && echo \"$VIRTUAL_ENV\" >> /out/r")
     recipe = demo_recipe(tmp_path, server, c_image, script)
     fetched = run_rebuild("fetch", recipe, store=store, env=index_env(server, tmp_path))
     assert fetched.code == 0, fetched.stderr
@@ -155,7 +155,7 @@ def test_zip_source_builds(minimal_image: str, server: FileServer, tmp_path: Pat
     recipe = write_recipe(
         tmp_path / "t.toml", {"url": f"{server.url}/tool-1.0.zip",
                               "sha256": hashlib.sha256(data).hexdigest()},
-        "cat hello.txt > /out/r && ./bin/run.sh >> /out/r", image=minimal_image)
+        "umask 022 && cat hello.txt > /out/r && ./bin/run.sh >> /out/r", image=minimal_image)
     result = run_rebuild("build", recipe, "--json", store=store)
     assert result.code == 0, result.stderr
     assert artifact_bytes(store, result.json, "r") == b"hello\nran\n"
@@ -166,9 +166,9 @@ def test_git_source_date_epoch_is_the_commit_time(minimal_image: str, tmp_path: 
                                                   store: Path) -> None:
     rev = git_repo(tmp_path / "repo", {"msg.txt": "from git\n"}, 1650000000)
     recipe = write_recipe(tmp_path / "t.toml", {"git": "repo", "rev": rev},
-                          'printf "%s " "$SOURCE_DATE_EPOCH" > /out/r && cat msg.txt >> /out/r '
-                          "&& ls -a > /out/ls", image=minimal_image, outputs=("r", "ls"),
-                          epoch="git")
+                          'umask 022 && printf "%s " "$SOURCE_DATE_EPOCH" > /out/r && '
+                          "cat msg.txt >> /out/r && ls -a > /out/ls", image=minimal_image,
+                          outputs=("r", "ls"), epoch="git")
     result = run_rebuild("build", recipe, "--json", store=store)
     assert result.code == 0, result.stderr
     assert artifact_bytes(store, result.json, "r") == b"1650000000 from git\n"

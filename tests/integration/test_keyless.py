@@ -27,7 +27,8 @@ pytestmark = pytest.mark.docker
 
 EMAIL = "release-bot@example.com"
 JOB = "https://ci.example.com/jobs/7"
-SCRIPT = "mkdir -p /out/usr/bin && printf 'hello\\n' > /out/usr/bin/hello && echo 2 > /out/n"
+SCRIPT = ("umask 022 && mkdir -p /out/usr/bin && printf 'hello\\n' > /out/usr/bin/hello && "
+          "echo 2 > /out/n")
 TEST = '[test]\ncommand = ["sh", "-c", "grep -q hello /out/usr/bin/hello"]\n'
 TITLE = "org.opencontainers.image.title"
 # Every way this machine could offer an ambient OIDC credential, switched off.

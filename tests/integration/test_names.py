@@ -45,7 +45,7 @@ image = "{image}"
 source_date_epoch = 1700000000
 
 [build]
-command = ["sh", "-c", "mkdir -p /out && printf '{text}\\\\n' > /out/fw.bin"]
+command = ["sh", "-c", "umask 022 && mkdir -p /out && printf '{text}\\\\n' > /out/fw.bin"]
 outputs = ["fw.bin"]
 timeout = 120
 memory = "512m"

@@ -11,7 +11,7 @@ from tests.conftest import RecipeWriter, repoint_blob, run_rebuild
 
 pytestmark = pytest.mark.docker
 
-SCRIPT = "mkdir -p /out && printf 'device firmware\\n' > /out/fw.bin"
+SCRIPT = "umask 022 && mkdir -p /out && printf 'device firmware\\n' > /out/fw.bin"
 
 
 @pytest.fixture

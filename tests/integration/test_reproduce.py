@@ -16,7 +16,7 @@ from tests.conftest import ROOT, RecipeWriter, Result, repoint_blob, require_too
 
 pytestmark = pytest.mark.docker
 
-SCRIPT = ("mkdir -p /out/usr/bin && printf 'hello\\n' > /out/usr/bin/hello && "
+SCRIPT = ("umask 022 && mkdir -p /out/usr/bin && printf 'hello\\n' > /out/usr/bin/hello && "
           "tar --sort=name --mtime=@$SOURCE_DATE_EPOCH --owner=0 --group=0 --numeric-owner "
           "--mode=go-w -cf - . | gzip -n > /out/src.tar.gz")
 
@@ -112,7 +112,8 @@ def test_reproduce_explain_names_the_culprit_of_a_twin_difference(
     # Built without the hostname variation, the release is reproducible; its stored recipe is
     # then forged to vary everything, so the twin check at reproduce time differs, and
     # --explain must blame the hostname alone.
-    recipe = write_recipe(minimal_image, "uname -n > /out/r", vary=["all", "-hostname"])
+    recipe = write_recipe(minimal_image, "umask 022 && uname -n > /out/r",
+                          vary=["all", "-hostname"])
     assert run_rebuild("build", recipe, store=store).code == 0
     stored = recipe.read_bytes()
     old = "sha256:" + hashlib.sha256(stored).hexdigest()

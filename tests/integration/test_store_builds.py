@@ -13,7 +13,8 @@ from tests.conftest import RecipeWriter, run_rebuild
 
 pytestmark = pytest.mark.docker
 
-CAREFUL = "printf 'hello\\n' > /out/r && mkdir -p /out/usr/bin && printf 'bin' > /out/usr/bin/x"
+CAREFUL = ("umask 022 && printf 'hello\\n' > /out/r && mkdir -p /out/usr/bin && "
+           "printf 'bin' > /out/usr/bin/x")
 
 
 def blobs(store: Path) -> set[str]:
@@ -91,7 +92,8 @@ def test_two_builds_into_one_store_at_once(minimal_image: str, write_recipe: Rec
 
 def test_a_release_is_immutable(minimal_image: str, write_recipe: RecipeWriter,
                                 store: Path) -> None:
-    first = run_rebuild("build", write_recipe(minimal_image, "echo one > /out/r"), store=store)
+    first = run_rebuild("build", write_recipe(minimal_image, "umask 022 && echo one > /out/r"),
+                        store=store)
     assert first.code == 0, first.stderr
     attempts = _attempts(store)
     second = run_rebuild("build", write_recipe(minimal_image, "echo two > /out/r"), store=store)

@@ -38,7 +38,8 @@ def test_every_variation_has_a_probe() -> None:
 @pytest.mark.parametrize("variation", NAMES)
 def test_variation_is_caught_and_can_be_removed(variation: str, minimal_image: str,
                                                 write_recipe: RecipeWriter, store) -> None:
-    script = SENSITIVE[variation]
+    # The output's own mode is fixed, so that the probe shows in its content alone.
+    script = SENSITIVE[variation] + " && chmod 644 /out/r"
     caught = run_rebuild("build", write_recipe(minimal_image, script, files=MANY_FILES),
                          "--json", store=store)
     assert caught.code == 1, caught.stderr
@@ -56,7 +57,7 @@ def test_careful_build_passes_all_twelve(minimal_image: str, write_recipe: Recip
                                          store) -> None:
     script = ("printf 'hello\\n' > /out/r && tar --sort=name --mtime=@$SOURCE_DATE_EPOCH "
               "--owner=0 --group=0 --numeric-owner --mode=go-w -cf - files "
-              "| gzip -n > /out/files.tar.gz")
+              "| gzip -n > /out/files.tar.gz && chmod 644 /out/r /out/files.tar.gz")
     result = run_rebuild("build", write_recipe(minimal_image, script, ["r", "*.tar.gz"],
                                                files=MANY_FILES), "--json", store=store)
     assert result.code == 0, result.stderr
