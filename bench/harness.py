@@ -226,7 +226,7 @@ def keygen(prefix: Path) -> tuple[Path, Path]:
 
 
 def startup_contender() -> Contender:
-    """The floor under every CLI measurement: start the interpreter, import rebuild.cli,
+    """The floor under every CLI measurement: start the interpreter, import rebuild.cli.main,
     parse the command line (`rebuild --version`)."""
     def run() -> float:
         seconds, proc = timed([REBUILD_CLI, "--version"], what="rebuild --version")

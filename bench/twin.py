@@ -30,7 +30,7 @@ from rebuild.build.sandbox import (
     connect,
 )
 from rebuild.build.variations import NAMES
-from rebuild.cli import OPTIONS
+from rebuild.cli.common import OPTIONS
 
 
 def twin_overhead(ctx: Context) -> Section:

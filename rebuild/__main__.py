@@ -1,5 +1,5 @@
 """`python -m rebuild` runs the command line."""
 
-from rebuild.cli import main
+from rebuild.cli.main import main
 
 main()

@@ -187,7 +187,7 @@ def test_debug_shows_the_traceback(tmp_path: Path) -> None:
 
 def test_an_unexpected_error_is_one_line_with_a_hint(monkeypatch: pytest.MonkeyPatch,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
-    from rebuild import cli
+    from rebuild.cli import main as cli
 
     def crash(**_: object) -> None:
         raise ZeroDivisionError("division by zero")
@@ -309,7 +309,7 @@ def test_a_full_store_disk_is_a_clear_error_and_harms_nothing(tmp_path: Path) ->
 
 
 def test_say_shows_terminal_escapes_escaped(capsys: pytest.CaptureFixture[str]) -> None:
-    from rebuild.cli import say, shown
+    from rebuild.cli.common import say, shown
 
     say(f"  {shown('usr/bin/x' + chr(27) + '[2J')}  sha256:…")
     say("plain line\twith a tab")

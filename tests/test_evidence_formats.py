@@ -396,7 +396,7 @@ def test_prepare_sbom_gives_the_statements_of_a_build_on_the_image() -> None:
 def test_cli_start_does_not_import_cyclonedx() -> None:
     # They cost a tenth of a second at every start; only a build's evidence needs them.
     loaded = subprocess.run(
-        [sys.executable, "-c", "import sys, rebuild.cli; print(sorted({m.split('.')[0] for m "
+        [sys.executable, "-c", "import sys, rebuild.cli.main; print(sorted({m.split('.')[0] for m "
          "in sys.modules} & {'cyclonedx', 'packageurl', 'sortedcontainers'}))"],
         capture_output=True, text=True, check=True).stdout
     assert loaded.strip() == "[]"

@@ -214,7 +214,8 @@ def test_an_output_that_looks_like_a_manifest_does_not_break_gc(
         minimal_image: str, write_recipe: RecipeWriter, store: Path, runtime_dir: Path) -> None:
     fake = ('{"mediaType":"application/vnd.oci.image.manifest.v1+json",'
             '"layers":[{"digest":"sha256:' + "0" * 64 + '"}]}')
-    built = run_rebuild("build", write_recipe(minimal_image, f"umask 022; printf '%s' '{fake}' > /out/r"),
+    script = f"umask 022; printf '%s' '{fake}' > /out/r"
+    built = run_rebuild("build", write_recipe(minimal_image, script),
                         "--json", store=store, env=build_env(runtime_dir))
     assert built.code == 0, built.stderr
     assert (store / "blobs" / "sha256" / built.json["artifacts"][0]["sha256"]).read_text() == fake

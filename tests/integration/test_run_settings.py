@@ -21,7 +21,8 @@ pytestmark = pytest.mark.docker
 # What the shell, Docker (HOSTNAME) and libfaketime (FAKETIME_SHARED, for its child
 # processes) add to the environment the plan gives the container.
 ADDED = {"PWD", "SHLVL", "_", "OLDPWD", "HOSTNAME", "FAKETIME_SHARED"}
-SCRIPT = ("umask 022 && env | sort > /out/env-dump && date -u -d @$SOURCE_DATE_EPOCH '+%F %T' > /out/day "
+SCRIPT = ("umask 022 && env | sort > /out/env-dump "
+          "&& date -u -d @$SOURCE_DATE_EPOCH '+%F %T' > /out/day "
           "&& date -u '+%F %T' > /out/clock-dump")
 
 

@@ -1,0 +1,214 @@
+"""Commands that make things: `build`, `lock`, `fetch`, `image build`."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from rebuild.errors import EnvironmentProblem, ExitCode, UsageError
+from rebuild.store.layout import Store
+
+if TYPE_CHECKING:
+    from rebuild.evidence.sign import StatementSigner
+    from rebuild.twin import BuildOutcome, DifferenceReport
+
+from rebuild.cli.common import (
+    JsonOpt,
+    KeylessOpt,
+    KeyOpt,
+    StoreOpt,
+    TrustConfigOpt,
+    command_options,
+    emit,
+    make_signer,
+    say,
+    shown,
+)
+
+image_app = typer.Typer(no_args_is_help=True, help="Base images built from Debian packages.")
+
+
+def build(
+    recipes: Annotated[list[Path], typer.Argument(help="Recipe files (recipes/NAME.toml).")],
+    store: StoreOpt = None,
+    json_out: JsonOpt = False,
+    key: KeyOpt = None,
+    explain: Annotated[bool, typer.Option(
+        "--explain", help="When the runs differ, find the variation(s) responsible for each "
+        "differing artifact (extra runs: one per variation).")] = False,
+    keep: Annotated[Path | None, typer.Option(
+        "--keep", help="Copy both runs' /out trees to DIR/a and DIR/b (one recipe only).",
+        metavar="DIR", show_default=False)] = None,
+    keyless: KeylessOpt = False,
+    trust_config: TrustConfigOpt = None,
+) -> None:
+    """Fetch, build twice with variations, compare, and store the release."""
+    from rebuild.build.recipe import load_recipe
+    from rebuild.twin import refuse_release_conflict, twin_build
+
+
+    opts = command_options(store, json_out, key)
+    if keep is not None and len(recipes) != 1:
+        raise UsageError("--keep takes one recipe: both runs' outputs go to DIR/a and DIR/b")
+    if keep is not None and any((keep / run).exists() for run in ("a", "b")):
+        raise UsageError(f"--keep {keep}: {keep}/a or {keep}/b already exists; remove them "
+                         "or name another directory")
+    loaded = [load_recipe(path) for path in recipes]  # every recipe is checked before any runs
+    for recipe in loaded:
+        refuse_release_conflict(Store(opts.store), recipe)
+    signer = make_signer(opts, keyless=keyless, trust_config=trust_config)
+    outcomes = [twin_build(recipe, Store(opts.store), cache_dir=opts.cache, signer=signer,
+                           log=say,
+                           debug=say if opts.debug else lambda _: None,
+                           explain=explain, keep=keep)
+                for recipe in loaded]
+    for outcome in outcomes:
+        _print_outcome(outcome, signer)
+    if opts.json:
+        emit(outcomes[0].to_json() if len(outcomes) == 1
+             else {"builds": [o.to_json() for o in outcomes]})
+    if not all(o.reproducible for o in outcomes):
+        raise typer.Exit(ExitCode.CLAIM_FAILED)
+
+
+def _difference_line(diff: DifferenceReport) -> str:
+    """`share/stamp.txt: caused by time, hostname — hint: …` (with --explain)."""
+    name, blame = f"{shown(diff.difference.name)} ({', '.join(diff.differs)})", diff.blame
+    if blame is None:
+        return f"{name}: differs (run with --explain to find the variations responsible)"
+    cause = ("differs between identical runs (randomness or a race)" if blame.inherent
+             else f"caused by {', '.join(blame.variations)}")
+    note = f" ({blame.note})" if blame.note and not blame.inherent else ""
+    if len(blame.hints) == 1:
+        return f"{name}: {cause}{note} — hint: {blame.hints[0]}"
+    hints = "".join(f"\n    {variation}: {hint}"
+                    for variation, hint in zip(blame.variations, blame.hints, strict=True))
+    return f"{name}: {cause}{note} — hints:{hints}"
+
+
+def _print_outcome(outcome: BuildOutcome, signer: StatementSigner | None) -> None:
+    from rebuild.build.compare import format_mode
+
+    if outcome.reproducible:
+        say(f"{outcome.release}: reproducible: {len(outcome.artifacts)} artifact(s) "
+            "identical in both runs")
+        for artifact in outcome.artifacts:
+            what = (f"-> {artifact.link}" if artifact.link is not None
+                    else f"{artifact.size} bytes, mode {format_mode(artifact.mode or 0)}")
+            say(f"  {shown(artifact.name)}  sha256:{artifact.sha256}  {what}")
+    else:
+        names = {a.name for a in outcome.artifacts} | {
+            d.difference.name for d in outcome.differences}
+        say(f"{outcome.release}: NOT reproducible: {len(outcome.differences)} of "
+            f"{len(names)} artifact(s) differ")
+        for diff in outcome.differences:
+            say(f"  {_difference_line(diff)}")
+            say(f"    report: rebuild store cat {diff.report} (HTML {diff.html}, "
+                f"JSON {diff.json})")
+    evidence = outcome.evidence
+    signed = (f"signed by {signer.description}" if evidence.signer and signer is not None
+              else "NOT signed")
+    say(f"evidence: provenance {evidence.statements['provenance'][:19]}…, SBOM "
+        f"{evidence.sbom[:19]}…, {signed}; attempt {outcome.attempt} in {outcome.store}")
+
+
+def lock(
+    recipes: Annotated[list[Path], typer.Argument(help="Recipe files to pin.")],
+    update_image: Annotated[bool, typer.Option(
+        "--update-image", help="Re-pin the image to the newest one the store has for its "
+        "name:tag.")] = False,
+    store: StoreOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Write the pins (source digest, image digest) into each recipe."""
+    from rebuild.inputs.lock import lock_recipe
+
+
+    opts = command_options(store, json_out)
+    results = [lock_recipe(path, Store(opts.store), update_image=update_image, log=say)
+               for path in recipes]
+    for result in results:
+        if not result.changed:
+            say(f"{result.path}: already locked")
+    if opts.json:
+        emit({"recipes": [{"recipe": str(r.path),
+                           "changed": {k: {"old": old, "new": new}
+                                       for k, (old, new) in r.changed.items()}}
+                          for r in results]})
+
+
+def fetch(
+    recipes: Annotated[list[Path], typer.Argument(help="Recipe files (recipes/NAME.toml).")],
+    store: StoreOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Fetch every input (source, wheels) into the store, verifying hashes."""
+    from rebuild.build.recipe import load_recipe
+    from rebuild.inputs.fetch import fetch_inputs
+
+
+    opts = command_options(store, json_out)
+    loaded = [load_recipe(path) for path in recipes]
+    reports = []
+    st = Store(opts.store)
+    for recipe in loaded:
+        with st.lease():  # what is found in the store is kept until it is named
+            inputs = fetch_inputs(recipe, st, log=say)
+        new = inputs.downloaded
+        source = inputs.source
+        where = ("local" if source.fetched is None else
+                 "downloaded" if source.fetched in new else "found in the store")
+        say(f"{recipe.recipe.release}: source {source.uri} {source.tree_digest} ({where})")
+        if inputs.python_lock is not None:
+            fetched = sum(w.blob in new for w in inputs.wheels)
+            say(f"{recipe.recipe.release}: {len(inputs.wheels)} wheel(s): {fetched} downloaded, "
+                f"{len(inputs.wheels) - fetched} already in the store")
+        reports.append({
+            "recipe": str(recipe.path), "release": recipe.recipe.release,
+            "source": {"kind": recipe.recipe.source.kind, "uri": source.uri,
+                       "tree": source.tree_digest, "archive": source.archive,
+                       "fetched": source.fetched, "downloaded": source.fetched in new},
+            "source_date_epoch": inputs.source_date_epoch,
+            "python_lock": inputs.python_lock,
+            "wheels": [{**w.to_json(), "downloaded": w.blob in new} for w in inputs.wheels],
+            "downloaded": sorted(new)})
+    if opts.json:
+        emit({"recipes": reports, "store": str(opts.store)})
+
+
+@image_app.command("build")
+def image_build(
+    definition: Annotated[Path, typer.Argument(help="Image definition (images/NAME.toml).")],
+    rebuild: Annotated[bool, typer.Option("--rebuild", help="Build even when cached.")] = False,
+    store: StoreOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Build a base image with mmdebstrap, load it, archive it; print its pinned reference."""
+    from rebuild.build.image import build_image, mirror_release_url
+    from rebuild.build.sandbox import connect, has_image, load_image
+    from rebuild.inputs.fetch import fetch_bytes
+
+
+    opts = command_options(store, json_out)
+    try:
+        mirror_state: str | None = "sha256:" + hashlib.sha256(
+            fetch_bytes(mirror_release_url(definition))).hexdigest()
+    except EnvironmentProblem as exc:
+        say(f"warning: {exc}; the image will be built afresh")
+        mirror_state = None
+    st = Store(opts.store)
+    client = connect()
+    image = build_image(definition, st, mirror_state=mirror_state,
+                        is_loaded=lambda image_id: has_image(client, image_id),
+                        load=lambda archive: load_image(client, archive), log=say,
+                        rebuild=rebuild)
+    if opts.json:
+        emit({"image": image.reference, "id": image.image_id, "manifest": image.manifest,
+              "archive": image.archive, "packages": len(image.packages),
+              "cached": image.cached, "store": str(opts.store)})
+    else:
+        print(image.reference)
+    say(f"{len(image.packages)} Debian packages; archived in {opts.store} as {image.manifest}")

@@ -1,0 +1,185 @@
+"""`rebuild log`: the audit log's timeline, its checks, checkpoints and proofs."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from rebuild.errors import ExitCode, StoreError, UsageError
+from rebuild.store.layout import Store
+
+if TYPE_CHECKING:
+    pass
+
+from rebuild.cli.common import (
+    JsonOpt,
+    LogKeyOpt,
+    StoreOpt,
+    command_options,
+    emit,
+    log_verifier,
+    say,
+)
+
+log_app = typer.Typer(no_args_is_help=True, help="The audit log: an append-only, tamper-evident "
+                      "record of builds, releases, verdicts and approvals.")
+
+
+@log_app.command("keygen")
+def log_keygen(
+    out: Annotated[Path, typer.Option("--out", help="Writes OUT.key (0600) and OUT.pub.")],
+    name: Annotated[str, typer.Option("--name", help="The log's name (its checkpoints' "
+                                      "origin), e.g. example.com/rebuild-log.")]
+    = "rebuild.local/audit-log",
+    json_out: JsonOpt = False,
+) -> None:
+    """Make the log key (Ed25519, signed-note format); sign with env REBUILD_LOG_KEY=OUT.key,
+    pin OUT.pub when verifying. Keep it apart from the store."""
+    from rebuild.store.auditlog import generate_log_key
+
+    opts = command_options(None, json_out)
+    private, public, verifier = generate_log_key(out, name)
+    if opts.json:
+        emit({"private": str(private), "public": str(public), "verifier": verifier.to_text()})
+    say(f"wrote {private} (private, 0600) and {public}: {verifier.to_text()}")
+
+
+@log_app.command("show")
+def log_show(
+    release: Annotated[str | None, typer.Argument(help="A release (name@version); default: "
+                                                       "every entry.")] = None,
+    log_key: LogKeyOpt = None,
+    key: Annotated[list[Path] | None, typer.Option(
+        "--key", help="Trusted public key (PREFIX.pub) of the statements' signers; "
+        "repeatable.")] = None,
+    store: StoreOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """The timeline: when, who (name and key), role, what and its meaning, each entry marked
+    verified only when its inclusion and its statements' signatures checked out."""
+    from rebuild.evidence.sign import load_public_key
+    from rebuild.store.auditlog import timeline
+
+    opts = command_options(store, json_out)
+    keys = [load_public_key(k) for k in (key or [])]
+    shown = timeline(Store(opts.store), release, log_verifier(log_key), keys)
+    if opts.json:
+        emit(shown)
+        return
+    print(f"audit log {shown['origin']}: {shown['size']} entries; checkpoint signature "
+          f"{shown['checkpoint_signature']}; times: {shown['time_source']}")
+    for row in shown["entries"]:
+        actor = row["actor"]
+        mark = "verified" if row["verified"] else "NOT VERIFIED"
+        extra = ""
+        if "corrects" in row:
+            extra += f" (corrects entry {row['corrects']})"
+        if "withdrawn_by" in row:
+            extra += f" (WITHDRAWN by entry {row['withdrawn_by']})"
+        sigs = "; ".join(f"{k}: {v}" for k, v in row["signatures"].items())
+        print(f"#{row['entry']:<5} {row['time']}  {row['event']:<18} {row['release']}  "
+              f"{actor['name']} ({actor['role']}, key {str(actor['keyid'])[:16]}): "
+              f"{row['meaning']}{extra}  [{mark}; in log: {row['in_log']}"
+              f"{'; ' + sigs if sigs else ''}]")
+
+
+@log_app.command("verify")
+def log_verify(
+    checkpoint: Annotated[Path | None, typer.Option(
+        "--checkpoint", help="A checkpoint kept earlier (`rebuild log checkpoint -o FILE`): "
+        "the log must extend it.", metavar="FILE", show_default=False)] = None,
+    log_key: LogKeyOpt = None,
+    store: StoreOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Recompute the tree from the entries, check every tile and checkpoint, prove the log
+    consistent with a kept checkpoint, and check the store against it; exit 1 naming the
+    first entry that differs."""
+    from rebuild.store.auditlog import verify_log
+
+    opts = command_options(store, json_out)
+    verifier = log_verifier(log_key)
+    kept = None
+    if checkpoint is not None:
+        try:
+            kept = checkpoint.read_bytes()
+        except OSError as exc:
+            raise UsageError(f"--checkpoint {checkpoint}: {exc.strerror}") from None
+    st = Store(opts.store)
+    st.require()
+    report = verify_log(st, verifier, kept)
+    for check in report.checks:
+        say(f"  {'ok  ' if check.ok else 'FAIL'} {check.name}: {check.detail}")
+    if report.signed is None:
+        say("  checkpoint signatures NOT VERIFIED: pass --log-key PUB to check them")
+    state = "consistent" if report.ok else "NOT consistent: rewritten or damaged"
+    say(f"audit log of {report.size} entries: {state}")
+    if opts.json:
+        emit(report.to_json())
+    if not report.ok:
+        raise typer.Exit(ExitCode.CLAIM_FAILED)
+
+
+@log_app.command("checkpoint")
+def log_checkpoint(
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where to keep it.",
+                                         metavar="FILE")],
+    store: StoreOpt = None,
+) -> None:
+    """Save the current checkpoint, to prove later (`log verify --checkpoint`) that the log
+    was only appended to since."""
+    from rebuild.store.auditlog import AuditLog
+
+    opts = command_options(store, False)
+    current = AuditLog.of(Store(opts.store)).read_checkpoint()
+    if current is None:
+        raise StoreError(f"no audit log in {opts.store}: nothing was recorded yet")
+    output.write_bytes(current[0])
+    say(f"wrote {output}: {current[2].size} entries, root {current[2].root.hex()[:16]}…")
+
+
+@log_app.command("prove")
+def log_prove(
+    entry: Annotated[int | None, typer.Option(
+        "--entry", help="An inclusion proof of this entry (C2SP tlog-proof).")] = None,
+    since: Annotated[Path | None, typer.Option(
+        "--since", help="A consistency proof from this kept checkpoint to the current one "
+        "(base64 hashes, one a line).", metavar="FILE", show_default=False)] = None,
+    output: Annotated[Path | None, typer.Option("-o", "--output", metavar="FILE")] = None,
+    store: StoreOpt = None,
+) -> None:
+    """Print a proof made from the tiles, for checkers other than rebuild."""
+    from rebuild.store import tlog
+    from rebuild.store.auditlog import AuditLog
+
+    opts = command_options(store, False)
+    if (entry is None) == (since is None):
+        raise UsageError("choose one: --entry N (inclusion) or --since FILE (consistency)")
+    log = AuditLog.of(Store(opts.store))
+    current = log.read_checkpoint()
+    if current is None:
+        raise StoreError(f"no audit log in {opts.store}: nothing was recorded yet")
+    data, _, checkpoint = current
+    if entry is not None:
+        if not 0 <= entry < checkpoint.size:
+            raise UsageError(f"--entry {entry}: the log has {checkpoint.size} entries")
+        proof = tlog.InclusionProof(entry, tuple(log.inclusion_proof(entry, checkpoint.size)),
+                                    data).to_bytes()
+    else:
+        assert since is not None
+        try:
+            old = tlog.parse_checkpoint(tlog.parse_note(since.read_bytes()).text)
+        except OSError as exc:
+            raise UsageError(f"--since {since}: {exc.strerror}") from None
+        if old.size > checkpoint.size:
+            raise UsageError(f"--since {since}: {old.size} entries, more than the log's "
+                             f"{checkpoint.size}")
+        proof = "".join(tlog.b64(h) + "\n" for h in
+                        log.consistency_proof(old.size, checkpoint.size)).encode()
+    if output is None:
+        sys.stdout.buffer.write(proof)
+    else:
+        output.write_bytes(proof)

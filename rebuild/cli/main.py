@@ -1,0 +1,124 @@
+"""The command line: the only place that prints, and that turns errors into exit codes.
+
+`--json` prints one JSON document on stdout; everything for people goes to stderr. Each
+command group lives in a module of its own; this one assembles them and runs them."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import sys
+import tempfile
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, NoReturn
+
+import typer
+from typer._click.exceptions import ClickException
+
+from rebuild import __version__, runtime
+from rebuild.errors import ExitCode, RebuildError
+
+if TYPE_CHECKING:
+    pass
+
+from rebuild.cli import build, keys, log, release, store
+from rebuild.cli.common import OPTIONS, JsonOpt, KeyOpt, StoreOpt, say
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Reproducible, hermetic builds: twin runs in sandboxed containers, "
+                       "compared bit for bit, with the evidence kept in a store.")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"rebuild {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def main_options(
+    store: StoreOpt = None,
+    json_out: JsonOpt = False,
+    key: KeyOpt = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_print_version,
+                                          is_eager=True, help="Print the version.")] = False,
+) -> None:
+    OPTIONS.store = store or Path(os.environ.get("REBUILD_STORE", ".rebuild/store"))
+    OPTIONS.json = json_out
+    OPTIONS.debug = debug
+    OPTIONS.key = key
+    # Every temporary file and directory of this process (and of the tools it runs) goes in
+    # its runtime directory: removed at exit, and by the next build if this process is killed.
+    tempfile.tempdir = os.environ["TMPDIR"] = str(runtime.process_dir())
+
+
+COMMANDS: dict[str, Callable[..., None]] = {
+    "build": build.build, "lock": build.lock, "fetch": build.fetch, "keygen": keys.keygen,
+    "reproduce": release.reproduce_cmd, "verify": release.verify, "show": release.show,
+    "export": release.export_cmd, "approve": release.approve_cmd,
+    "withdraw": release.withdraw_cmd}
+for name, command in COMMANDS.items():
+    app.command(name)(command)
+app.add_typer(build.image_app, name="image")
+app.add_typer(store.store_app, name="store")
+app.add_typer(log.log_app, name="log")
+
+
+def main() -> None:
+    """Run the CLI: every failure is one message and an exit code from design.md's table;
+    a traceback only with --debug."""
+    runtime.install_interrupt_handlers()
+    try:
+        code = app(standalone_mode=False)
+        if runtime.interrupting_signal():  # typer turns KeyboardInterrupt into 130
+            _exit_interrupted()
+        sys.exit(code if isinstance(code, int) else 0)
+    except RebuildError as exc:
+        _fail(str(exc), exc.exit_code)
+    except KeyboardInterrupt:
+        _exit_interrupted()
+    except ClickException as exc:
+        # Unknown command or option, missing or bad argument: click's usage message (exit 2).
+        exc.show()
+        sys.exit(ExitCode.USAGE if exc.exit_code == 2 else exc.exit_code)
+    except OSError as exc:
+        _fail(_os_error_message(exc), ExitCode.ENVIRONMENT)
+    except Exception as exc:  # noqa: BLE001 (the last resort: never a bare traceback)
+        # Not "the claim failed" (1): nothing was checked. The check could not be carried out
+        # here, which is what exit 3 means; the message says it is a fault of rebuild's.
+        _fail(f"unexpected {type(exc).__name__}: {_one_line(str(exc))}; this is a bug in "
+              "rebuild: rerun with --debug for the traceback and report it", ExitCode.ENVIRONMENT)
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    if OPTIONS.debug:
+        traceback.print_exc()
+    say(f"error: {message}")
+    sys.exit(code)
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[:limit] + "…"
+
+
+def _os_error_message(exc: OSError) -> str:
+    """What the operating system refused, where, and what to do (exit 3: the environment)."""
+    where = f" ({exc.filename})" if exc.filename is not None else ""
+    what = exc.strerror or _one_line(str(exc))
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"{what}{where}: the disk is full; free space (or point TMPDIR, --store or "
+                "REBUILD_CACHE elsewhere) and run again; the store keeps only complete blobs")
+    return f"{what}{where}; rerun with --debug for the traceback"
+
+
+def _exit_interrupted() -> None:
+    # SIGTERM and SIGHUP unwind like Ctrl-C (runtime.install_interrupt_handlers): every
+    # container, mount and workspace was removed on the way out.
+    signum = runtime.interrupting_signal() or signal.SIGINT
+    say(f"interrupted ({signal.Signals(signum).name})")
+    sys.exit(128 + signum)
