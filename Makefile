@@ -28,6 +28,7 @@ lint: setup
 	$(VENV)/bin/ruff check rebuild tests bench
 	$(VENV)/bin/mypy --strict bench/*.py
 	$(VENV)/bin/mypy
+	$(VENV)/bin/python -m pytest -q tests/test_architecture.py
 
 bench: setup
 	$(VENV)/bin/python bench/run.py

@@ -60,12 +60,13 @@ def log_show(
 ) -> None:
     """The timeline: when, who (name and key), role, what and its meaning, each entry marked
     verified only when its inclusion and its statements' signatures checked out."""
-    from rebuild.evidence.sign import load_public_key
+    from rebuild.evidence.sign import load_public_key, verify_bundle
     from rebuild.store.auditlog import timeline
 
     opts = command_options(store, json_out)
     keys = [load_public_key(k) for k in (key or [])]
-    shown = timeline(Store(opts.store), release, log_verifier(log_key), keys)
+    shown = timeline(Store(opts.store), release, log_verifier(log_key),
+                     lambda data: verify_bundle(data, keys))
     if opts.json:
         emit(shown)
         return

@@ -18,6 +18,7 @@ from securesystemslib.signer import SSlibKey  # type: ignore[attr-defined]
 
 from rebuild.build.limits import BundleLimits
 from rebuild.build.variations import NAMES
+from rebuild.checks import Check
 from rebuild.errors import ClaimFailed, StoreError
 from rebuild.evidence.provenance import (
     BUILD_TYPE,
@@ -27,6 +28,7 @@ from rebuild.evidence.provenance import (
     TEST_RESULT,
 )
 from rebuild.evidence.sign import KeylessIdentity, UntrustedSigner, verify_bundle, verify_signed
+from rebuild.release.bundle import open_bundle
 from rebuild.store.auditlog import check_events, release_events, release_log_checks
 from rebuild.store.layout import (
     BUNDLE_MEDIA,
@@ -65,13 +67,6 @@ class Policy:
     # provenance. The default is the recipe default, all twelve (README, "Policies").
     variations: tuple[str, ...] = NAMES
     log_key: NoteVerifier | None = None  # when set, the release's records must be logged
-
-
-@dataclass(frozen=True)
-class Check:
-    name: str
-    ok: bool
-    detail: str
 
 
 @dataclass
@@ -227,7 +222,6 @@ def verify_bundle_file(path: Path, policy: Policy,
     """Verify an exported bundle (`rebuild export`) offline: every byte of the archive, each
     failure naming its file (rebuild.export), then `verify_release` on the layout inside.
     What extracting it may write is bounded by `limits` (defaults: rebuild.limits)."""
-    from rebuild.release.export import open_bundle  # export builds on this module
 
     with tempfile.TemporaryDirectory(prefix="rebuild-verify-") as tmp:
         bundle = open_bundle(path, Path(tmp), limits or BundleLimits())

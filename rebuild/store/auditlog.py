@@ -22,12 +22,13 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from rebuild.checks import Check
 from rebuild.errors import RebuildError, SigningError, StoreError, UsageError
 from rebuild.store import tlog
 from rebuild.store.layout import KIND, Store, canonical_json
@@ -353,20 +354,13 @@ def log_statement(store: Store, *, kind: str, release: str, manifest: str, recor
 # -- checking ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class LogCheck:
-    name: str
-    ok: bool
-    detail: str
-
-
 @dataclass
 class LogReport:
     size: int = 0
     origin: str | None = None
     root: str | None = None
     signed: bool | None = None  # None: no key pinned, so signatures NOT VERIFIED
-    checks: list[LogCheck] = field(default_factory=list)
+    checks: list[Check] = field(default_factory=list)
     first_bad: int | None = None
 
     @property
@@ -374,7 +368,7 @@ class LogReport:
         return all(c.ok for c in self.checks)
 
     def add(self, name: str, ok: bool, detail: str) -> bool:
-        self.checks.append(LogCheck(name, ok, detail))
+        self.checks.append(Check(name, ok, detail))
         return ok
 
     def bad_entry(self, index: int) -> None:
@@ -613,7 +607,7 @@ def bundle_files(events: Sequence[ReleaseEvent]) -> dict[str, bytes]:
 
 
 def check_events(events: Sequence[ReleaseEvent], verifier: tlog.NoteVerifier | None
-                 ) -> list[LogCheck]:
+                 ) -> list[Check]:
     """Each event's inclusion proof against its checkpoint, and the checkpoint's signature."""
     checks = []
     for event in events:
@@ -625,21 +619,21 @@ def check_events(events: Sequence[ReleaseEvent], verifier: tlog.NoteVerifier | N
             tlog.check_inclusion(tlog.leaf_hash(event.entry), event.index, checkpoint.size,
                                  event.proof.hashes, checkpoint.root)
         except tlog.ProofFailed as exc:
-            checks.append(LogCheck(f"log entry {event.index}", False, str(exc)))
+            checks.append(Check(f"log entry {event.index}", False, str(exc)))
     return checks
 
 
 def release_log_checks(store: Store, manifest: str, referrers: Sequence[tuple[str, str]],
-                       verifier: tlog.NoteVerifier | None) -> list[LogCheck]:
+                       verifier: tlog.NoteVerifier | None) -> list[Check]:
     """For a policy that requires the log: every event of the release is in the log under a
     checkpoint signed by the pinned key; every record attached to the release (kind, digest)
     is logged, and every logged record is still attached."""
     try:
         events = release_events(store, manifest)
     except (tlog.ProofFailed, StoreError, ValueError, OSError) as exc:
-        return [LogCheck("audit log", False, f"cannot read the log: {exc}")]
+        return [Check("audit log", False, f"cannot read the log: {exc}")]
     if not events:
-        return [LogCheck("audit log", False, "no logged event for this release")]
+        return [Check("audit log", False, "no logged event for this release")]
     checks = check_events(events, verifier)
     logged: dict[str, int] = {}
     for event in events:
@@ -649,7 +643,7 @@ def release_log_checks(store: Store, manifest: str, referrers: Sequence[tuple[st
     attached = {digest for _, digest in referrers} | {manifest}
     for kind, digest in referrers:
         if kind in LOGGED_KINDS and digest not in logged:
-            checks.append(LogCheck("audit log", False, f"the {kind} {digest} is not in the "
+            checks.append(Check("audit log", False, f"the {kind} {digest} is not in the "
                                    "audit log"))
     for event in events:
         data = event.data
@@ -657,12 +651,12 @@ def release_log_checks(store: Store, manifest: str, referrers: Sequence[tuple[st
             continue
         for record in data.get("records", []):
             if record not in attached:
-                checks.append(LogCheck("audit log", False, f"entry {event.index} "
+                checks.append(Check("audit log", False, f"entry {event.index} "
                                        f"({data.get('event')}) names {record}, which is no "
                                        "longer attached to the release: a record was removed"))
     if not checks:
         who = f"signed by {verifier.name}" if verifier else "signature NOT VERIFIED"
-        checks.append(LogCheck("audit log", True, f"{len(events)} event(s) proven in the log "
+        checks.append(Check("audit log", True, f"{len(events)} event(s) proven in the log "
                                f"(checkpoint {who})"))
     return checks
 
@@ -675,13 +669,13 @@ def withdrawn_entries(events: Sequence[ReleaseEvent]) -> set[int]:
 
 
 def timeline(store: Store, release: str | None, verifier: tlog.NoteVerifier | None,
-             keys: Sequence[Any]) -> dict[str, Any]:
+             verify_bundle: Callable[[bytes], Any]) -> dict[str, Any]:
     """Every entry (of `release`, a name@version, when given) with what backs it: its
     inclusion proof under the current checkpoint (signed by the pinned log key, or NOT
-    VERIFIED without one) and the signature of each statement it names, checked against
-    `keys` (SSlibKey). An entry is `verified` only when all of that really checked out."""
-    from rebuild.evidence.sign import verify_bundle  # signatures: only for the timeline
-
+    VERIFIED without one) and the signature of each statement it names, checked by
+    `verify_bundle` (a Sigstore bundle's bytes -> the verified statement and key id, raising
+    a RebuildError otherwise: the caller's trusted keys). An entry is `verified` only when
+    all of that really checked out."""
     log = AuditLog.of(store)
     current = log.read_checkpoint()
     if current is None:
@@ -715,7 +709,7 @@ def timeline(store: Store, release: str | None, verifier: tlog.NoteVerifier | No
                 signatures[kind] = "unsigned"
                 continue
             try:
-                checked = verify_bundle(store.read_bytes(bundle), keys)
+                checked = verify_bundle(store.read_bytes(bundle))
                 same = "sha256:" + hashlib.sha256(
                     canonical_json(checked.statement)).hexdigest() == refs.get("statement")
                 signatures[kind] = (f"verified (key {checked.keyid[:16]}…)" if same
