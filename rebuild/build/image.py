@@ -453,11 +453,11 @@ def _write_layer(rootfs_tar: Path, out: IO[bytes], epoch: int) -> None:
 
 # --- Archiving in the store --------------------------------------------------------------------
 
-IMAGE_TYPE = "application/vnd.rebuild.build.image.v1+json"
+IMAGE_TYPE = "application/vnd.rebuild.image.v1+json"
 ARCHIVE_MEDIA = "application/vnd.docker.image.archive.v1+tar"
 PACKAGES_MEDIA = "application/vnd.rebuild.debian-packages.v1+json"
-DEFINITION_ANN = "dev.rebuild.build.image.definition"
-MIRROR_ANN = "dev.rebuild.build.image.mirror-state"
+DEFINITION_ANN = "dev.rebuild.image.definition"
+MIRROR_ANN = "dev.rebuild.image.mirror-state"
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ def store_ls(store: StoreOpt = None, json_out: JsonOpt = False) -> None:
     rows = [{"kind": (e.annotations or {}).get(KIND, "?"),
              "name": (e.annotations or {}).get(REF_NAME)
              or (e.annotations or {}).get(RELEASE_ANN)
-             or (e.annotations or {}).get("dev.rebuild.build.image.ref", ""),
+             or (e.annotations or {}).get("dev.rebuild.image.ref", ""),
              "status": (e.annotations or {}).get("dev.rebuild.status", ""),
              "digest": e.digest} for e in st.index()]
     if opts.json:

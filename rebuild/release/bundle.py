@@ -77,9 +77,9 @@ from rebuild.store.layout import (
     sha256_file,
 )
 
-EXPORT_TYPE = "application/vnd.rebuild.release.export.v1+json"
+EXPORT_TYPE = "application/vnd.rebuild.export.v1+json"
 STATUS_ANN = "dev.rebuild.status"
-WITH_INPUTS_ANN = "dev.rebuild.release.export.with-inputs"
+WITH_INPUTS_ANN = "dev.rebuild.export.with-inputs"
 SUMS = "SHA256SUMS"
 OCI_LAYOUT = canonical_json({"imageLayoutVersion": "1.0.0"})
 # What Python's gzip writes with mtime 0, no file name and level 9 (RFC 1952: XFL 2, OS 255).
