@@ -208,6 +208,22 @@ def test_a_rewrite_is_caught_by_the_kept_checkpoint(tmp_path: Path,
     assert short.code == 1 and "truncated" in short.stderr
 
 
+def test_checkpoint_and_proofs_as_json(tmp_path: Path, signer: tlog.NoteSigner) -> None:
+    store = make_log(tmp_path, 7, signer)
+    kept = tmp_path / "kept"
+    saved = run_rebuild("log", "checkpoint", "-o", kept, "--json", store=store.root)
+    assert saved.code == 0, saved.stderr
+    checkpoint = tlog.parse_checkpoint(tlog.parse_note(kept.read_bytes()).text)
+    assert saved.json == {"checkpoint": str(kept), "size": 7, "origin": checkpoint.origin,
+                          "root": tlog.b64(checkpoint.root)}
+    proved = run_rebuild("log", "prove", "--entry", "3", "--json", store=store.root)
+    assert proved.code == 0, proved.stderr
+    assert proved.json["size"] == 7 and proved.json["entry"] == 3
+    assert proved.json["proof"].startswith(tlog.PROOF_HEADER)
+    plain = run_rebuild("log", "prove", "--entry", "3", store=store.root)
+    assert plain.stdout == proved.json["proof"]
+
+
 APPENDER = """
 import sys
 from pathlib import Path

@@ -129,16 +129,21 @@ def log_checkpoint(
     output: Annotated[Path, typer.Option("-o", "--output", help="Where to keep it.",
                                          metavar="FILE")],
     store: StoreOpt = None,
+    json_out: JsonOpt = False,
 ) -> None:
     """Save the current checkpoint, to prove later (`log verify --checkpoint`) that the log
     was only appended to since."""
+    from rebuild.store import tlog
     from rebuild.store.auditlog import AuditLog
 
-    opts = command_options(store, False)
+    opts = command_options(store, json_out)
     current = AuditLog.of(Store(opts.store)).read_checkpoint()
     if current is None:
         raise StoreError(f"no audit log in {opts.store}: nothing was recorded yet")
     output.write_bytes(current[0])
+    if opts.json:
+        emit({"checkpoint": str(output), "size": current[2].size,
+              "root": tlog.b64(current[2].root), "origin": current[2].origin})
     say(f"wrote {output}: {current[2].size} entries, root {current[2].root.hex()[:16]}…")
 
 
@@ -151,12 +156,14 @@ def log_prove(
         "(base64 hashes, one a line).", metavar="FILE", show_default=False)] = None,
     output: Annotated[Path | None, typer.Option("-o", "--output", metavar="FILE")] = None,
     store: StoreOpt = None,
+    json_out: JsonOpt = False,
 ) -> None:
-    """Print a proof made from the tiles, for checkers other than rebuild."""
+    """Print a proof made from the tiles, for checkers other than rebuild (with --json: the
+    proof's text in a JSON document)."""
     from rebuild.store import tlog
     from rebuild.store.auditlog import AuditLog
 
-    opts = command_options(store, False)
+    opts = command_options(store, json_out)
     if (entry is None) == (since is None):
         raise UsageError("choose one: --entry N (inclusion) or --since FILE (consistency)")
     log = AuditLog.of(Store(opts.store))
@@ -180,7 +187,11 @@ def log_prove(
                              f"{checkpoint.size}")
         proof = "".join(tlog.b64(h) + "\n" for h in
                         log.consistency_proof(old.size, checkpoint.size)).encode()
-    if output is None:
-        sys.stdout.buffer.write(proof)
-    else:
+    if output is not None:
         output.write_bytes(proof)
+    if opts.json:
+        emit({"entry": entry, "since": str(since) if since else None,
+              "size": checkpoint.size, "proof": proof.decode(),
+              "output": str(output) if output else None})
+    elif output is None:
+        sys.stdout.buffer.write(proof)
