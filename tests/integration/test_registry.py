@@ -272,3 +272,80 @@ def test_wrong_password_exits_3_and_never_shows_it(built: tuple[Path, Path],
     finally:
         secure.stop()
 
+
+
+def _fake_release(store: Path, release: str, sizes: list[int], seed: int) -> None:
+    """A release whose artifacts are large files, written straight into a real store: the
+    transfer is under test here, not the build."""
+    import os
+
+    from rebuild.store.layout import (KIND, REF_NAME, RELEASE_TYPE, TITLE, Descriptor, Store,
+                                      release_annotations)
+
+    st = Store(store)
+    st.init()
+    layers = []
+    for n, size in enumerate(sizes):
+        path = store.parent / f"artifact-{n}"
+        with path.open("wb") as f:
+            f.write(bytes([seed, n]) * 4096)
+            f.truncate(size)
+        digest, written = st.put_file(path)
+        os.unlink(path)
+        layers.append(Descriptor("application/octet-stream", digest, written, {TITLE: f"f{n}"}))
+    manifest = st.put_artifact(RELEASE_TYPE, layers,
+                               annotations=release_annotations(release, 1700000000))
+    st.add_to_index(manifest, {REF_NAME: release, KIND: "release"})
+
+
+def test_a_1_gib_blob_pushes_under_200_mib_and_comes_back_whole(
+        registry: RunningRegistry, tmp_path: Path) -> None:
+    require_tool("/usr/bin/time")
+    store = tmp_path / "store"
+    _fake_release(store, "big@1.0.0", [1 << 30], seed=1)
+    proc = subprocess.run(["/usr/bin/time", "-v", sys.executable, "-m", "rebuild", "--store",
+                           str(store), "store", "push", "big@1.0.0", registry.url(), "--json"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900, check=False)
+    assert proc.returncode == 0, proc.stderr
+    peak_kib = int(next(line.split(":")[1] for line in proc.stderr.splitlines()
+                        if "Maximum resident set size" in line))
+    assert peak_kib < 200 * 1024, f"peak {peak_kib} KiB"
+    assert "pushing sha256:" in proc.stderr  # progress lines for a big transfer
+    assert registry.requests("PATCH") >= (1 << 30) // (8 << 20)  # chunked upload
+    pulled = tmp_path / "pulled"
+    back = run_rebuild("store", "pull", registry.url(), "big@1.0.0", store=pulled)
+    assert back.code == 0, back.stderr
+    assert blobs(pulled) == blobs(store)
+
+
+def test_a_push_killed_midway_is_finished_by_the_next(registry: RunningRegistry,
+                                                      tmp_path: Path) -> None:
+    import os
+    import signal
+    import time
+
+    store = tmp_path / "store"
+    _fake_release(store, "killed@1.0.0", [48 << 20] * 6, seed=2)
+    finished = registry.requests("PUT", "digest=")
+    proc = subprocess.Popen([sys.executable, "-m", "rebuild", "--store", str(store), "store",
+                             "push", "killed@1.0.0", registry.url()], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while registry.requests("PUT", "digest=") < finished + 3:  # three blobs are up
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    name_tag = f"http://{registry.host}/v2/rebuild/killed/manifests/1.0.0"
+    try:
+        urllib.request.urlopen(urllib.request.Request(name_tag, method="HEAD"))
+        tagged = True
+    except OSError:
+        tagged = False
+    assert not tagged  # a half-finished push names no release
+    rerun = run_rebuild("store", "push", "killed@1.0.0", registry.url(), "--json", store=store)
+    assert rerun.code == 0, rerun.stderr
+    assert rerun.json["blobs_sent"] <= 7 - 3  # six artifacts and the empty config, less those up
+    pulled = tmp_path / "pulled"
+    assert run_rebuild("store", "pull", registry.url(), "killed@1.0.0", store=pulled).code == 0
+    assert blobs(pulled) == blobs(store)
