@@ -279,8 +279,15 @@ def _fake_release(store: Path, release: str, sizes: list[int], seed: int) -> Non
     transfer is under test here, not the build."""
     import os
 
-    from rebuild.store.layout import (KIND, REF_NAME, RELEASE_TYPE, TITLE, Descriptor, Store,
-                                      release_annotations)
+    from rebuild.store.layout import (
+        KIND,
+        REF_NAME,
+        RELEASE_TYPE,
+        TITLE,
+        Descriptor,
+        Store,
+        release_annotations,
+    )
 
     st = Store(store)
     st.init()
