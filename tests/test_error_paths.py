@@ -89,7 +89,7 @@ def fifo_in_source(tmp: Path) -> None:
 DEEP = "a = " + "[" * 5000 + "]" * 5000 + "\n"
 
 CASES: dict[str, Case] = {
-    "unknown command": Case(("store", "push"), 2, ("No such command 'push'", "Usage:")),
+    "unknown command": Case(("store", "mirror"), 2, ("No such command 'mirror'", "Usage:")),
     "unknown top-level command": Case(("biuld",), 2, ("No such command 'biuld'",)),
     "unknown option": Case(("build", "--bogus"), 2, ("No such option: --bogus",)),
     "missing argument": Case(("build",), 2, ("Missing argument",)),
