@@ -16,6 +16,7 @@ the store wing (a POST to the configured URL, bounded in time and size).
 from __future__ import annotations
 
 import hashlib
+import re
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -156,8 +157,14 @@ def check_token(token: bytes, data: bytes, trust: TsaTrust) -> Timestamp:
         builder.build().verify(response, imprint(data))
     except VerificationError as exc:
         raise ProofFailed(f"the timestamp token is not from the pinned TSA ({trust.source}): "
-                          f"{str(exc).splitlines()[0][:160]}") from None
+                          f"{_reason(str(exc))}") from None
     return Timestamp(info.gen_time.astimezone(UTC), _signer_name(response), info.serial_number)
+
+
+def _reason(message: str) -> str:
+    """OpenSSL's error stack as one short reason (its `Verify error: …` or `reason: …`)."""
+    found = re.search(r'data: "([^"]+)"', message) or re.search(r'reason: "([^"]+)"', message)
+    return found.group(1) if found else message.splitlines()[0][:160]
 
 
 def read_token(token: bytes) -> Timestamp:
