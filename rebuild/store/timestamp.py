@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -84,6 +82,9 @@ def request_token(url: str, data: bytes) -> bytes:
     """Ask the TSA at `url` for a token over sha256(data); return its DER TimeStampResp once
     its status is granted, its imprint is that hash and its nonce is ours. (The chain is
     checked by verifiers, who pin it.) Raises EnvironmentProblem."""
+    import urllib.error  # only an append with a TSA needs HTTP (0.1 s to import)
+    import urllib.request
+
     if not url.startswith(("http://", "https://")):
         raise UsageError(f"timestamp authority {url!r}: not an http(s) URL")
     request = (TimestampRequestBuilder().data(data).hash_algorithm(HashAlgorithm.SHA256)
