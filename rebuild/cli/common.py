@@ -27,6 +27,11 @@ LogKeyOpt = Annotated[Path | None, typer.Option(
     "--log-key", help="The log's public key (PREFIX.pub of `rebuild log keygen`), pinned: "
     "checkpoint signatures are checked against it.", metavar="PUB", show_default=False)]
 
+TsaCertOpt = Annotated[Path | None, typer.Option(
+    "--tsa-cert", help="The timestamp authority's certificate chain (PEM: its root and any "
+    "intermediates), pinned: the log's RFC 3161 tokens are checked against it.",
+    metavar="FILE", show_default=False)]
+
 StoreOpt = Annotated[Path | None, typer.Option(
     "--store", help="Store directory (env REBUILD_STORE; default .rebuild/store).",
     show_default=False)]
@@ -109,6 +114,12 @@ def make_signer(opts: Options, what: str = "evidence", *, keyless: bool = False,
             "(`rebuild keygen --out PREFIX` makes one) or --keyless")
         return None
     return KeySigner(load_signer(opts.key, passphrase_from_env()))
+
+
+def tsa_trust(path: Path | None) -> Any:
+    from rebuild.store.timestamp import load_tsa_trust
+
+    return load_tsa_trust(path) if path is not None else None
 
 
 def log_verifier(path: Path | None) -> Any:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -18,10 +18,12 @@ from rebuild.cli.common import (
     JsonOpt,
     LogKeyOpt,
     StoreOpt,
+    TsaCertOpt,
     command_options,
     emit,
     log_verifier,
     say,
+    tsa_trust,
 )
 
 log_app = typer.Typer(no_args_is_help=True, help="The audit log: an append-only, tamper-evident "
@@ -55,18 +57,20 @@ def log_show(
     key: Annotated[list[Path] | None, typer.Option(
         "--key", help="Trusted public key (PREFIX.pub) of the statements' signers; "
         "repeatable.")] = None,
+    tsa_cert: TsaCertOpt = None,
     store: StoreOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """The timeline: when, who (name and key), role, what and its meaning, each entry marked
-    verified only when its inclusion and its statements' signatures checked out."""
+    verified only when its inclusion and its statements' signatures checked out, and its
+    time: the machine's, or bounded by a timestamp authority's when --tsa-cert verifies it."""
     from rebuild.evidence.sign import load_public_key, verify_bundle
     from rebuild.store.auditlog import timeline
 
     opts = command_options(store, json_out)
     keys = [load_public_key(k) for k in (key or [])]
     shown = timeline(Store(opts.store), release, log_verifier(log_key),
-                     lambda data: verify_bundle(data, keys))
+                     lambda data: verify_bundle(data, keys), tsa_trust(tsa_cert))
     if opts.json:
         emit(shown)
         return
@@ -85,6 +89,21 @@ def log_show(
               f"{actor['name']} ({actor['role']}, key {str(actor['keyid'])[:16]}): "
               f"{row['meaning']}{extra}  [{mark}; in log: {row['in_log']}"
               f"{'; ' + sigs if sigs else ''}]")
+        print(f"       time: {_time_text(row['trusted_time'])}")
+
+
+def _time_text(bound: dict[str, Any]) -> str:
+    """An entry's time as `log show` prints it: what backs it, precisely."""
+    unproven = bound.get("unproven")
+    note = (f" (token of checkpoint {unproven['checkpoint']} {unproven['token']}: "
+            f"{unproven['detail']})" if unproven else "")
+    if bound["source"] != "tsa":
+        return f"machine time, not attested{note}"
+    after = (f", after {bound['not_before']} (the previous timestamped checkpoint did not "
+             "include it)" if "not_before" in bound else "")
+    return (f"in the log no later than {bound['not_after']}{after}: time from TSA "
+            f"{bound['tsa']}, verified (the first timestamped checkpoint that includes it, "
+            f"{bound['checkpoint']} entries){note}")
 
 
 @log_app.command("verify")
@@ -93,16 +112,18 @@ def log_verify(
         "--checkpoint", help="A checkpoint kept earlier (`rebuild log checkpoint -o FILE`): "
         "the log must extend it.", metavar="FILE", show_default=False)] = None,
     log_key: LogKeyOpt = None,
+    tsa_cert: TsaCertOpt = None,
     store: StoreOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Recompute the tree from the entries, check every tile and checkpoint, prove the log
-    consistent with a kept checkpoint, and check the store against it; exit 1 naming the
-    first entry that differs."""
+    consistent with a kept checkpoint, check every timestamp token against the pinned TSA
+    chain, and check the store against it; exit 1 naming the first entry that differs."""
     from rebuild.store.auditlog import verify_log
 
     opts = command_options(store, json_out)
     verifier = log_verifier(log_key)
+    tsa = tsa_trust(tsa_cert)
     kept = None
     if checkpoint is not None:
         try:
@@ -111,17 +132,54 @@ def log_verify(
             raise UsageError(f"--checkpoint {checkpoint}: {exc.strerror}") from None
     st = Store(opts.store)
     st.require()
-    report = verify_log(st, verifier, kept)
+    report = verify_log(st, verifier, kept, tsa)
     for check in report.checks:
         say(f"  {'ok  ' if check.ok else 'FAIL'} {check.name}: {check.detail}")
     if report.signed is None:
         say("  checkpoint signatures NOT VERIFIED: pass --log-key PUB to check them")
+    if report.stamps and report.stamps_verified is None:
+        say(f"  {report.stamps} timestamp token(s) NOT VERIFIED: pass --tsa-cert FILE (the "
+            "TSA's chain) to check them")
+    elif not report.stamps:
+        say("  no checkpoint is timestamped: entry times are the machine's, not attested")
     state = "consistent" if report.ok else "NOT consistent: rewritten or damaged"
     say(f"audit log of {report.size} entries: {state}")
     if opts.json:
         emit(report.to_json())
     if not report.ok:
         raise typer.Exit(ExitCode.CLAIM_FAILED)
+
+
+@log_app.command("timestamp")
+def log_timestamp(
+    tsa: Annotated[str | None, typer.Option(
+        "--tsa", help="The timestamp authority's URL (default: env REBUILD_TSA_URL).",
+        metavar="URL", show_default=False)] = None,
+    store: StoreOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Get an RFC 3161 token for the current checkpoint (unless it has one): every entry in
+    the log is then bounded by a trusted time. Appends do this themselves when a TSA is
+    configured (`rebuild --tsa URL …`); this catches up a log appended without one."""
+    import os
+
+    from rebuild.store.auditlog import STAMP_DIR, AuditLog
+    from rebuild.store.timestamp import TSA_URL_ENV, read_token, utc
+
+    opts = command_options(store, json_out)
+    url = tsa or os.environ.get(TSA_URL_ENV)
+    if not url:
+        raise UsageError("which timestamp authority? pass --tsa URL (or set REBUILD_TSA_URL)")
+    st = Store(opts.store)
+    st.require()
+    stamp, fresh = AuditLog.of(st).timestamp_current(url)
+    claimed = read_token(stamp.token)
+    if opts.json:
+        emit({"checkpoint": stamp.size, "new": fresh, "time": utc(claimed.time),
+              "tsa": claimed.tsa, "token": f"log/{STAMP_DIR}/{stamp.size}.tsr"})
+    say(f"{'timestamped' if fresh else 'already timestamped:'} the checkpoint of {stamp.size} "
+        f"entries, {utc(claimed.time)} by {claimed.tsa} (log/{STAMP_DIR}/{stamp.size}.tsr; "
+        "verifiers check it with --tsa-cert)")
 
 
 @log_app.command("checkpoint")

@@ -43,6 +43,10 @@ def main_options(
     store: StoreOpt = None,
     json_out: JsonOpt = False,
     key: KeyOpt = None,
+    tsa: Annotated[str | None, typer.Option(
+        "--tsa", help="Timestamp authority (RFC 3161) for the audit log: each new checkpoint "
+        "gets a token from this URL (env REBUILD_TSA_URL).", metavar="URL",
+        show_default=False)] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
     version: Annotated[bool, typer.Option("--version", callback=_print_version,
                                           is_eager=True, help="Print the version.")] = False,
@@ -51,6 +55,8 @@ def main_options(
     OPTIONS.json = json_out
     OPTIONS.debug = debug
     OPTIONS.key = key
+    if tsa is not None:  # the log's appenders read it where they read REBUILD_LOG_KEY
+        os.environ["REBUILD_TSA_URL"] = tsa
     # Every temporary file and directory of this process (and of the tools it runs) goes in
     # its runtime directory: removed at exit, and by the next build if this process is killed.
     tempfile.tempdir = os.environ["TMPDIR"] = str(runtime.process_dir())

@@ -23,6 +23,7 @@ from rebuild.cli.common import (
     KeyOpt,
     StoreOpt,
     TrustConfigOpt,
+    TsaCertOpt,
     command_options,
     emit,
     log_verifier,
@@ -30,6 +31,7 @@ from rebuild.cli.common import (
     say,
     shown,
     terminal_safe,
+    tsa_trust,
 )
 
 
@@ -95,6 +97,7 @@ def verify(
         "--log-key", help="Require the release's records in the audit log, under checkpoints "
         "signed by this log key (PREFIX.pub of `rebuild log keygen`).", metavar="PUB",
         show_default=False)] = None,
+    tsa_cert: TsaCertOpt = None,
     max_extract_size: Annotated[str, typer.Option(
         "--max-extract-size", help="A bundle FILE: the most its extraction may write "
         "(bytes, or k/m/g/t).")] = show_size(BundleLimits.max_size),
@@ -122,6 +125,8 @@ def verify(
              else keys_policy(keys, keyless))
     if log_key is not None:
         rules = replace(rules, log_key=log_verifier(log_key))
+    if tsa_cert is not None:
+        rules = replace(rules, tsa=tsa_trust(tsa_cert))
     if Path(target).is_file():
         limits = BundleLimits(parse_size(max_extract_size, what="--max-extract-size"),
                               max_extract_ratio)

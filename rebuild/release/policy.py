@@ -32,6 +32,8 @@ class ApprovalRule(_Strict):
 class LogRule(_Strict):
     required: bool = True  # every counted verdict, approval and evidence record is logged
     key: str = Field(min_length=1)  # the log's public key (`rebuild log keygen`), pinned
+    # The timestamp authority's chain (PEM), pinned: every event under a timestamped checkpoint
+    tsa_cert: str | None = Field(default=None, min_length=1)
 
 
 class PolicyRules(_Strict):
@@ -75,18 +77,24 @@ def load_policy(path: Path) -> Policy:
         except RebuildError as exc:
             raise UsageError(f"{path}: policy.{key}: {exc}") from None
 
-    log_key = None
+    log_key = tsa = None
     if rules.log is not None and rules.log.required:
         from rebuild.store.auditlog import load_log_verifier
+        from rebuild.store.timestamp import load_tsa_trust
 
         try:
             log_key = load_log_verifier(path.parent / rules.log.key)
         except RebuildError as exc:
             raise UsageError(f"{path}: policy.log.key: {exc}") from None
+        try:
+            tsa = (load_tsa_trust(path.parent / rules.log.tsa_cert) if rules.log.tsa_cert
+                   else None)
+        except RebuildError as exc:
+            raise UsageError(f"{path}: policy.log.tsa_cert: {exc}") from None
     return Policy(keys("builder_keys", rules.builder_keys), rules.reproducible, rules.sbom,
                   rules.tests, rules.verdicts, keys("qa_keys", rules.qa_keys),
                   {a.role: keys(f"approvals[{a.role}].keys", a.keys) for a in rules.approvals},
-                  variations=variations, log_key=log_key)
+                  variations=variations, log_key=log_key, tsa=tsa)
 
 
 

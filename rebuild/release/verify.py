@@ -29,7 +29,12 @@ from rebuild.evidence.provenance import (
 )
 from rebuild.evidence.sign import KeylessIdentity, UntrustedSigner, verify_bundle, verify_signed
 from rebuild.release.bundle import open_bundle
-from rebuild.store.auditlog import check_events, release_events, release_log_checks
+from rebuild.store.auditlog import (
+    check_events,
+    release_events,
+    release_log_checks,
+    trusted_time_check,
+)
 from rebuild.store.layout import (
     BUNDLE_MEDIA,
     KIND,
@@ -45,6 +50,7 @@ from rebuild.store.layout import (
     canonical_json,
     release_annotations,
 )
+from rebuild.store.timestamp import TsaTrust
 from rebuild.store.tlog import NoteVerifier
 
 BINDING_CHECKS = ("artifacts", "signed evidence", "release name", "release manifest")
@@ -67,6 +73,8 @@ class Policy:
     # provenance. The default is the recipe default, all twelve (README, "Policies").
     variations: tuple[str, ...] = NAMES
     log_key: NoteVerifier | None = None  # when set, the release's records must be logged
+    # When set, so must they be, each under a checkpoint timestamped by this TSA (RFC 3161).
+    tsa: TsaTrust | None = None
 
 
 @dataclass
@@ -203,10 +211,11 @@ def verify_release(store: Store, target: str, policy: Policy) -> Report:
         report.add(f"approval: {role}", bool(approvals),
                    f"approved by {names}" if approvals
                    else f"no {role} approval by a trusted key")
-    if policy.log_key is not None:
+    if policy.log_key is not None or policy.tsa is not None:
         referrers = [((e.annotations or {}).get(KIND, ""), e.digest)
                      for e in store.referrers(release.digest)]
-        for check in release_log_checks(store, release.digest, referrers, policy.log_key):
+        for check in release_log_checks(store, release.digest, referrers, policy.log_key,
+                                        policy.tsa):
             report.add(check.name, check.ok, check.detail)
     if report.ok:
         report.release = name
@@ -236,7 +245,7 @@ def verify_bundle_file(path: Path, policy: Policy,
             report.add("release", False, str(exc))
             return report
         report.checks.extend(inner.checks)
-        if policy.log_key is None and (bundle.root / "log").is_dir():
+        if policy.log_key is None and policy.tsa is None and (bundle.root / "log").is_dir():
             _check_bundled_log(Store(bundle.root), report)
         report.statements.update(inner.statements)
         # Named only when proven: the bundle's index.json is as unsigned as a store's.
@@ -258,6 +267,9 @@ def _check_bundled_log(store: Store, report: Report) -> None:
     if not failed:
         report.add("audit log", True, f"{len(events)} event(s) included in the log's tree; "
                    "checkpoint signature NOT VERIFIED (pass --log-key PUB)")
+        timed = trusted_time_check(events, None, None)
+        if timed is not None:
+            report.add(timed.name, timed.ok, timed.detail)
 
 
 def signed_statements(store: Store, release: Descriptor, kind: str,

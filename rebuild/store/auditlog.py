@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from rebuild.checks import Check
-from rebuild.errors import RebuildError, SigningError, StoreError, UsageError
-from rebuild.store import tlog
+from rebuild.errors import EnvironmentProblem, RebuildError, SigningError, StoreError, UsageError
+from rebuild.store import timestamp, tlog
 from rebuild.store.layout import KIND, Store, canonical_json
 
 LOG_KEY_ENV = "REBUILD_LOG_KEY"
@@ -38,6 +38,18 @@ DEFAULT_ORIGIN = "rebuild.local/audit-log"
 ENTRY_VERSION = 1
 # The records whose subject is a release and that must each be logged when a policy asks.
 LOGGED_KINDS = ("evidence", "verdict", "approval", "withdrawal")
+# Timestamped checkpoints: `checkpoints/<N>` (the checkpoint of N entries, as it was signed)
+# and `checkpoints/<N>.tsr` (the TSA's DER TimeStampResp over its sha256); rebuild.timestamp.
+STAMP_DIR = "checkpoints"
+
+
+@dataclass(frozen=True)
+class Stamp:
+    """A checkpoint kept with the RFC 3161 token over its bytes."""
+
+    size: int
+    checkpoint: bytes
+    token: bytes
 
 
 @dataclass(frozen=True)
@@ -138,6 +150,18 @@ class AuditLog:
         current = self.read_checkpoint()
         return current[2].size if current else 0
 
+    def timestamps(self) -> list[Stamp]:
+        """The timestamped checkpoints, smallest first."""
+        folder = self.root / STAMP_DIR
+        if not folder.is_dir():
+            return []
+        stamps = []
+        for path in folder.iterdir():
+            token = path.with_name(path.name + ".tsr")
+            if path.name.isdigit() and token.is_file():
+                stamps.append(Stamp(int(path.name), path.read_bytes(), token.read_bytes()))
+        return sorted(stamps, key=lambda s: s.size)
+
     def _read_tile_bytes(self, level: int, index: int, width: int) -> bytes:
         """The newest stored version of a tile, cut to `width` items: the full tile or the
         widest partial (tiles only grow, so any wider version starts with the same bytes)."""
@@ -193,9 +217,13 @@ class AuditLog:
 
     # -- appending -------------------------------------------------------------------------
 
-    def append(self, entries: Sequence[bytes], signer: tlog.NoteSigner | None) -> list[int]:
+    def append(self, entries: Sequence[bytes], signer: tlog.NoteSigner | None,
+               tsa_url: str | None = None) -> list[int]:
         """Append entries in order; returns their indices. Writes the new right edge of every
-        level, then the checkpoint (atomically, last: a crash leaves the old tree intact)."""
+        level, then the checkpoint (atomically, last: a crash leaves the old tree intact).
+        With `tsa_url`, the new checkpoint is timestamped and kept with its token before it
+        is published; if the TSA fails, the entries are still appended (nothing a command
+        stored goes unlogged) and EnvironmentProblem says so afterwards."""
         if not entries:
             return []
         self.root.mkdir(parents=True, exist_ok=True)
@@ -219,10 +247,42 @@ class AuditLog:
             root = tlog.tree_hash(self.hash_at, new)
             body = tlog.Checkpoint(origin, new, root).body()
             note = tlog.sign_note(body, signer) if signer else body + b"\n"
+            failure = None
+            if tsa_url:
+                try:
+                    self._keep_stamp(new, note, timestamp.request_token(tsa_url, note))
+                except EnvironmentProblem as exc:
+                    failure = exc
             self._write(self.root / "checkpoint", note)
             for lvl, n, w in written:
                 _drop_superseded(self.root / tlog.tile_path(lvl, n), w)
+            if failure is not None:
+                raise EnvironmentProblem(
+                    f"{failure}; entries {old}-{new - 1} were appended to the audit log "
+                    "without a trusted time (`rebuild log timestamp` timestamps the log "
+                    "later, bounding them too)")
             return list(range(old, new))
+
+    def timestamp_current(self, tsa_url: str) -> tuple[Stamp, bool]:
+        """Timestamp the current checkpoint unless it already is; (its stamp, whether it is
+        new)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with self._locked():
+            current = self.read_checkpoint()
+            if current is None:
+                raise StoreError(f"no audit log in {self.root}: nothing was recorded yet")
+            data, _, checkpoint = current
+            for stamp in self.timestamps():
+                if stamp.size == checkpoint.size and stamp.checkpoint == data:
+                    return stamp, False
+            token = timestamp.request_token(tsa_url, data)
+            self._keep_stamp(checkpoint.size, data, token)
+            return Stamp(checkpoint.size, data, token), True
+
+    def _keep_stamp(self, size: int, note: bytes, token: bytes) -> None:
+        # The checkpoint first: a token is only read beside the bytes it stamps.
+        self._write(self.root / STAMP_DIR / str(size), note)
+        self._write(self.root / STAMP_DIR / f"{size}.tsr", token)
 
     def _write_level(self, level: int, count: int, items: list[bytes]
                      ) -> list[tuple[int, int, int]]:
@@ -293,7 +353,8 @@ def _actor_name() -> str:
 
 
 def _append(store: Store, entries: Sequence[bytes]) -> list[int]:
-    return AuditLog.of(store).append(entries, log_signer_from_env())
+    return AuditLog.of(store).append(entries, log_signer_from_env(),
+                                     os.environ.get(timestamp.TSA_URL_ENV) or None)
 
 
 def log_build(store: Store, *, release: str, attempt: str, manifest: str | None,
@@ -360,6 +421,8 @@ class LogReport:
     origin: str | None = None
     root: str | None = None
     signed: bool | None = None  # None: no key pinned, so signatures NOT VERIFIED
+    stamps: int = 0  # timestamped checkpoints
+    stamps_verified: bool | None = None  # None: no TSA chain pinned, so NOT VERIFIED
     checks: list[Check] = field(default_factory=list)
     first_bad: int | None = None
 
@@ -379,6 +442,9 @@ class LogReport:
         return {"size": self.size, "origin": self.origin, "root": self.root,
                 "checkpoint_signature": {True: "verified", False: "FAILED",
                                          None: "NOT VERIFIED"}[self.signed],
+                "timestamps": {"tokens": self.stamps, "verified": {
+                    True: "verified", False: "FAILED", None: "NOT VERIFIED"}[
+                    self.stamps_verified]},
                 "ok": self.ok, "first_bad_entry": self.first_bad,
                 "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail}
                            for c in self.checks]}
@@ -393,11 +459,12 @@ def _describe(index: int, entry: bytes) -> str:
 
 
 def verify_log(store: Store, verifier: tlog.NoteVerifier | None,
-               kept: bytes | None = None) -> LogReport:
+               kept: bytes | None = None, tsa: timestamp.TsaTrust | None = None) -> LogReport:
     """Recompute the whole tree from the entries; compare every tile and the checkpoint;
     check the checkpoint's signature with the pinned key; prove the log consistent with a
-    checkpoint kept earlier; and check that the store still holds every logged record and
-    logs every record it holds."""
+    checkpoint kept earlier; check every timestamped checkpoint (its token against the
+    pinned TSA chain, its root against the entries); and check that the store still holds
+    every logged record and logs every record it holds."""
     log = AuditLog.of(store)
     report = LogReport()
     try:
@@ -453,6 +520,7 @@ def verify_log(store: Store, verifier: tlog.NoteVerifier | None,
                    "checkpoint's root")
     if kept is not None:
         _check_kept(log, report, kept, verifier, leaves)
+    _check_stamps(log, report, leaves, verifier, tsa)
     if report.first_bad is None:
         _check_store(store, report, entries)
     if report.first_bad is not None:
@@ -515,6 +583,72 @@ def _check_kept(log: AuditLog, report: LogReport, kept: bytes,
                f"checkpoint of {old.size} (consistency proof of {len(proof)} hashes)")
 
 
+def check_stamp(stamp: Stamp, root_of: Callable[[int], bytes], verifier: tlog.NoteVerifier | None,
+                tsa: timestamp.TsaTrust | None) -> timestamp.Timestamp | None:
+    """A timestamped checkpoint against the log: the token over its bytes (when a TSA chain
+    is pinned; None otherwise), its size, its signature (when a log key is pinned) and its
+    root, the head of the log's first `size` entries (`root_of(size)`). Raises
+    ProofFailed."""
+    checked = timestamp.check_token(stamp.token, stamp.checkpoint, tsa) if tsa else None
+    note = tlog.parse_note(stamp.checkpoint)
+    checkpoint = tlog.parse_checkpoint(note.text)
+    if checkpoint.size != stamp.size:
+        raise tlog.ProofFailed(f"{STAMP_DIR}/{stamp.size} holds a checkpoint of "
+                               f"{checkpoint.size} entries")
+    if verifier is not None:
+        tlog.verify_note(note, verifier)
+    if root_of(stamp.size) != checkpoint.root:
+        raise tlog.ProofFailed(f"the log's first {stamp.size} entries do not hash to the root "
+                               "of the checkpoint timestamped then: the log was rewritten")
+    return checked
+
+
+def _check_stamps(log: AuditLog, report: LogReport, leaves: list[bytes],
+                  verifier: tlog.NoteVerifier | None, tsa: timestamp.TsaTrust | None) -> None:
+    try:
+        stamps = log.timestamps()
+    except OSError as exc:
+        report.add("timestamps", False, f"cannot read {STAMP_DIR}/: {exc.strerror}")
+        report.stamps_verified = False
+        return
+    report.stamps = len(stamps)
+    if tsa is not None and not stamps:
+        report.stamps_verified = report.add(
+            "timestamps", False, f"a TSA is pinned ({tsa.source}) but no checkpoint of the log "
+            "is timestamped: every time in it is the machine's, not attested")
+        return
+    last: tuple[Stamp, timestamp.Timestamp] | None = None
+    ok = True
+    for stamp in stamps:
+        if stamp.size > len(leaves):
+            ok = report.add(f"timestamp of checkpoint {stamp.size}", False, "the log has only "
+                            f"{len(leaves)} entries: it was truncated after it was timestamped")
+            continue
+        try:  # the tiles were compared with the entries above: heads from them cost O(log n)
+            checked = check_stamp(stamp, lambda n: tlog.tree_hash(log.hash_at, n), verifier,
+                                  tsa)
+        except (tlog.ProofFailed, StoreError, ValueError) as exc:
+            ok = report.add(f"timestamp of checkpoint {stamp.size}", False, str(exc))
+            continue
+        if checked is not None:
+            last = (stamp, checked)
+    if tsa is None or not ok:
+        report.stamps_verified = None if ok else False
+        return
+    assert last is not None
+    stamp, checked = last
+    tail = (f"; {_span(stamp.size, len(leaves))} no trusted time yet (machine time, not "
+            "attested)" if stamp.size < len(leaves) else "")
+    report.stamps_verified = report.add(
+        "timestamps", True, f"{len(stamps)} timestamped checkpoint(s) verified against "
+        f"{tsa.source} (TSA {checked.tsa}); {_span(0, stamp.size)} a trusted time "
+        f"(the latest {timestamp.utc(checked.time)}; `log show` gives each){tail}")
+
+
+def _span(start: int, end: int) -> str:
+    return f"entry {start} has" if end - start == 1 else f"entries {start}-{end - 1} have"
+
+
 def _check_store(store: Store, report: LogReport, entries: list[bytes]) -> None:
     """Every logged record is still in index.json, and every record that must be logged is."""
     index = store.index()
@@ -555,6 +689,9 @@ def _check_store(store: Store, report: LogReport, entries: list[bytes]) -> None:
 
 PROOF_DIR = "proofs"
 ENTRY_DIR = "entries"
+# In a bundle: `timestamps/<N>.tlog-proof` (entry N under the first timestamped checkpoint
+# that includes it) and `timestamps/<N>.tsr` (the token over that checkpoint).
+BUNDLE_STAMP_DIR = "timestamps"
 
 
 @dataclass(frozen=True)
@@ -562,6 +699,9 @@ class ReleaseEvent:
     index: int
     entry: bytes
     proof: tlog.InclusionProof
+    # The inclusion proof under the first timestamped checkpoint that includes the entry,
+    # and the token over that checkpoint; None when no checkpoint since was timestamped.
+    stamped: tuple[tlog.InclusionProof, bytes] | None = None
 
     @property
     def data(self) -> dict[str, Any]:
@@ -569,9 +709,15 @@ class ReleaseEvent:
         return result
 
 
+def first_stamp(stamps: Sequence[Stamp], index: int) -> Stamp | None:
+    """The first timestamped checkpoint that includes entry `index` (stamps sorted)."""
+    return next((s for s in stamps if s.size > index), None)
+
+
 def release_events(store: Store, manifest: str) -> list[ReleaseEvent]:
     """The logged events of a release, each with an inclusion proof under the current
-    checkpoint: from the store's log, or from the proofs an exported bundle carries."""
+    checkpoint (and under the first timestamped checkpoint that includes it, if any): from
+    the store's log, or from the proofs an exported bundle carries."""
     log = AuditLog.of(store)
     if (log.root / PROOF_DIR).is_dir():
         return _bundled_events(log.root)
@@ -579,12 +725,17 @@ def release_events(store: Store, manifest: str) -> list[ReleaseEvent]:
     if current is None:
         return []
     data, _, checkpoint = current
+    stamps = [s for s in log.timestamps() if s.size <= checkpoint.size]
     events = []
     for index, entry in log.entries(0, checkpoint.size):
         if json.loads(entry).get("manifest") == manifest:
             proof = tlog.InclusionProof(index, tuple(log.inclusion_proof(index,
                                                                          checkpoint.size)), data)
-            events.append(ReleaseEvent(index, entry, proof))
+            stamp = first_stamp(stamps, index)
+            stamped = None if stamp is None else (tlog.InclusionProof(
+                index, tuple(log.inclusion_proof(index, stamp.size)), stamp.checkpoint),
+                stamp.token)
+            events.append(ReleaseEvent(index, entry, proof, stamped))
     return events
 
 
@@ -593,48 +744,104 @@ def _bundled_events(root: Path) -> list[ReleaseEvent]:
     for path in sorted((root / PROOF_DIR).glob("*.tlog-proof")):
         proof = tlog.InclusionProof.parse(path.read_bytes())
         entry = (root / ENTRY_DIR / f"{proof.index}.json").read_bytes()
-        events.append(ReleaseEvent(proof.index, entry, proof))
+        stamp_proof = root / BUNDLE_STAMP_DIR / f"{proof.index}.tlog-proof"
+        stamped = None
+        if stamp_proof.is_file():
+            stamped = (tlog.InclusionProof.parse(stamp_proof.read_bytes()),
+                       stamp_proof.with_suffix(".tsr").read_bytes())
+        events.append(ReleaseEvent(proof.index, entry, proof, stamped))
     return sorted(events, key=lambda e: e.index)
 
 
 def bundle_files(events: Sequence[ReleaseEvent]) -> dict[str, bytes]:
-    """`log/entries/N.json` and `log/proofs/N.tlog-proof` for an exported bundle."""
+    """`log/entries/N.json` and `log/proofs/N.tlog-proof` for an exported bundle, and for a
+    timestamped event `log/timestamps/N.tlog-proof` and `log/timestamps/N.tsr`."""
     files = {}
     for event in events:
         files[f"log/{ENTRY_DIR}/{event.index}.json"] = event.entry
         files[f"log/{PROOF_DIR}/{event.index}.tlog-proof"] = event.proof.to_bytes()
+        if event.stamped is not None:
+            proof, token = event.stamped
+            files[f"log/{BUNDLE_STAMP_DIR}/{event.index}.tlog-proof"] = proof.to_bytes()
+            files[f"log/{BUNDLE_STAMP_DIR}/{event.index}.tsr"] = token
     return files
 
 
-def check_events(events: Sequence[ReleaseEvent], verifier: tlog.NoteVerifier | None
-                 ) -> list[Check]:
-    """Each event's inclusion proof against its checkpoint, and the checkpoint's signature."""
+def _check_inclusion(event: ReleaseEvent, proof: tlog.InclusionProof,
+                     verifier: tlog.NoteVerifier | None) -> bytes:
+    """Entry under the proof's checkpoint (signed by `verifier` when pinned); its bytes."""
+    note = tlog.parse_note(proof.checkpoint)
+    checkpoint = tlog.parse_checkpoint(note.text)
+    if verifier is not None:
+        tlog.verify_note(note, verifier)
+    if proof.index != event.index:
+        raise tlog.ProofFailed(f"the timestamped proof of entry {event.index} names entry "
+                               f"{proof.index}")
+    tlog.check_inclusion(tlog.leaf_hash(event.entry), event.index, checkpoint.size,
+                         proof.hashes, checkpoint.root)
+    return proof.checkpoint
+
+
+def event_time(event: ReleaseEvent, verifier: tlog.NoteVerifier | None,
+               tsa: timestamp.TsaTrust) -> timestamp.Timestamp:
+    """The trusted time that bounds an event: it was in the log no later than the token's
+    time, proven by the event's inclusion under the timestamped checkpoint and the token
+    over that checkpoint, checked against the pinned TSA chain. Raises ProofFailed."""
+    if event.stamped is None:
+        raise tlog.ProofFailed(f"entry {event.index} is under no timestamped checkpoint: "
+                               "its time is the machine's, not attested")
+    proof, token = event.stamped
+    return timestamp.check_token(token, _check_inclusion(event, proof, verifier), tsa)
+
+
+def check_events(events: Sequence[ReleaseEvent], verifier: tlog.NoteVerifier | None,
+                 tsa: timestamp.TsaTrust | None = None) -> list[Check]:
+    """Each event's inclusion proof against its checkpoint, and the checkpoint's signature;
+    with a TSA chain pinned, each event's trusted time too."""
     checks = []
     for event in events:
         try:
-            note = tlog.parse_note(event.proof.checkpoint)
-            checkpoint = tlog.parse_checkpoint(note.text)
-            if verifier is not None:
-                tlog.verify_note(note, verifier)
-            tlog.check_inclusion(tlog.leaf_hash(event.entry), event.index, checkpoint.size,
-                                 event.proof.hashes, checkpoint.root)
+            _check_inclusion(event, event.proof, verifier)
+            if tsa is not None:
+                event_time(event, verifier, tsa)
+            elif event.stamped is not None:  # still proven in the stamped tree, unchecked time
+                _check_inclusion(event, event.stamped[0], verifier)
         except tlog.ProofFailed as exc:
             checks.append(Check(f"log entry {event.index}", False, str(exc)))
     return checks
 
 
+def trusted_time_check(events: Sequence[ReleaseEvent], verifier: tlog.NoteVerifier | None,
+                       tsa: timestamp.TsaTrust | None) -> Check | None:
+    """One line on the events' trusted times, once check_events found nothing wrong: the
+    latest bound with the TSA that gave it, or how many tokens went unchecked."""
+    stamped = [e for e in events if e.stamped is not None]
+    if tsa is None:
+        if not stamped:
+            return None
+        return Check("trusted time", True, f"{len(stamped)} event(s) carry a timestamp "
+                        "token; NOT VERIFIED: pin the TSA chain (--tsa-cert FILE)")
+    times = [event_time(e, verifier, tsa) for e in events]
+    latest = max(times, key=lambda t: t.time)
+    return Check("trusted time", True, f"each of the {len(events)} event(s) was logged no "
+                    f"later than its checkpoint's time from TSA {latest.tsa}, verified "
+                    f"(the latest {timestamp.utc(latest.time)})")
+
+
 def release_log_checks(store: Store, manifest: str, referrers: Sequence[tuple[str, str]],
-                       verifier: tlog.NoteVerifier | None) -> list[Check]:
+                       verifier: tlog.NoteVerifier | None,
+                       tsa: timestamp.TsaTrust | None = None) -> list[Check]:
     """For a policy that requires the log: every event of the release is in the log under a
     checkpoint signed by the pinned key; every record attached to the release (kind, digest)
-    is logged, and every logged record is still attached."""
+    is logged, and every logged record is still attached. With a TSA chain pinned, every
+    event is under a checkpoint timestamped by it."""
     try:
         events = release_events(store, manifest)
     except (tlog.ProofFailed, StoreError, ValueError, OSError) as exc:
         return [Check("audit log", False, f"cannot read the log: {exc}")]
     if not events:
         return [Check("audit log", False, "no logged event for this release")]
-    checks = check_events(events, verifier)
+    checks = check_events(events, verifier, tsa)
     logged: dict[str, int] = {}
     for event in events:
         data = event.data
@@ -658,6 +865,9 @@ def release_log_checks(store: Store, manifest: str, referrers: Sequence[tuple[st
         who = f"signed by {verifier.name}" if verifier else "signature NOT VERIFIED"
         checks.append(Check("audit log", True, f"{len(events)} event(s) proven in the log "
                                f"(checkpoint {who})"))
+        timed = trusted_time_check(events, verifier, tsa)
+        if timed is not None:
+            checks.append(timed)
     return checks
 
 
@@ -669,13 +879,16 @@ def withdrawn_entries(events: Sequence[ReleaseEvent]) -> set[int]:
 
 
 def timeline(store: Store, release: str | None, verifier: tlog.NoteVerifier | None,
-             verify_bundle: Callable[[bytes], Any]) -> dict[str, Any]:
+             verify_bundle: Callable[[bytes], Any], tsa: timestamp.TsaTrust | None = None
+             ) -> dict[str, Any]:
     """Every entry (of `release`, a name@version, when given) with what backs it: its
     inclusion proof under the current checkpoint (signed by the pinned log key, or NOT
     VERIFIED without one) and the signature of each statement it names, checked by
     `verify_bundle` (a Sigstore bundle's bytes -> the verified statement and key id, raising
     a RebuildError otherwise: the caller's trusted keys). An entry is `verified` only when
-    all of that really checked out."""
+    all of that really checked out. Each entry's `trusted_time` comes from the first
+    timestamped checkpoint that includes it, when its token verifies against the pinned TSA
+    chain `tsa` (rebuild.store.timestamp)."""
     log = AuditLog.of(store)
     current = log.read_checkpoint()
     if current is None:
@@ -688,6 +901,7 @@ def timeline(store: Store, release: str | None, verifier: tlog.NoteVerifier | No
             signed = True
         except tlog.ProofFailed:
             signed = False
+    stamps = _timeline_stamps(log, checkpoint.size, verifier, tsa)
     rows: list[dict[str, Any]] = []
     withdrawn_by: dict[int, int] = {}
     for index, entry in log.entries(0, checkpoint.size):
@@ -719,7 +933,7 @@ def timeline(store: Store, release: str | None, verifier: tlog.NoteVerifier | No
         verified = bool(included and signed and all(s.startswith("verified")
                                                       for s in signatures.values()))
         rows.append({"entry": index, **item, "in_log": included, "signatures": signatures,
-                     "verified": verified})
+                     "verified": verified, "trusted_time": _trusted_time(stamps, index)})
     for row in rows:
         if row["entry"] in withdrawn_by:
             row["withdrawn_by"] = withdrawn_by[row["entry"]]
@@ -727,6 +941,64 @@ def timeline(store: Store, release: str | None, verifier: tlog.NoteVerifier | No
             "root": tlog.b64(checkpoint.root),
             "checkpoint_signature": {True: "verified", False: "FAILED",
                                      None: "NOT VERIFIED"}[signed],
-            "time_source": "the machine's clock (no timestamp authority: times are as the "
-                           "appending machine said)",
+            "time_source": _time_source(stamps, tsa),
+            "timestamps": [{"checkpoint": size, **shown} for size, shown in stamps],
             "entries": rows, "checkpoint": data.decode()}
+
+
+def _timeline_stamps(log: AuditLog, size: int, verifier: tlog.NoteVerifier | None,
+                     tsa: timestamp.TsaTrust | None) -> list[tuple[int, dict[str, Any]]]:
+    """(size, what its token shows) of each timestamped checkpoint within the log."""
+    shown: list[tuple[int, dict[str, Any]]] = []
+    for stamp in log.timestamps():
+        if stamp.size > size:
+            continue
+        try:
+            claimed = timestamp.read_token(stamp.token)
+            checked = check_stamp(stamp, lambda n: tlog.tree_hash(log.hash_at, n), verifier,
+                                  tsa)
+            row = {"time": timestamp.utc(claimed.time), "tsa": claimed.tsa,
+                   "status": "NOT VERIFIED" if checked is None else "verified"}
+        except (tlog.ProofFailed, StoreError, ValueError) as exc:
+            row = {"status": "FAILED", "detail": str(exc)}
+        shown.append((stamp.size, row))
+    return shown
+
+
+def _trusted_time(stamps: Sequence[tuple[int, dict[str, Any]]], index: int
+                  ) -> dict[str, Any]:
+    """An entry's trusted time: it was in the log no later than the time of the first
+    verified timestamped checkpoint that includes it, and (when a verified timestamped
+    checkpoint precedes it) appended after that one's time. A token that is unverified or
+    failed is named; without a verified one, the time stays the machine's."""
+    after = [s for size, s in stamps if size <= index and s["status"] == "verified"]
+    unproven: dict[str, Any] | None = None
+    for size, shown in stamps:
+        if size <= index:
+            continue
+        if shown["status"] != "verified":
+            unproven = unproven or {"checkpoint": size, "token": shown["status"],
+                                    "detail": shown.get("detail", "pin the TSA chain "
+                                                        "(--tsa-cert FILE) to check it")}
+            continue
+        bound = {"source": "tsa", "status": "verified", "tsa": shown["tsa"],
+                 "not_after": shown["time"], "checkpoint": size}
+        if after:
+            bound["not_before"] = after[-1]["time"]
+        if unproven:
+            bound["unproven"] = unproven
+        return bound
+    return {"source": "machine", "status": "not attested", **({"unproven": unproven}
+                                                              if unproven else {})}
+
+
+def _time_source(stamps: Sequence[tuple[int, dict[str, Any]]],
+                 tsa: timestamp.TsaTrust | None) -> str:
+    machine = "each entry's time is the appending machine's clock"
+    if not stamps:
+        return f"{machine}, not attested (no checkpoint is timestamped)"
+    if tsa is None:
+        return (f"{machine}; {len(stamps)} checkpoint(s) carry a timestamp token, NOT "
+                "VERIFIED: pin the TSA chain (--tsa-cert FILE)")
+    return (f"{machine}; an entry under a timestamped checkpoint verified against "
+            f"{tsa.source} was in the log no later than that checkpoint's TSA time")

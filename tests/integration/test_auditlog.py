@@ -175,3 +175,59 @@ def test_the_log_records_proves_and_catches(minimal_image: str, write_recipe: Re
     shutil.rmtree(store / "log" / "tile" / "0")
     gone = run_rebuild("log", "verify", store=store)
     assert gone.code == 1 and "Traceback" not in gone.stderr
+
+
+def test_a_release_with_trusted_time_travels_in_its_bundle(
+        minimal_image: str, write_recipe: RecipeWriter, store: Path, tmp_path: Path) -> None:
+    """A real build with a timestamp authority (`rebuild --tsa URL`): its events get a
+    trusted time, the policy pinning the TSA's chain passes, and the exported bundle carries
+    each token with its checkpoint so `rebuild verify BUNDLE` checks it with the store and the
+    TSA gone; another TSA's chain fails the same bundle."""
+    from tests.tsa_standin import TsaStandin
+
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    ok(run_rebuild("keygen", "--out", keys / "ci"))
+    ok(run_rebuild("log", "keygen", "--out", keys / "log", "--name", "example.com/qa-log"))
+    tsa = TsaStandin("qa-tsa")
+    (keys / "tsa.pem").write_bytes(tsa.root_pem())
+    (keys / "other.pem").write_bytes(TsaStandin("other-tsa").root_pem())
+    env = {"REBUILD_LOG_KEY": str(keys / "log.key")}
+    with tsa.serving():
+        ok(run_rebuild("--tsa", tsa.url, "build",
+                       write_recipe(minimal_image, SCRIPT, ["fw.bin"]), "--key",
+                       keys / "ci.key", store=store, env=env))
+    assert tsa.requests == 1  # one append (attempt and release), one checkpoint, one token
+    assert sorted(p.name for p in (store / "log" / "checkpoints").iterdir()) == ["2", "2.tsr"]
+    shown = ok(run_rebuild("log", "show", RELEASE, "--tsa-cert", keys / "tsa.pem",
+                           "--log-key", keys / "log.pub", "--json", store=store)).json
+    assert [e["trusted_time"]["status"] for e in shown["entries"]] == ["verified"] * 2
+    assert shown["entries"][0]["trusted_time"]["tsa"] == "CN=qa-tsa"
+    ok(run_rebuild("log", "verify", "--tsa-cert", keys / "tsa.pem", "--log-key",
+                   keys / "log.pub", store=store))
+
+    policy = keys / "policy.toml"
+    policy.write_text('[policy]\nbuilder_keys = ["ci.pub"]\n[policy.log]\nkey = "log.pub"\n'
+                      'tsa_cert = "tsa.pem"\n')
+    passed = ok(run_rebuild("verify", RELEASE, "--policy", policy, "--json", store=store)).json
+    timed = next(c for c in passed["checks"] if c["name"] == "trusted time")
+    assert timed["ok"] and "from TSA CN=qa-tsa, verified" in timed["detail"]
+
+    bundle = tmp_path / "t.tar"
+    ok(run_rebuild("export", RELEASE, "-o", bundle, "--key", keys / "ci.pub", store=store))
+    hidden = tmp_path / "store-away"
+    store.rename(hidden)
+    offline = ok(run_rebuild("verify", bundle, "--policy", policy, "--json",
+                             store=tmp_path / "none")).json
+    timed = next(c for c in offline["checks"] if c["name"] == "trusted time")
+    assert timed["ok"] and "each of the 2 event(s)" in timed["detail"], timed
+    by_option = ok(run_rebuild("verify", bundle, "--key", keys / "ci.pub", "--tsa-cert",
+                               keys / "tsa.pem", store=tmp_path / "none"))
+    assert "from TSA CN=qa-tsa, verified" in by_option.stderr
+    unpinned = ok(run_rebuild("verify", bundle, "--key", keys / "ci.pub",
+                              store=tmp_path / "none"))
+    assert "carry a timestamp token; NOT VERIFIED" in unpinned.stderr
+    untrusted = run_rebuild("verify", bundle, "--key", keys / "ci.pub", "--tsa-cert",
+                            keys / "other.pem", store=tmp_path / "none")
+    assert untrusted.code == 1 and "not from the pinned TSA" in untrusted.stderr
+    assert "NOT VERIFIED" in untrusted.stderr
