@@ -61,6 +61,9 @@ from rebuild.store.registry import (
 )
 
 CLOSURE_TYPE = "application/vnd.rebuild.closure.v1+json"
+# A rebuilder's claim on a release (rebuild/release/rebuilder.py): it lives on the registry
+# only, so a pull leaves it there.
+CLAIM_TYPE = "application/vnd.rebuild.claim.v1+json"
 PROGRESS_STEP = 64 << 20  # a progress line per this many bytes of one blob
 Log = Callable[[str], None]
 Opener = Callable[[str, int, int], contextlib.AbstractContextManager[Iterator[bytes]]]
@@ -211,7 +214,7 @@ def remote_closure(registry: Registry, release: str, log: Log) -> Closure:
                 entries.setdefault((entry.digest, canonical_json(entry.to_json())), entry)
     listed = {d for d, _ in entries}
     for ref, _ in referrers:
-        if ref.artifact_type != CLOSURE_TYPE and ref.digest not in listed:
+        if ref.artifact_type not in (CLOSURE_TYPE, CLAIM_TYPE) and ref.digest not in listed:
             # A referrer no closure lists (another tool's signature): named by its type.
             entry = Descriptor(ref.media_type, ref.digest, ref.size,
                                {KIND: _kind_of(ref.artifact_type), SUBJECT: digest},
@@ -221,6 +224,44 @@ def remote_closure(registry: Registry, release: str, log: Log) -> Closure:
     manifests, blobs, as_blob = _walk(
         [(digest, media), *((e.digest, e.media_type) for e in records)], read)
     return Closure(release, root, records, manifests, blobs, frozenset(as_blob))
+
+
+def list_releases(registry: Registry) -> list[str]:
+    """Every release (NAME@VERSION) in the remote store: the tags of the repositories under
+    REPOSITORY/ in the registry's catalog, less the referrer tags (`sha256-…`)."""
+    prefix = registry.remote.repository + "/" if registry.remote.repository else ""
+    found: set[str] = set()
+    for repo in registry.catalog():
+        if not repo.startswith(prefix) or repo == prefix:
+            continue
+        name = repo[len(prefix):]
+        found.update(f"{name}@{tag}" for tag in registry.tags(repo)
+                     if not tag.startswith("sha256-"))
+    return sorted(found)
+
+
+def cache_location(remote: RemoteStore, cache_root: Path) -> Path:
+    """The local cache store of a remote store: CACHE/oci/HOST[_PORT]/REPOSITORY."""
+    return cache_root / "oci" / remote.host.replace(":", "_") / (remote.repository or "_")
+
+
+def attach_referrer(registry: Registry, repo: str, data: bytes, log: Log) -> str:
+    """Put one small artifact manifest (empty config, no other blob) that names a subject,
+    and list it among the subject's referrers; returns its digest."""
+    parsed = json.loads(data)
+    subject = parsed["subject"]["digest"]
+    empty_config = b"{}"
+    for blob in {parsed["config"]["digest"], *(layer["digest"] for layer in parsed["layers"])}:
+        if blob != _sha256(empty_config):
+            raise UsageError(f"attach_referrer takes an artifact of empty blobs, not {blob}")
+        if not registry.has_blob(repo, blob):
+            registry.push_blob(repo, blob, len(empty_config), _BytesReader(empty_config))
+    digest = _sha256(data)
+    native = registry.put_manifest(repo, digest, data, OCI_MANIFEST)
+    if not native:
+        add_referrers(registry, repo, subject, [_describe(data, OCI_MANIFEST)],
+                      {digest: data}, log)
+    return digest
 
 
 def _kind_of(artifact_type: str | None) -> str:
