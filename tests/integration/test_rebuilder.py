@@ -103,7 +103,7 @@ def test_verify_show_and_approve_against_the_registry(
     verified = run_rebuild("verify", "w@1.0.3", "--key", keys / "ci.pub", "--json",
                            store=remote, env=env)
     assert verified.code == 0, verified.stderr
-    assert verified.json["ok"] is True
+    assert verified.json["verified"] is True
     untrusted = run_rebuild("verify", "w@1.0.3", "--key", keys / "qa.pub", store=remote,
                             env=env)
     assert untrusted.code == 1 and "NOT VERIFIED" in untrusted.stderr
