@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from rebuild.errors import EnvironmentProblem, ExitCode, UsageError
+from rebuild.errors import EnvironmentProblem, ExitCode, StoreError, UsageError
 from rebuild.store.layout import Store
 
 if TYPE_CHECKING:
@@ -28,7 +28,8 @@ from rebuild.cli.common import (
     shown,
 )
 
-image_app = typer.Typer(no_args_is_help=True, help="Base images built from Debian packages.")
+image_app = typer.Typer(no_args_is_help=True, help="Base images built from Debian packages: "
+                        "archived, moved between stores, loaded.")
 
 
 def build(
@@ -212,3 +213,60 @@ def image_build(
     else:
         print(image.reference)
     say(f"{len(image.packages)} Debian packages; archived in {opts.store} as {image.manifest}")
+
+
+ImageRef = Annotated[str, typer.Argument(
+    metavar="IMAGE_REF", help="NAME:TAG@sha256:ID, as a recipe pins it.")]
+Location = Annotated[str, typer.Argument(
+    metavar="STORE", help="A store directory, or oci://HOST[:PORT]/REPOSITORY "
+    "(oci+http:// for a plain-HTTP registry on this machine).")]
+
+
+def _transfer_image(source: str, destination: str, reference: str, json_out: bool) -> None:
+    from rebuild.store.transfer import transfer_image
+
+    result = transfer_image(source, destination, reference, log=say)
+    if json_out:
+        emit(result.to_json())
+    say(f"{reference} ({result.digest}): {result.manifests} manifest(s) and {result.blobs} "
+        f"blob(s) in {destination}; sent {result.blobs_sent} blob(s) ({result.bytes_sent} "
+        f"bytes), the rest were there already")
+
+
+@image_app.command("push")
+def image_push(reference: ImageRef, destination: Location, store: StoreOpt = None,
+               json_out: JsonOpt = False) -> None:
+    """Copy an archived image (archive, package list, definition) to another store."""
+    opts = command_options(store, json_out)
+    _transfer_image(str(opts.store), destination, reference, opts.json)
+
+
+@image_app.command("pull")
+def image_pull(source: Location, reference: ImageRef, store: StoreOpt = None,
+               json_out: JsonOpt = False) -> None:
+    """Copy an archived image from another store (a registry) into the store."""
+    opts = command_options(store, json_out)
+    _transfer_image(source, str(opts.store), reference, opts.json)
+
+
+@image_app.command("load")
+def image_load(reference: ImageRef, store: StoreOpt = None, json_out: JsonOpt = False) -> None:
+    """Load an archived image into Docker; it must come back with its recorded id."""
+    from rebuild.build.image import find_image, load_archived, stored_image
+    from rebuild.build.sandbox import connect, load_image
+    from rebuild.store.transfer import image_closure_name
+
+    opts = command_options(store, json_out)
+    image_closure_name(reference)  # exit 2 for what is not NAME:TAG@sha256:ID
+    st = Store(opts.store)
+    st.require()
+    entry = find_image(st, reference.rpartition("@")[2])
+    if entry is None:
+        raise StoreError(f"no image {reference} in the store {opts.store}; `rebuild image pull "
+                         "STORE IMAGE_REF` brings one")
+    image = stored_image(st, entry.digest)
+    client = connect()
+    load_archived(st, image, lambda archive: load_image(client, archive))
+    if opts.json:
+        emit({"image": image.reference, "id": image.image_id, "manifest": image.manifest})
+    say(f"loaded {image.reference}: id {image.image_id}, as recorded")
