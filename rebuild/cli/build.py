@@ -12,6 +12,7 @@ from rebuild.errors import EnvironmentProblem, ExitCode, StoreError, UsageError
 from rebuild.store.layout import Store
 
 if TYPE_CHECKING:
+    from rebuild.build.recipe import LoadedRecipe
     from rebuild.evidence.sign import StatementSigner
     from rebuild.twin import BuildOutcome, DifferenceReport
 
@@ -19,11 +20,14 @@ from rebuild.cli.common import (
     JsonOpt,
     KeylessOpt,
     KeyOpt,
+    Options,
     StoreOpt,
     TrustConfigOpt,
     command_options,
     emit,
     make_signer,
+    push_back,
+    remote_location,
     say,
     shown,
 )
@@ -58,21 +62,54 @@ def build(
         raise UsageError(f"--keep {keep}: {keep}/a or {keep}/b already exists; remove them "
                          "or name another directory")
     loaded = [load_recipe(path) for path in recipes]  # every recipe is checked before any runs
+    location = remote_location(opts.store)
+    directory = opts.store if location is None else _remote_build_cache(location, loaded, opts)
     for recipe in loaded:
-        refuse_release_conflict(Store(opts.store), recipe)
+        refuse_release_conflict(Store(directory), recipe)
     signer = make_signer(opts, keyless=keyless, trust_config=trust_config)
-    outcomes = [twin_build(recipe, Store(opts.store), cache_dir=opts.cache, signer=signer,
+    outcomes = [twin_build(recipe, Store(directory), cache_dir=opts.cache, signer=signer,
                            log=say,
                            debug=say if opts.debug else lambda _: None,
                            explain=explain, keep=keep)
                 for recipe in loaded]
     for outcome in outcomes:
         _print_outcome(outcome, signer)
+    if location is not None:
+        for outcome in outcomes:
+            if Store(directory).find(outcome.release) is not None:
+                push_back(opts, directory, outcome.release)
     if opts.json:
         emit(outcomes[0].to_json() if len(outcomes) == 1
              else {"builds": [o.to_json() for o in outcomes]})
     if not all(o.reproducible for o in outcomes):
         raise typer.Exit(ExitCode.CLAIM_FAILED)
+
+
+def _remote_build_cache(location: str, loaded: list[LoadedRecipe], opts: Options) -> Path:
+    """`build --store oci://…` builds in the registry's local cache store: first the releases
+    the registry already holds (so that a conflicting version is refused before anything
+    runs) and the pinned base images it holds come down, verified."""
+    from rebuild.build.image import find_image
+    from rebuild.store.registry import parse_remote
+    from rebuild.store.transfer import (
+        cache_location,
+        image_closure_name,
+        remote_has,
+        transfer,
+        transfer_image,
+    )
+
+    cache = cache_location(parse_remote(location), opts.cache)
+    for recipe in loaded:
+        release, image = recipe.recipe.release, recipe.recipe.environment.image
+        if remote_has(location, release):
+            transfer(location, str(cache), release, log=say)
+        has_image = Store(cache).exists() and \
+            find_image(Store(cache), image.rpartition("@")[2]) is not None
+        if not has_image and "@sha256:" in image and ":" in image.rpartition("@")[0] \
+                and remote_has(location, image_closure_name(image)):
+            transfer_image(location, str(cache), image, log=say)
+    return cache
 
 
 def _difference_line(diff: DifferenceReport) -> str:

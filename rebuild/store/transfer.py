@@ -670,6 +670,17 @@ def transfer_image(source: str, destination: str, reference: str, *, log: Log) -
         return result
 
 
+def remote_has(location: str, name: str) -> bool:
+    """Whether the remote store holds the release (or image closure) NAME@TAG."""
+    remote = parse_remote(location)
+    base, version = split_release(name)
+    registry = Registry.connect(remote)
+    try:
+        return registry.has_manifest(remote.release_repository(base), version)
+    finally:
+        registry.close()
+
+
 def _connect(remote: RemoteStore, stack: contextlib.ExitStack) -> Registry:
     registry = Registry.connect(remote)
     stack.callback(registry.close)

@@ -61,6 +61,21 @@ def test_an_image_from_a_registry_loads_with_its_id_and_builds(
         built = run_rebuild("build", recipe, "--json", store=store)
         assert built.code == 0, built.stderr
 
+        # build --store oci://…: the pinned image comes from the registry into a fresh
+        # cache, and the release goes up.
+        cache = {"REBUILD_CACHE": str(tmp_path / "cache")}
+        remote = write_recipe(minimal_image, "umask 022 && printf 'u\\n' > /out/r", name="u")
+        up = run_rebuild("build", remote, "--json", store=Path(registry.url()), env=cache)
+        assert up.code == 0, up.stderr
+        fresh = tmp_path / "fresh"
+        assert run_rebuild("store", "pull", registry.url(), "u@1.0.0", store=fresh).code == 0
+        story = run_rebuild("show", "u@1.0.0", "--json", store=fresh)
+        assert story.code == 0 and story.json["manifest"] == up.json["manifest"]
+        conflict = write_recipe(minimal_image, "printf 'other\\n' > /out/r", name="u")
+        refused = run_rebuild("build", conflict, store=Path(registry.url()),
+                              env={"REBUILD_CACHE": str(tmp_path / "cache2")})
+        assert refused.code == 2 and "already exists" in refused.stderr
+
         missing = run_rebuild("image", "pull", registry.url(),
                               "rebuild/nothing:bookworm@sha256:" + "0" * 64, store=store)
         assert missing.code == 5 and "Traceback" not in missing.stderr
