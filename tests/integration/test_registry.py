@@ -356,3 +356,38 @@ def test_a_push_killed_midway_is_finished_by_the_next(registry: RunningRegistry,
     pulled = tmp_path / "pulled"
     assert run_rebuild("store", "pull", registry.url(), "killed@1.0.0", store=pulled).code == 0
     assert blobs(pulled) == blobs(store)
+
+
+def test_a_pull_killed_midway_is_resumed_by_the_next(registry: RunningRegistry,
+                                                     tmp_path: Path) -> None:
+    import os
+    import signal
+    import time
+
+    source = tmp_path / "source"
+    _fake_release(source, "resumed@1.0.0", [96 << 20] * 3, seed=3)
+    assert run_rebuild("store", "push", "resumed@1.0.0", registry.url(), store=source).code == 0
+    store = tmp_path / "store"
+    proc = subprocess.Popen([sys.executable, "-m", "rebuild", "--store", str(store), "store",
+                             "pull", registry.url(), "resumed@1.0.0"], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while True:  # killed once some blob is partly down
+        parts = list((store / ".tmp").glob("pull-*.part")) if (store / ".tmp").is_dir() else []
+        if any(p.stat().st_size > (8 << 20) for p in parts):
+            break
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (store / "index.json").exists() or entries(store) == []  # nothing named yet
+    rerun = run_rebuild("store", "pull", registry.url(), "resumed@1.0.0", "--json", store=store)
+    assert rerun.code == 0, rerun.stderr
+    import re
+
+    resumed = re.search(r"resuming sha256:[0-9a-f]{64} at (\d+) of (\d+) bytes", rerun.stderr)
+    assert resumed is not None, rerun.stderr
+    assert 8 << 20 < int(resumed.group(1)) <= int(resumed.group(2))
+    assert blobs(store) == blobs(source)
+    assert run_rebuild("store", "fsck", store=store).code == 0
+    assert not list((store / ".tmp").glob("pull-*"))
