@@ -391,3 +391,34 @@ def test_a_pull_killed_midway_is_resumed_by_the_next(registry: RunningRegistry,
     assert blobs(store) == blobs(source)
     assert run_rebuild("store", "fsck", store=store).code == 0
     assert not list((store / ".tmp").glob("pull-*"))
+
+
+def test_bearer_tokens_from_a_token_service(tmp_path: Path) -> None:
+    from tests.registry_support import TokenService
+
+    (tmp_path / "tokens").mkdir()
+    tokens = TokenService("ci", "token-horse-7d1f", tmp_path / "tokens")
+    secure = start_registry(tmp_path / "registry", tokens=tokens)
+    try:
+        store = tmp_path / "store"
+        _fake_release(store, "tok@1.0.0", [3 << 20, 1 << 10], seed=4)
+        wrong = {"REBUILD_REGISTRY_USERNAME": "ci", "REBUILD_REGISTRY_PASSWORD": "nope-5a2c"}
+        refused = run_rebuild("store", "push", "tok@1.0.0", secure.url(), store=store,
+                              env=wrong)
+        assert refused.code == 3, refused.stderr
+        assert "refused" in refused.stderr and "nope-5a2c" not in refused.stderr
+        assert tokens.refused > 0
+
+        right = {"REBUILD_REGISTRY_USERNAME": "ci", "REBUILD_REGISTRY_PASSWORD": "token-horse-7d1f"}
+        pushed = run_rebuild("store", "push", "tok@1.0.0", secure.url(), store=store, env=right)
+        assert pushed.code == 0, pushed.stderr
+        assert "repository:rebuild/tok:pull,push" in tokens.scopes
+        pulled = tmp_path / "pulled"
+        back = run_rebuild("store", "pull", secure.url(), "tok@1.0.0", store=pulled, env=right)
+        assert back.code == 0, back.stderr
+        assert blobs(pulled) == blobs(store)
+        for text in (pushed.stderr, back.stderr):
+            assert "token-horse-7d1f" not in text
+    finally:
+        secure.stop()
+        tokens.stop()
