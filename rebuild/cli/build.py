@@ -8,10 +8,11 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from rebuild.errors import EnvironmentProblem, ExitCode, UsageError
+from rebuild.errors import EnvironmentProblem, ExitCode, StoreError, UsageError
 from rebuild.store.layout import Store
 
 if TYPE_CHECKING:
+    from rebuild.build.recipe import LoadedRecipe
     from rebuild.evidence.sign import StatementSigner
     from rebuild.twin import BuildOutcome, DifferenceReport
 
@@ -19,16 +20,20 @@ from rebuild.cli.common import (
     JsonOpt,
     KeylessOpt,
     KeyOpt,
+    Options,
     StoreOpt,
     TrustConfigOpt,
     command_options,
     emit,
     make_signer,
+    push_back,
+    remote_location,
     say,
     shown,
 )
 
-image_app = typer.Typer(no_args_is_help=True, help="Base images built from Debian packages.")
+image_app = typer.Typer(no_args_is_help=True, help="Base images built from Debian packages: "
+                        "archived, moved between stores, loaded.")
 
 
 def build(
@@ -57,21 +62,54 @@ def build(
         raise UsageError(f"--keep {keep}: {keep}/a or {keep}/b already exists; remove them "
                          "or name another directory")
     loaded = [load_recipe(path) for path in recipes]  # every recipe is checked before any runs
+    location = remote_location(opts.store)
+    directory = opts.store if location is None else _remote_build_cache(location, loaded, opts)
     for recipe in loaded:
-        refuse_release_conflict(Store(opts.store), recipe)
+        refuse_release_conflict(Store(directory), recipe)
     signer = make_signer(opts, keyless=keyless, trust_config=trust_config)
-    outcomes = [twin_build(recipe, Store(opts.store), cache_dir=opts.cache, signer=signer,
+    outcomes = [twin_build(recipe, Store(directory), cache_dir=opts.cache, signer=signer,
                            log=say,
                            debug=say if opts.debug else lambda _: None,
                            explain=explain, keep=keep)
                 for recipe in loaded]
     for outcome in outcomes:
         _print_outcome(outcome, signer)
+    if location is not None:
+        for outcome in outcomes:
+            if Store(directory).find(outcome.release) is not None:
+                push_back(opts, directory, outcome.release)
     if opts.json:
         emit(outcomes[0].to_json() if len(outcomes) == 1
              else {"builds": [o.to_json() for o in outcomes]})
     if not all(o.reproducible for o in outcomes):
         raise typer.Exit(ExitCode.CLAIM_FAILED)
+
+
+def _remote_build_cache(location: str, loaded: list[LoadedRecipe], opts: Options) -> Path:
+    """`build --store oci://…` builds in the registry's local cache store: first the releases
+    the registry already holds (so that a conflicting version is refused before anything
+    runs) and the pinned base images it holds come down, verified."""
+    from rebuild.build.image import find_image
+    from rebuild.store.registry import parse_remote
+    from rebuild.store.transfer import (
+        cache_location,
+        image_closure_name,
+        remote_has,
+        transfer,
+        transfer_image,
+    )
+
+    cache = cache_location(parse_remote(location), opts.cache)
+    for recipe in loaded:
+        release, image = recipe.recipe.release, recipe.recipe.environment.image
+        if remote_has(location, release):
+            transfer(location, str(cache), release, log=say)
+        has_image = Store(cache).exists() and \
+            find_image(Store(cache), image.rpartition("@")[2]) is not None
+        if not has_image and "@sha256:" in image and ":" in image.rpartition("@")[0] \
+                and remote_has(location, image_closure_name(image)):
+            transfer_image(location, str(cache), image, log=say)
+    return cache
 
 
 def _difference_line(diff: DifferenceReport) -> str:
@@ -212,3 +250,60 @@ def image_build(
     else:
         print(image.reference)
     say(f"{len(image.packages)} Debian packages; archived in {opts.store} as {image.manifest}")
+
+
+ImageRef = Annotated[str, typer.Argument(
+    metavar="IMAGE_REF", help="NAME:TAG@sha256:ID, as a recipe pins it.")]
+Location = Annotated[str, typer.Argument(
+    metavar="STORE", help="A store directory, or oci://HOST[:PORT]/REPOSITORY "
+    "(oci+http:// for a plain-HTTP registry on this machine).")]
+
+
+def _transfer_image(source: str, destination: str, reference: str, json_out: bool) -> None:
+    from rebuild.store.transfer import transfer_image
+
+    result = transfer_image(source, destination, reference, log=say)
+    if json_out:
+        emit(result.to_json())
+    say(f"{reference} ({result.digest}): {result.manifests} manifest(s) and {result.blobs} "
+        f"blob(s) in {destination}; sent {result.blobs_sent} blob(s) ({result.bytes_sent} "
+        f"bytes), the rest were there already")
+
+
+@image_app.command("push")
+def image_push(reference: ImageRef, destination: Location, store: StoreOpt = None,
+               json_out: JsonOpt = False) -> None:
+    """Copy an archived image (archive, package list, definition) to another store."""
+    opts = command_options(store, json_out)
+    _transfer_image(str(opts.store), destination, reference, opts.json)
+
+
+@image_app.command("pull")
+def image_pull(source: Location, reference: ImageRef, store: StoreOpt = None,
+               json_out: JsonOpt = False) -> None:
+    """Copy an archived image from another store (a registry) into the store."""
+    opts = command_options(store, json_out)
+    _transfer_image(source, str(opts.store), reference, opts.json)
+
+
+@image_app.command("load")
+def image_load(reference: ImageRef, store: StoreOpt = None, json_out: JsonOpt = False) -> None:
+    """Load an archived image into Docker; it must come back with its recorded id."""
+    from rebuild.build.image import find_image, load_archived, stored_image
+    from rebuild.build.sandbox import connect, load_image
+    from rebuild.store.transfer import image_closure_name
+
+    opts = command_options(store, json_out)
+    image_closure_name(reference)  # exit 2 for what is not NAME:TAG@sha256:ID
+    st = Store(opts.store)
+    st.require()
+    entry = find_image(st, reference.rpartition("@")[2])
+    if entry is None:
+        raise StoreError(f"no image {reference} in the store {opts.store}; `rebuild image pull "
+                         "STORE IMAGE_REF` brings one")
+    image = stored_image(st, entry.digest)
+    client = connect()
+    load_archived(st, image, lambda archive: load_image(client, archive))
+    if opts.json:
+        emit({"image": image.reference, "id": image.image_id, "manifest": image.manifest})
+    say(f"loaded {image.reference}: id {image.image_id}, as recorded")

@@ -61,6 +61,38 @@ class Options:
         return Path(os.environ.get("REBUILD_CACHE", default))
 
 
+def remote_location(store: Path) -> str | None:
+    """`--store oci://HOST/REPOSITORY` as the location it names: the option arrives as a Path,
+    which folds `//` into `/`. None for a store directory."""
+    match = re.fullmatch(r"(oci|oci\+http):/+(.+)", str(store))
+    return f"{match.group(1)}://{match.group(2)}" if match else None
+
+
+def store_for(opts: Options, release: str) -> Path:
+    """The store directory a command runs on: --store itself, or for a remote store its local
+    cache with `release`'s closure pulled into it (every blob checked against its digest)."""
+    location = remote_location(opts.store)
+    if location is None:
+        return opts.store
+    from rebuild.store.registry import parse_remote
+    from rebuild.store.transfer import cache_location, transfer
+
+    cache = cache_location(parse_remote(location), opts.cache)
+    transfer(location, str(cache), release, log=say)
+    return cache
+
+
+def push_back(opts: Options, store: Path, release: str) -> None:
+    """After a command wrote into the cache of a remote store: push what it added."""
+    location = remote_location(opts.store)
+    if location is not None:
+        from rebuild.store.transfer import transfer
+
+        result = transfer(str(store), location, release, log=say)
+        say(f"{release}: pushed to {location} ({result.manifests_sent} manifest(s), "
+            f"{result.blobs_sent} blob(s) sent)")
+
+
 OPTIONS = Options(Path(".rebuild/store"), json=False, debug=False)
 
 

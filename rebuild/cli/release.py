@@ -21,6 +21,7 @@ from rebuild.cli.common import (
     JsonOpt,
     KeylessOpt,
     KeyOpt,
+    Options,
     StoreOpt,
     TrustConfigOpt,
     TsaCertOpt,
@@ -28,16 +29,27 @@ from rebuild.cli.common import (
     emit,
     log_verifier,
     make_signer,
+    push_back,
+    remote_location,
     say,
     shown,
+    store_for,
     terminal_safe,
     tsa_trust,
 )
 
 
 def reproduce_cmd(
-    target: Annotated[str, typer.Argument(help="A release (name@version) or an artifact "
-                                                "digest (sha256:<hex>).")],
+    target: Annotated[str | None, typer.Argument(
+        help="A release (name@version) or an artifact digest (sha256:<hex>); none with "
+        "--pending.", show_default=False)] = None,
+    pending: Annotated[bool, typer.Option(
+        "--pending", help="Be a rebuilder: reproduce every release of the remote store "
+        "(--store oci://…) that has no verdict from --key yet, attaching each verdict "
+        "there.")] = False,
+    lease: Annotated[int, typer.Option(
+        "--lease", min=60, metavar="SECONDS", help="With --pending: how long a claim on a "
+        "release holds off other workers of the same key.")] = 7200,
     runs: Annotated[int, typer.Option("--runs", min=1, max=2, help="1: rebuild once; 2: also "
                                       "repeat the twin check with every variation.")] = 1,
     explain: Annotated[bool, typer.Option(
@@ -54,8 +66,15 @@ def reproduce_cmd(
     from rebuild.release.reproduce import reproduce
 
     opts = command_options(store, json_out, key)
+    if pending:
+        _rebuild_pending(opts, target, lease, keyless, trust_config)
+        return
+    if target is None:
+        raise UsageError("name the release to reproduce, or pass --pending with --store "
+                         "oci://… to reproduce every release that has no verdict from --key")
     signer = make_signer(opts, what="verdict", keyless=keyless, trust_config=trust_config)
-    verdict = reproduce(Store(opts.store), target, runs=runs, cache_dir=opts.cache,
+    directory = store_for(opts, target)
+    verdict = reproduce(Store(directory), target, runs=runs, cache_dir=opts.cache,
                         signer=signer, explain=explain, log=say,
                         debug=say if opts.debug else lambda _: None)
     for artifact in verdict.artifacts:
@@ -71,10 +90,39 @@ def reproduce_cmd(
     outcome = "REPRODUCED bit for bit" if verdict.reproducible else "NOT reproduced"
     signed = f"; signed verdict {verdict.verdict}" if verdict.verdict else ""
     say(f"{verdict.release}: {outcome}{signed}")
+    if verdict.verdict:
+        push_back(opts, directory, target)
     if opts.json:
         emit(verdict.to_json())
     if not verdict.reproducible:
         raise typer.Exit(ExitCode.CLAIM_FAILED)
+
+
+def _rebuild_pending(opts: Options, target: str | None, lease: int, keyless: bool,
+                     trust_config: Path | None) -> None:
+    from rebuild.release.rebuilder import rebuild_pending
+
+    location = remote_location(opts.store)
+    if target is not None or location is None:
+        raise UsageError("--pending reproduces the releases of a remote store: pass --store "
+                         "oci://HOST/REPOSITORY and no release")
+    if opts.key is None and not keyless:
+        raise UsageError("--pending attaches signed verdicts: pass --key PREFIX.key "
+                         "(or --keyless)")
+    signer = make_signer(opts, what="verdict", keyless=keyless, trust_config=trust_config)
+    assert signer is not None
+    outcomes = rebuild_pending(location, signer, cache_root=opts.cache, lease=lease, log=say,
+                               debug=say if opts.debug else lambda _: None)
+    for outcome in outcomes:
+        say(f"  {outcome.state:<14} {outcome.release}: {outcome.detail}")
+    done = sum(o.state in ("reproduced", "not reproduced") for o in outcomes)
+    say(f"{location}: {len(outcomes)} release(s), {done} reproduced by this worker")
+    if opts.json:
+        emit({"store": location, "releases": [o.to_json() for o in outcomes]})
+    worst = max((o.exit_code for o in outcomes if o.state == "failed"), default=0) or \
+        max((o.exit_code for o in outcomes), default=0)
+    if worst:
+        raise typer.Exit(worst)
 
 
 def verify(
@@ -134,7 +182,7 @@ def verify(
     elif target.endswith((".tar", ".gz", ".tgz")) or "/" in target:
         raise UsageError(f"{target}: no such bundle file")
     else:
-        report = verify_release(Store(opts.store), target, rules)
+        report = verify_release(Store(store_for(opts, target)), target, rules)
     for check in report.checks:
         say(f"  {'ok  ' if check.ok else 'FAIL'} {check.name}: {check.detail}")
     say(f"{report.release or target}: {'VERIFIED' if report.ok else 'NOT VERIFIED'}")
@@ -167,7 +215,7 @@ def show(
         rules = load_policy(policy)
     else:
         rules = Policy(tuple(load_public_key(k) for k in keys))
-    story = release_story(Store(opts.store), target, rules)
+    story = release_story(Store(store_for(opts, target)), target, rules)
     if opts.json:
         emit(story)
     else:
@@ -197,7 +245,7 @@ def export_cmd(
     if not keys:
         say("warning: no --key: the bundle's report will not say whether the signatures "
             "verify; pass the signers' public keys (PREFIX.pub)")
-    exported = export_release(Store(opts.store), target, output, keys=keys,
+    exported = export_release(Store(store_for(opts, target)), target, output, keys=keys,
                               with_inputs=with_inputs)
     state = {True: "evidence verified", False: "evidence NOT verified",
              None: "signatures not checked"}[exported.verified]
@@ -240,9 +288,11 @@ def approve_cmd(
     assert isinstance(signer, KeySigner)
     rules = load_policy(policy) if policy else keys_policy(trust or [])
     signer_name = name or os.environ.get("REBUILD_SIGNER_NAME") or getpass.getuser()
-    digest = approve(Store(opts.store), target, role=role, meaning=meaning, name=signer_name,
+    directory = store_for(opts, target)
+    digest = approve(Store(directory), target, role=role, meaning=meaning, name=signer_name,
                      comment=comment, signer=signer.key, policy=rules, time=datetime.now(UTC))
     say(f"{target}: approved by {signer_name} as {role} ({meaning}); approval {digest}")
+    push_back(opts, directory, target)
     if opts.json:
         emit({"release": target, "approval": digest, "role": role, "name": signer_name,
               "keyid": signer.identity})

@@ -115,12 +115,29 @@ def release_story(store: Store, release: str, policy: Policy) -> Story:
         "tests": None if test_result is None else {
             "result": test_result["statement"].get("predicate", {}).get("result"),
             "signature": test_result["signature"]},
-        "verdicts": sorted((_verdict(store, v, trusted, binding) for v in of_kind("verdict")),
-                           key=lambda v: (str(v["time"]), v["manifest"])),
+        "verdicts": one_verdict_per_key(
+            [_verdict(store, v, trusted, binding) for v in of_kind("verdict")]),
         "approvals": sorted((_approval(store, a, trusted, binding) for a in of_kind("approval")),
                             key=lambda a: (str(a["time"]), a["manifest"])),
         "verification": verification,
     }
+
+
+def one_verdict_per_key(verdicts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each signer's verdict once (two rebuilders of one key that raced may both have attached
+    one): a verified one before any other, then the latest; verdicts naming no key stay."""
+    def rank(v: dict[str, Any]) -> tuple[bool, str, str]:
+        return (v["signature"].get("status") == "verified", str(v["time"]), v["manifest"])
+
+    best: dict[str, dict[str, Any]] = {}
+    unnamed = []
+    for verdict in verdicts:
+        key = verdict.get("signer")
+        if not key:
+            unnamed.append(verdict)
+        elif key not in best or rank(verdict) > rank(best[key]):
+            best[key] = verdict
+    return sorted([*best.values(), *unnamed], key=lambda v: (str(v["time"]), v["manifest"]))
 
 
 @dataclass(frozen=True)

@@ -418,7 +418,17 @@ class Registry:
 
     def tags(self, repo: str) -> list[str]:
         """Every tag of the repository (following `Link` pagination)."""
-        url: str | None = self._url(repo, "tags/list?n=1000")
+        return self._pages(self._url(repo, "tags/list?n=1000"), repo, "tags",
+                           f"the tags of {repo}")
+
+    def catalog(self) -> list[str]:
+        """Every repository the registry lists in `/v2/_catalog` (following `Link`
+        pagination); a registry without a catalog lists none."""
+        return self._pages(f"{self.remote.base}/v2/_catalog?n=1000", self.remote.repository,
+                           "repositories", f"the catalog of {self.remote.host}")
+
+    def _pages(self, first: str, repo: str, key: str, what: str) -> list[str]:
+        url: str | None = first
         found: list[str] = []
         while url is not None:
             response = self.request("GET", url, repo, stream=True)
@@ -426,10 +436,10 @@ class Registry:
                 response.close()
                 return found
             if response.status_code != 200:
-                raise self._fail(response, f"the tags of {repo}")
-            data = _read_limited(response, MANIFEST_LIMIT, f"the tags of {repo}")
+                raise self._fail(response, what)
+            data = _read_limited(response, MANIFEST_LIMIT, what)
             try:
-                page = json.loads(data).get("tags") or []
+                page = json.loads(data).get(key) or []
             except (ValueError, AttributeError):
                 page = []
             found += [t for t in page if isinstance(t, str)]

@@ -39,6 +39,8 @@ from typing import IO, Any
 
 from rebuild.errors import ClaimFailed, StoreError, UsageError
 from rebuild.store.layout import (
+    IMAGE_ID_ANN,
+    IMAGE_REF_ANN,
     INDEX_TYPES,
     KIND,
     MANIFEST_TYPES,
@@ -61,6 +63,9 @@ from rebuild.store.registry import (
 )
 
 CLOSURE_TYPE = "application/vnd.rebuild.closure.v1+json"
+# A rebuilder's claim on a release (rebuild/release/rebuilder.py): it lives on the registry
+# only, so a pull leaves it there.
+CLAIM_TYPE = "application/vnd.rebuild.claim.v1+json"
 PROGRESS_STEP = 64 << 20  # a progress line per this many bytes of one blob
 Log = Callable[[str], None]
 Opener = Callable[[str, int, int], contextlib.AbstractContextManager[Iterator[bytes]]]
@@ -211,16 +216,61 @@ def remote_closure(registry: Registry, release: str, log: Log) -> Closure:
                 entries.setdefault((entry.digest, canonical_json(entry.to_json())), entry)
     listed = {d for d, _ in entries}
     for ref, _ in referrers:
-        if ref.artifact_type != CLOSURE_TYPE and ref.digest not in listed:
+        if ref.artifact_type not in (CLOSURE_TYPE, CLAIM_TYPE) and ref.digest not in listed:
             # A referrer no closure lists (another tool's signature): named by its type.
             entry = Descriptor(ref.media_type, ref.digest, ref.size,
                                {KIND: _kind_of(ref.artifact_type), SUBJECT: digest},
                                ref.artifact_type)
             entries[(entry.digest, canonical_json(entry.to_json()))] = entry
-    records = tuple(entries.values())
+    # A record that is not a release (an image) lists its own index entry in its closure.
+    own = [e for e in entries.values() if e.digest == digest]
+    if own:
+        root = own[0]
+    records = tuple(e for e in entries.values() if e.digest != digest)
     manifests, blobs, as_blob = _walk(
         [(digest, media), *((e.digest, e.media_type) for e in records)], read)
     return Closure(release, root, records, manifests, blobs, frozenset(as_blob))
+
+
+def list_releases(registry: Registry) -> list[str]:
+    """Every release (NAME@VERSION) in the remote store: the tags of the repositories under
+    REPOSITORY/ in the registry's catalog, less the referrer tags (`sha256-…`) and the image
+    records under REPOSITORY/images/."""
+    prefix = registry.remote.repository + "/" if registry.remote.repository else ""
+    found: set[str] = set()
+    for repo in registry.catalog():
+        if not repo.startswith(prefix) or repo == prefix:
+            continue
+        name = repo[len(prefix):]
+        if name.startswith("images/"):
+            continue  # image records (image_closure_name), not releases
+        found.update(f"{name}@{tag}" for tag in registry.tags(repo)
+                     if not tag.startswith("sha256-"))
+    return sorted(found)
+
+
+def cache_location(remote: RemoteStore, cache_root: Path) -> Path:
+    """The local cache store of a remote store: CACHE/oci/HOST[_PORT]/REPOSITORY."""
+    return cache_root / "oci" / remote.host.replace(":", "_") / (remote.repository or "_")
+
+
+def attach_referrer(registry: Registry, repo: str, data: bytes, log: Log) -> str:
+    """Put one small artifact manifest (empty config, no other blob) that names a subject,
+    and list it among the subject's referrers; returns its digest."""
+    parsed = json.loads(data)
+    subject = parsed["subject"]["digest"]
+    empty_config = b"{}"
+    for blob in {parsed["config"]["digest"], *(layer["digest"] for layer in parsed["layers"])}:
+        if blob != _sha256(empty_config):
+            raise UsageError(f"attach_referrer takes an artifact of empty blobs, not {blob}")
+        if not registry.has_blob(repo, blob):
+            registry.push_blob(repo, blob, len(empty_config), _BytesReader(empty_config))
+    digest = _sha256(data)
+    native = registry.put_manifest(repo, digest, data, OCI_MANIFEST)
+    if not native:
+        add_referrers(registry, repo, subject, [_describe(data, OCI_MANIFEST)],
+                      {digest: data}, log)
+    return digest
 
 
 def _kind_of(artifact_type: str | None) -> str:
@@ -568,6 +618,67 @@ def transfer(source: str, destination: str, release: str, *, log: Log) -> Transf
         else:
             pull_closure(closure, opener, Store(Path(destination)), result, log)
         return result
+
+
+def image_closure_name(reference: str) -> str:
+    """Where an image record lives in a remote store: `NAME:TAG@sha256:ID` is the closure
+    `images/NAME@TAG-ID`, so the manifest tagged `TAG-ID` in REPOSITORY/images/NAME."""
+    named, sep, image_id = reference.rpartition("@")
+    name, colon, tag = named.rpartition(":")
+    if not sep or not colon or not name or not image_id.startswith("sha256:") \
+            or len(image_id) != 71:
+        raise UsageError(f"{reference!r} is not an image reference: write NAME:TAG@sha256:ID "
+                         "as a recipe pins it (`rebuild store ls` lists the images)")
+    return f"images/{name}@{tag}-{image_id[7:]}"
+
+
+def transfer_image(source: str, destination: str, reference: str, *, log: Log) -> Transferred:
+    """Copy an image record (its archive, package list and definition, byte-exact, and its
+    index entry) from one store to another, as `transfer` copies a release."""
+    name = image_closure_name(reference)
+    split_release(name)
+    image_id = reference.rpartition("@")[2]
+    with contextlib.ExitStack() as stack:
+        if is_remote(source):
+            src_registry = _connect(parse_remote(source), stack)
+            closure = remote_closure(src_registry, name, log)
+            if (closure.root.annotations or {}).get(IMAGE_ID_ANN) != image_id:
+                raise StoreError(f"{source} holds no image record for {reference} under "
+                                 f"{name}; push it first")
+            opener = _remote_opener(src_registry, src_registry.remote.release_repository(
+                name.rpartition("@")[0]))
+        else:
+            src_store = Store(Path(source))
+            src_store.require()
+            entry = next((e for e in src_store.entries("image")
+                          if (e.annotations or {}).get(IMAGE_ID_ANN) == image_id
+                          and (e.annotations or {}).get(IMAGE_REF_ANN) == reference), None)
+            if entry is None:
+                raise StoreError(f"no image {reference} in the store {source}; `rebuild store "
+                                 "ls` lists the images")
+            manifests, blobs, as_blob = _walk([(entry.digest, entry.media_type)],
+                                              src_store.read_bytes)
+            closure = Closure(name, entry, (entry,), manifests, blobs, frozenset(as_blob))
+            opener = _local_opener(src_store)
+        result = Transferred(reference, closure.root.digest, source, destination,
+                             manifests=len(closure.manifests), blobs=len(closure.blobs))
+        if is_remote(destination):
+            push_closure(closure, opener, _connect(parse_remote(destination), stack), result,
+                         log)
+        else:
+            pull_closure(closure, opener, Store(Path(destination)), result, log)
+        return result
+
+
+def remote_has(location: str, name: str) -> bool:
+    """Whether the remote store holds the release (or image closure) NAME@TAG."""
+    remote = parse_remote(location)
+    base, version = split_release(name)
+    registry = Registry.connect(remote)
+    try:
+        return registry.has_manifest(remote.release_repository(base), version)
+    finally:
+        registry.close()
 
 
 def _connect(remote: RemoteStore, stack: contextlib.ExitStack) -> Registry:

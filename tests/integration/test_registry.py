@@ -356,3 +356,69 @@ def test_a_push_killed_midway_is_finished_by_the_next(registry: RunningRegistry,
     pulled = tmp_path / "pulled"
     assert run_rebuild("store", "pull", registry.url(), "killed@1.0.0", store=pulled).code == 0
     assert blobs(pulled) == blobs(store)
+
+
+def test_a_pull_killed_midway_is_resumed_by_the_next(registry: RunningRegistry,
+                                                     tmp_path: Path) -> None:
+    import os
+    import signal
+    import time
+
+    source = tmp_path / "source"
+    _fake_release(source, "resumed@1.0.0", [96 << 20] * 3, seed=3)
+    assert run_rebuild("store", "push", "resumed@1.0.0", registry.url(), store=source).code == 0
+    store = tmp_path / "store"
+    proc = subprocess.Popen([sys.executable, "-m", "rebuild", "--store", str(store), "store",
+                             "pull", registry.url(), "resumed@1.0.0"], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while True:  # killed once some blob is partly down
+        parts = list((store / ".tmp").glob("pull-*.part")) if (store / ".tmp").is_dir() else []
+        if any(p.stat().st_size > (8 << 20) for p in parts):
+            break
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (store / "index.json").exists() or entries(store) == []  # nothing named yet
+    rerun = run_rebuild("store", "pull", registry.url(), "resumed@1.0.0", "--json", store=store)
+    assert rerun.code == 0, rerun.stderr
+    import re
+
+    resumed = re.search(r"resuming sha256:[0-9a-f]{64} at (\d+) of (\d+) bytes", rerun.stderr)
+    assert resumed is not None, rerun.stderr
+    assert 8 << 20 < int(resumed.group(1)) <= int(resumed.group(2))
+    assert blobs(store) == blobs(source)
+    assert run_rebuild("store", "fsck", store=store).code == 0
+    assert not list((store / ".tmp").glob("pull-*"))
+
+
+def test_bearer_tokens_from_a_token_service(tmp_path: Path) -> None:
+    from tests.registry_support import TokenService
+
+    (tmp_path / "tokens").mkdir()
+    tokens = TokenService("ci", "token-horse-7d1f", tmp_path / "tokens")
+    secure = start_registry(tmp_path / "registry", tokens=tokens)
+    try:
+        store = tmp_path / "store"
+        _fake_release(store, "tok@1.0.0", [3 << 20, 1 << 10], seed=4)
+        wrong = {"REBUILD_REGISTRY_USERNAME": "ci", "REBUILD_REGISTRY_PASSWORD": "nope-5a2c"}
+        refused = run_rebuild("store", "push", "tok@1.0.0", secure.url(), store=store,
+                              env=wrong)
+        assert refused.code == 3, refused.stderr
+        assert "refused" in refused.stderr and "nope-5a2c" not in refused.stderr
+        assert tokens.refused > 0
+
+        right = {"REBUILD_REGISTRY_USERNAME": "ci", "REBUILD_REGISTRY_PASSWORD": "token-horse-7d1f"}
+        pushed = run_rebuild("store", "push", "tok@1.0.0", secure.url(), store=store, env=right)
+        assert pushed.code == 0, pushed.stderr
+        assert "repository:rebuild/tok:pull,push" in tokens.scopes
+        pulled = tmp_path / "pulled"
+        back = run_rebuild("store", "pull", secure.url(), "tok@1.0.0", store=pulled, env=right)
+        assert back.code == 0, back.stderr
+        assert blobs(pulled) == blobs(store)
+        for text in (pushed.stderr, back.stderr):
+            assert "token-horse-7d1f" not in text
+    finally:
+        secure.stop()
+        tokens.stop()
