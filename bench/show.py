@@ -1,4 +1,4 @@
-"""`rebuild show` on a store of 10,000 releases."""
+"""`rebuild show` on a store of 10,000 releases; build and show at 0, 10,000 and 100,000."""
 
 from __future__ import annotations
 
@@ -96,6 +96,7 @@ class BulkStore(Store):
         with self._locked():
             entries = [*self.index(), *self.pending]
             self._write_index(entries)
+            self._journal.unlink(missing_ok=True)  # folded into the index.json just written
         self.pending = []
         return len(entries)
 
@@ -344,4 +345,116 @@ def show_10k(ctx: Context) -> Section:
         data={"entries": entries, "releases": releases, "index_json_bytes":
               (store_path / "index.json").stat().st_size, "seeding_s": round(seeding, 1),
               "goal_met_by": meets},
+    )
+
+
+SCALE_LEVELS = (0, 10_000, 100_000)  # synthetic releases beside the real one
+BUILD_GOAL = 0.10  # issue 8: a build into 100,000 releases within 10 % of one into none
+
+
+def store_scale(ctx: Context) -> Section:
+    """Issue 8: the cost of a tiny build, and of the `rebuild show` right after it, in a store
+    of 0, 10,000 and 100,000 releases."""
+    image = base_image()
+    directory = ctx.work / "scale"
+    directory.mkdir()
+    store_path = seed_store(directory / "store")
+    recipe = write_recipe(directory, image, name="bench-scale")
+    release = "bench-scale@1.0.0"
+    ci_key, ci_pub = keygen(directory / "ci")
+    build_cmd = rebuild_argv(store_path, "build", recipe, "--key", ci_key, "--json")
+    show_cmd = rebuild_argv(store_path, "show", release, "--key", ci_pub, "--json")
+    run_command(build_cmd, cwd=directory, what="rebuild build")
+    store = Store(store_path)
+
+    def build() -> float:
+        seconds, proc = timed(build_cmd, cwd=directory, what="rebuild build")
+        if json.loads(proc.stdout).get("release") != release:
+            raise BenchError(f"rebuild build printed {proc.stdout[:2000]}")
+        return seconds
+
+    def show() -> float:
+        seconds, proc = timed(show_cmd, cwd=directory, what="rebuild show")
+        story = json.loads(proc.stdout)
+        if story["release"] != release or story["verification"]["verified"] is not True:
+            raise BenchError(f"rebuild show {release} told the wrong story: {proc.stdout[:2000]}")
+        return seconds
+
+    bulk = BulkStore(store_path)
+    plan = plan_build(load_recipe(recipe).recipe, EPOCH)
+    entry = find_image(store, image.rsplit("@", 1)[1])
+    if entry is None:
+        raise BenchError(f"{image} is not archived in {store_path}")
+    synthetic = SyntheticReleases(bulk, stored_image(store, entry.digest),
+                                  {run.name: run.describe() for run in plan.runs},
+                                  KeySigner(load_signer(ci_key, passphrase_from_env())))
+    samples: dict[str, list[float]] = {}
+    labels: dict[str, str] = {}
+    seeded = 0
+    sizes: dict[int, dict[str, Any]] = {}
+    for level in SCALE_LEVELS:
+        if level > seeded:
+            say(f"  seeding synthetic releases {seeded + 1:,} to {level:,}")
+            started = time.perf_counter()
+            for number in range(seeded + 1, level + 1):
+                synthetic.write(number)
+            entries = bulk.write_index()
+            say(f"  seeded to {entries:,} index entries in {time.perf_counter() - started:.0f} s")
+            seeded = level
+        # Once after seeding: the query cache is rebuilt from the new index.json (what
+        # `rebuild store compact` or a migrated store costs once, not each write).
+        first = build()
+        say(f"  {level:,} releases: first build after seeding {first:.2f} s")
+        round_samples = measure([Contender(f"build_{level}", "build", build),
+                                 Contender(f"show_{level}", "show right after it", show)],
+                                ctx.reps, say, ctx.loads)
+        samples |= round_samples | {f"first_{level}": [first]}
+        labels |= {
+            f"build_{level}": f"{level + 1:,} releases: rebuild build --key (CLI wall)",
+            f"show_{level}": f"{level + 1:,} releases: rebuild show --key --json, the first "
+                             "call after that build",
+            f"first_{level}": f"  {level + 1:,} releases: the first build after seeding "
+                              "(rebuilds the query cache from index.json; once)",
+        }
+        journal = store_path / "index.journal"
+        sizes[level] = {"index_json_bytes": (store_path / "index.json").stat().st_size,
+                        "journal_bytes": journal.stat().st_size if journal.exists() else 0}
+    rows = timings(samples, labels,
+                   informational=tuple(f"first_{level}" for level in SCALE_LEVELS))
+    by_key = {t.key: t for t in rows}
+    empty, largest = by_key["build_0"].median, by_key[f"build_{SCALE_LEVELS[-1]}"].median
+    growth = largest / empty - 1
+    verdicts = (
+        *(f"build into {level + 1:,} releases: {by_key[f'build_{level}'].median:.2f} s median "
+          f"({by_key[f'build_{level}'].median / empty - 1:+.1%} against {SCALE_LEVELS[0] + 1})"
+          for level in SCALE_LEVELS),
+        f"build into {SCALE_LEVELS[-1] + 1:,} releases within 10 % of one into "
+        f"{SCALE_LEVELS[0] + 1}: {growth:+.1%}: {goal(growth <= BUILD_GOAL)}",
+        *(f"show right after a build, {level + 1:,} releases: "
+          f"{by_key[f'show_{level}'].median * 1000:.0f} ms median, "
+          f"{max(by_key[f'show_{level}'].samples) * 1000:.0f} ms max; goal under 200 ms: "
+          f"{goal(max(by_key[f'show_{level}'].samples) < SHOW_GOAL_S)}"
+          for level in SCALE_LEVELS),
+    )
+    return Section(
+        name="store_scale",
+        title="A build and the show after it in stores of 1, 10,001 and 100,001 releases "
+              "(issue 8)",
+        method=(f"For each store size: one untimed first build after seeding, then N={ctx.reps} "
+                "rounds of a build followed by a show of the built release (the show is the "
+                "first call after the build changed the store). CLI wall seconds."),
+        timings=rows,
+        verdicts=verdicts,
+        commands=(("build", shlex.join(build_cmd)), ("show", shlex.join(show_cmd))),
+        notes=(
+            "The synthetic releases are those of show_10k (release, inputs, attempt and "
+            "evidence manifests as a build writes them, signed by ci.key), written in bulk, "
+            "index.json written once per level. The built release is the same each time "
+            "(its index entries are identical; each build still runs both runs, compares, "
+            "signs and appends its entries).",
+            "Past 512 KiB index.json is no longer rewritten per write: entries are appended "
+            "to index.journal and the query cache reads only the new lines "
+            "(docs/formats.md, \"The index journal\").",
+        ),
+        data={"sizes": {str(k): v for k, v in sizes.items()}, "build_growth": round(growth, 4)},
     )
