@@ -68,8 +68,10 @@ class Evidence:
 def gather_facts(loaded: LoadedRecipe, inputs: Inputs, image: StoredImage, plan: BuildPlan,
                  artifacts: Sequence[Artifact], *, reproducible: bool, record: str,
                  logs: Mapping[str, str], invocation_id: str,
-                 requirements: Sequence[LockedRequirement] = ()) -> BuildFacts:
-    """`requirements`: the parsed python_lock, for the SBOM's Python packages."""
+                 requirements: Sequence[LockedRequirement] = (),
+                 engines: Mapping[str, Mapping[str, Any]] | None = None) -> BuildFacts:
+    """`requirements`: the parsed python_lock, for the SBOM's Python packages; `engines`:
+    the Docker engine of each run, when they ran on two (`build --engine-b`)."""
     recipe = loaded.recipe
     name, tag, image_id = parse_image_reference(plan.image)
     return BuildFacts(
@@ -97,6 +99,7 @@ def gather_facts(loaded: LoadedRecipe, inputs: Inputs, image: StoredImage, plan:
         logs=logs,
         builder_version=__version__,
         invocation_id=invocation_id,
+        engines=dict(engines or {}),
     )
 
 
