@@ -6,6 +6,7 @@ label of its own, so that the record can be checked to name the engine run B rea
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -31,20 +32,26 @@ def docker_b(host: str, *args: str) -> subprocess.CompletedProcess[str]:
                           check=False, timeout=120)
 
 
-@pytest.fixture
-def engine_b() -> Iterator[str]:
+@contextlib.contextmanager
+def second_engine(hide: Path | None = None) -> Iterator[str]:
     """A second dockerd, detached (setsid, output to a file, stdin /dev/null); stopped by its
-    pid and its data removed afterwards. Yields its DOCKER_HOST."""
+    pid and its data removed afterwards. Yields its DOCKER_HOST. `hide`: a directory of this
+    host that the engine does not see (an empty tmpfs over it in its own mount namespace), as
+    an engine on another machine would not."""
     require_tool("dockerd")
     # Short: the socket paths of dockerd and its containerd must fit in sun_path.
     root = Path(tempfile.mkdtemp(prefix="rb-engine-", dir="/tmp"))
     host = f"unix://{root}/sock"
+    argv = ["dockerd", "--data-root", str(root / "data"), "--exec-root", str(root / "exec"),
+            "--pidfile", str(root / "pid"), "-H", host, "--bridge=none",
+            "--iptables=false", "--ip-masq=false", "--label", LABEL]
+    if hide is not None:
+        require_tool("unshare")
+        argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                f'mount -t tmpfs tmpfs "{hide}" && exec "$@"', "sh", *argv]
     with (root / "dockerd.log").open("wb") as log:
-        daemon = subprocess.Popen(
-            ["dockerd", "--data-root", str(root / "data"), "--exec-root", str(root / "exec"),
-             "--pidfile", str(root / "pid"), "-H", host, "--bridge=none",
-             "--iptables=false", "--ip-masq=false", "--label", LABEL],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+        daemon = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                  start_new_session=True)
     try:
         deadline = time.monotonic() + 60
         while docker_b(host, "info", "--format", "{{.ID}}").returncode != 0:
@@ -61,6 +68,12 @@ def engine_b() -> Iterator[str]:
             os.kill(daemon.pid, signal.SIGKILL)
             daemon.wait()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def engine_b() -> Iterator[str]:
+    with second_engine() as host:
+        yield host
 
 
 def test_run_b_runs_on_the_second_engine_and_the_record_names_both(
@@ -111,3 +124,19 @@ def test_an_unreachable_engine_b_is_an_environment_problem(
     assert result.code == 3, result.stderr
     assert "--engine-b" in result.stderr and "unreachable" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_an_engine_b_that_cannot_see_this_hosts_files_refuses_the_run(
+        minimal_image: str, write_recipe: RecipeWriter, store: Path, tmp_path: Path) -> None:
+    """As an engine on another machine would be: its run is refused (exit 3), never run over
+    empty directories standing in for the source and /out."""
+    runtime_dir = tmp_path / "runtime"
+    runtime_dir.mkdir()
+    with second_engine(hide=runtime_dir) as host:
+        result = run_rebuild("build", write_recipe(minimal_image, CAREFUL), "--engine-b", host,
+                             store=store, env={"REBUILD_RUNTIME_DIR": str(runtime_dir)})
+        assert docker_b(host, "ps", "-aq").stdout.strip() == ""
+    assert result.code == 3, result.stderr
+    assert "cannot see this host's files" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert run_rebuild("show", "t@1.0.0", store=store).code != 0  # no release recorded
