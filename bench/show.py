@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
+import os
 import shlex
+import shutil
 import tarfile
 import time
 import tomllib
@@ -381,78 +384,89 @@ def renamed_copies(index: list[Descriptor], numbers: range,
 
 
 def store_scale(ctx: Context) -> Section:
-    """Issue 8: the cost of a tiny build, and of the `rebuild show` right after it, in a store
-    of 0, 10,000 and 100,000 releases."""
+    """Issue 8: the cost of a tiny build, and of the `rebuild show` right after it, in stores
+    of 0, 10,000 and 100,000 releases, measured in the same rounds (the load changes)."""
     image = base_image()
     directory = ctx.work / "scale"
     directory.mkdir()
-    store_path = seed_store(directory / "store")
     recipe = write_recipe(directory, image, name="bench-scale")
     # Reproducible under the umask variation too: the release must be stored each time.
     recipe.write_text(recipe.read_text().replace("printf hello > /out/r",
                                                  "printf hello > /out/r && chmod 644 /out/r"))
     release = "bench-scale@1.0.0"
     ci_key, ci_pub = keygen(directory / "ci")
-    build_cmd = rebuild_argv(store_path, "build", recipe, "--key", ci_key, "--json")
-    show_cmd = rebuild_argv(store_path, "show", release, "--key", ci_pub, "--json")
-    run_command(build_cmd, cwd=directory, what="rebuild build")
-    store = Store(store_path)
+    stores = {level: directory / f"store-{level}" for level in SCALE_LEVELS}
 
-    def build() -> float:
-        seconds, proc = timed(build_cmd, cwd=directory, what="rebuild build")
+    def build(level: int) -> float:
+        argv = rebuild_argv(stores[level], "build", recipe, "--key", ci_key, "--json")
+        seconds, proc = timed(argv, cwd=directory, what="rebuild build")
         if json.loads(proc.stdout).get("release") != release:
             raise BenchError(f"rebuild build printed {proc.stdout[:2000]}")
         return seconds
 
-    def show() -> float:
-        seconds, proc = timed(show_cmd, cwd=directory, what="rebuild show")
+    def show(level: int) -> float:
+        argv = rebuild_argv(stores[level], "show", release, "--key", ci_pub, "--json")
+        seconds, proc = timed(argv, cwd=directory, what="rebuild show")
         story = json.loads(proc.stdout)
         if story["release"] != release or story["verification"]["verified"] is not True:
             raise BenchError(f"rebuild show {release} told the wrong story: {proc.stdout[:2000]}")
         return seconds
 
-    bulk = BulkStore(store_path)
-    plan = plan_build(load_recipe(recipe).recipe, EPOCH)
-    entry = find_image(store, image.rsplit("@", 1)[1])
-    if entry is None:
-        raise BenchError(f"{image} is not archived in {store_path}")
-    synthetic = SyntheticReleases(bulk, stored_image(store, entry.digest),
-                                  {run.name: run.describe() for run in plan.runs},
-                                  KeySigner(load_signer(ci_key, passphrase_from_env())))
     samples: dict[str, list[float]] = {}
-    labels: dict[str, str] = {}
-    seeded = 0
-    sizes: dict[int, dict[str, Any]] = {}
+    seeding: dict[int, float] = {}
+    previous: Path | None = None
     for level in SCALE_LEVELS:
-        if level > seeded:
-            say(f"  seeding synthetic releases {seeded + 1:,} to {level:,}")
-            started = time.perf_counter()
-            for number in range(seeded + 1, min(level, SIGNED_RELEASES) + 1):
-                synthetic.write(number)
-            if level > SIGNED_RELEASES:
-                bulk.pending += renamed_copies(store.index(), range(
-                    max(seeded, SIGNED_RELEASES) + 1, level + 1), SIGNED_RELEASES)
-            entries = bulk.write_index()
-            say(f"  seeded to {entries:,} index entries in {time.perf_counter() - started:.0f} s")
-            seeded = level
-        # Once after seeding: the query cache is rebuilt from the new index.json (what
-        # `rebuild store compact` or a migrated store costs once, not each write).
-        first = build()
-        say(f"  {level:,} releases: first build after seeding {first:.2f} s")
-        round_samples = measure([Contender(f"build_{level}", "build", build),
-                                 Contender(f"show_{level}", "show right after it", show)],
-                                ctx.reps, say, ctx.loads)
-        samples |= round_samples | {f"first_{level}": [first]}
+        target = stores[level]
+        started = time.perf_counter()
+        if previous is None:
+            seed_store(target)
+        else:  # the previous store, blobs hard-linked (never modified), then more releases
+            shutil.copytree(previous, target, copy_function=os.link,
+                            ignore=shutil.ignore_patterns(".cache", ".leases", ".tmp"))
+        store, bulk = Store(target), BulkStore(target)
+        entry = find_image(store, image.rsplit("@", 1)[1])
+        if entry is None:
+            raise BenchError(f"{image} is not archived in {target}")
+        plan = plan_build(load_recipe(recipe).recipe, EPOCH)
+        synthetic = SyntheticReleases(bulk, stored_image(store, entry.digest),
+                                      {run.name: run.describe() for run in plan.runs},
+                                      KeySigner(load_signer(ci_key, passphrase_from_env())))
+        have = len({(e.annotations or {}).get(REF_NAME) for e in store.entries("release")}
+                   - {release, None}) if previous is not None else 0
+        say(f"  store of {level:,}: seeding synthetic releases {have + 1:,} to {level:,}")
+        for number in range(have + 1, min(level, SIGNED_RELEASES) + 1):
+            synthetic.write(number)
+        if level > SIGNED_RELEASES:
+            bulk.pending += renamed_copies(store.index(), range(
+                max(have, SIGNED_RELEASES) + 1, level + 1), SIGNED_RELEASES)
+        entries = bulk.write_index() if bulk.pending or previous is None else len(store.index())
+        seeding[level] = time.perf_counter() - started
+        # Once after seeding: the query cache is rebuilt from the new index.json (what a
+        # store migrated from an older rebuild costs once, not each write).
+        samples[f"first_{level}"] = [build(level)]
+        say(f"  seeded to {entries:,} index entries in {seeding[level]:.0f} s; first build "
+            f"{samples[f'first_{level}'][0]:.2f} s")
+        previous = target
+    contenders = [c for level in SCALE_LEVELS for c in (
+        Contender(f"build_{level}", f"build, {level:,}", functools.partial(build, level)),
+        Contender(f"show_{level}", f"show, {level:,}", functools.partial(show, level)))]
+    samples |= measure(contenders, ctx.reps, say, ctx.loads)
+    labels: dict[str, str] = {}
+    for level in SCALE_LEVELS:
         labels |= {
             f"build_{level}": f"{level + 1:,} releases: rebuild build --key (CLI wall)",
             f"show_{level}": f"{level + 1:,} releases: rebuild show --key --json, the first "
                              "call after that build",
-            f"first_{level}": f"  {level + 1:,} releases: the first build after seeding "
-                              "(rebuilds the query cache from index.json; once)",
         }
-        journal = store_path / "index.journal"
-        sizes[level] = {"index_json_bytes": (store_path / "index.json").stat().st_size,
-                        "journal_bytes": journal.stat().st_size if journal.exists() else 0}
+    for level in SCALE_LEVELS:
+        labels[f"first_{level}"] = (f"  {level + 1:,} releases: the first build after "
+                                    "seeding (rebuilds the query cache; once)")
+    sizes: dict[int, dict[str, Any]] = {}
+    for level, target in stores.items():
+        journal = target / "index.journal"
+        sizes[level] = {"index_json_bytes": (target / "index.json").stat().st_size,
+                        "journal_bytes": journal.stat().st_size if journal.exists() else 0,
+                        "seeding_s": round(seeding[level], 1)}
     rows = timings(samples, labels,
                    informational=tuple(f"first_{level}" for level in SCALE_LEVELS))
     by_key = {t.key: t for t in rows}
@@ -474,12 +488,17 @@ def store_scale(ctx: Context) -> Section:
         name="store_scale",
         title="A build and the show after it in stores of 1, 10,001 and 100,001 releases "
               "(issue 8)",
-        method=(f"For each store size: one untimed first build after seeding, then N={ctx.reps} "
-                "rounds of a build followed by a show of the built release (the show is the "
-                "first call after the build changed the store). CLI wall seconds."),
+        method=(f"Three stores, seeded in turn, each with one first build after seeding; then "
+                f"N={ctx.reps} rounds (after one untimed warm-up), each round a build and then a "
+                "show of the built release in each store in turn, so that all sizes meet the "
+                "same load; the show is the first call after the build changed the store. CLI "
+                "wall seconds."),
         timings=rows,
         verdicts=verdicts,
-        commands=(("build", shlex.join(build_cmd)), ("show", shlex.join(show_cmd))),
+        commands=(("build", shlex.join(rebuild_argv(stores[SCALE_LEVELS[-1]], "build", recipe,
+                                                   "--key", ci_key, "--json"))),
+                  ("show", shlex.join(rebuild_argv(stores[SCALE_LEVELS[-1]], "show", release,
+                                                   "--key", ci_pub, "--json")))),
         notes=(
             "The synthetic releases are those of show_10k (release, inputs, attempt and "
             "evidence manifests as a build writes them, signed by ci.key), written in bulk, "
