@@ -93,13 +93,14 @@ def gather_facts(loaded: LoadedRecipe, inputs: Inputs, image: StoredImage, plan:
                           for r in requirements),
         source_date_epoch=plan.source_date_epoch,
         variations={run.name: run.describe() for run in plan.runs},
-        runs={run.name: run.record() for run in plan.runs},
+        # With two engines, each run's record names the engine it ran on.
+        runs={run.name: {**run.record(), **({"engine": dict(engines[run.name])}
+                                           if engines else {})} for run in plan.runs},
         subjects=tuple(Subject(a.name, a.sha256) for a in artifacts),
         comparison={"reproducible": reproducible, "record": record},
         logs=logs,
         builder_version=__version__,
         invocation_id=invocation_id,
-        engines=dict(engines or {}),
     )
 
 

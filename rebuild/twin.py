@@ -174,7 +174,7 @@ def twin_build(loaded: LoadedRecipe, store: Store, *, cache_dir: Path,
     `explain`: when the runs differ, find the variations responsible (rebuild.explain).
     `keep`: copy both runs' /out trees to keep/a and keep/b.
     `engine_b`: run b on this Docker engine (a DOCKER_HOST value) instead of run a's; the
-    comparison record and the provenance then name both engines.
+    comparison record and the provenance then name each run's engine.
     Every blob the build finds or writes is leased, so `rebuild store gc` keeps it meanwhile.
     """
     clock = Stopwatch()
@@ -465,13 +465,12 @@ def _store_attempt(store: Store, plan: BuildPlan, inputs: Descriptor,
         "source_date_epoch": plan.source_date_epoch,
         "compared": list(COMPARED),
         "runs": [{"name": run.name, "variations": run.describe(), "exit_code": r.exit_code,
-                  "timed_out": r.timed_out, "log": log}
+                  "timed_out": r.timed_out, "log": log,
+                  **({"engine": dict(engines[run.name])} if engines else {})}
                  for run, r, log in zip(plan.runs, results, logs, strict=True)],
         "artifacts": [a.to_json() for a in artifacts],
         "differences": [d.to_json() for d in reports],
     }
-    if engines:
-        record["engines"] = {name: dict(facts) for name, facts in engines.items()}
     data = canonical_json(record)
     record_digest, record_size = store.put_bytes(data)
     layers = [Descriptor(RECORD_MEDIA, record_digest, record_size, {TITLE: "comparison.json"})]

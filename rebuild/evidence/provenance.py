@@ -88,9 +88,6 @@ class BuildFacts:
     builder_id: str = BUILDER_ID
     builder_version: str  # rebuild.__version__
     invocation_id: str  # deterministic, e.g. the attempt manifest's digest
-    # run name -> the Docker engine it ran on (id, name, version, kernel, OS, arch), when the
-    # runs ran on two engines (`build --engine-b`); empty when both ran on one.
-    engines: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     # The purl `distro` qualifier of the image's Debian packages (bookworm is debian-12).
     debian_distro: str = "debian-12"
 
@@ -126,7 +123,6 @@ def make_provenance(facts: BuildFacts) -> dict[str, Any]:
                 "variations": plain_json(facts.variations),
                 "runs": plain_json(facts.runs),
                 "source_date_epoch": facts.source_date_epoch,
-                **({"engines": plain_json(facts.engines)} if facts.engines else {}),
             },
             "resolvedDependencies": [resource_descriptor(d) for d in dependencies],
         },

@@ -77,12 +77,14 @@ def engine_b() -> Iterator[str]:
 
 
 def test_run_b_runs_on_the_second_engine_and_the_record_names_both(
-        minimal_image: str, write_recipe: RecipeWriter, store: Path, engine_b: str) -> None:
+        minimal_image: str, write_recipe: RecipeWriter, store: Path, engine_b: str,
+        tmp_path: Path) -> None:
+    assert run_rebuild("keygen", "--out", tmp_path / "ci").code == 0
     image_id = minimal_image.rsplit("@", 1)[1]
     assert docker_b(engine_b, "image", "inspect", image_id).returncode != 0  # a fresh engine
     since = str(int(time.time()) - 1)
     result = run_rebuild("build", write_recipe(minimal_image, CAREFUL), "--engine-b", engine_b,
-                         "--json", store=store)
+                         "--key", tmp_path / "ci.key", "--json", store=store)
     assert result.code == 0, result.stderr
     assert result.json["reproducible"] is True
     assert "run b on engine" in result.stderr
@@ -98,7 +100,7 @@ def test_run_b_runs_on_the_second_engine_and_the_record_names_both(
     blobs = store / "blobs" / "sha256"
     attempt = json.loads((blobs / result.json["evidence"]["attempt"][7:]).read_bytes())
     record = json.loads((blobs / attempt["layers"][0]["digest"][7:]).read_bytes())
-    engines = record["engines"]
+    engines = {run["name"]: run["engine"] for run in record["runs"]}
     assert set(engines) == {"a", "b"}
     assert LABEL in engines["b"]["labels"] and LABEL not in engines["a"]["labels"]
     info = json.loads(docker_b(engine_b, "info", "--format", "{{json .}}").stdout)
@@ -110,11 +112,13 @@ def test_run_b_runs_on_the_second_engine_and_the_record_names_both(
     for facts in engines.values():  # the engine, never a path of this host
         assert engine_b not in json.dumps(facts) and str(store) not in json.dumps(facts)
     statement = json.loads((blobs / result.json["evidence"]["provenance"][7:]).read_bytes())
-    predicate = statement["predicate"]["buildDefinition"]["internalParameters"]
-    assert predicate["engines"] == engines
-    # Signed: the release verifies, and its provenance is the statement read above.
-    show = run_rebuild("show", "t@1.0.0", "--json", store=store)
+    runs = statement["predicate"]["buildDefinition"]["internalParameters"]["runs"]
+    assert {name: run["engine"] for name, run in runs.items()} == engines
+    # Signed: the release and its provenance verify with the build's key.
+    show = run_rebuild("show", "t@1.0.0", "--key", tmp_path / "ci.pub", "--json", store=store)
     assert show.code == 0, show.stderr
+    assert show.json["verification"]["verified"] is True
+    assert show.json["provenance"]["signature"]["status"] == "verified"
 
 
 def test_an_unreachable_engine_b_is_an_environment_problem(
