@@ -592,7 +592,8 @@ class Store:
         db.execute("CREATE TABLE IF NOT EXISTS meta (signature TEXT)")
         db.execute("CREATE TABLE IF NOT EXISTS entries (position INTEGER, ref_name TEXT, "
                    "kind TEXT, subject TEXT, entry TEXT)")
-        for column in ("ref_name", "kind", "subject", "entry"):
+        # position: the next one is MAX(position) + 1, a scan of every row without it.
+        for column in ("position", "ref_name", "kind", "subject", "entry"):
             db.execute(f"CREATE INDEX IF NOT EXISTS by_{column} ON entries ({column})")
         return db
 
