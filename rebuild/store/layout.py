@@ -84,6 +84,9 @@ FOLD_BYTES = 512 * 1024
 # The journal is folded when it reaches index.json's size divided by this: each fold rewrites
 # index.json once for a number of writes proportional to its size.
 FOLD_RATIO = 4
+# The query cache's indexes; position: the next one is MAX(position) + 1, a scan of every row
+# without it.
+CACHE_INDEXES = ("position", "ref_name", "kind", "subject", "entry")
 
 
 def canonical_json(value: Any) -> bytes:
@@ -592,8 +595,7 @@ class Store:
         db.execute("CREATE TABLE IF NOT EXISTS meta (signature TEXT)")
         db.execute("CREATE TABLE IF NOT EXISTS entries (position INTEGER, ref_name TEXT, "
                    "kind TEXT, subject TEXT, entry TEXT)")
-        # position: the next one is MAX(position) + 1, a scan of every row without it.
-        for column in ("position", "ref_name", "kind", "subject", "entry"):
+        for column in CACHE_INDEXES:
             db.execute(f"CREATE INDEX IF NOT EXISTS by_{column} ON entries ({column})")
         return db
 
@@ -627,10 +629,16 @@ class Store:
                             position += 1
                 else:
                     journaled, end = self._read_journal(0)
+                    entries = self._index_file()
                     db.execute("DELETE FROM entries")
+                    # Rows first, then the indexes: several times faster for 400,000 rows.
+                    for column in CACHE_INDEXES:
+                        db.execute(f"DROP INDEX IF EXISTS by_{column}")
                     db.executemany("INSERT INTO entries VALUES (?, ?, ?, ?, ?)",
                                    (_row(i, e) for i, e in enumerate(
-                                       _unique(self._index_file(), journaled))))
+                                       _unique(entries, journaled) if journaled else entries)))
+                    for column in CACHE_INDEXES:
+                        db.execute(f"CREATE INDEX by_{column} ON entries ({column})")
                 db.execute("DELETE FROM meta")
                 db.execute("INSERT INTO meta VALUES (?)", (self._signature(end),))
             return db
