@@ -447,17 +447,31 @@ def store_scale(ctx: Context) -> Section:
         say(f"  seeded to {entries:,} index entries in {seeding[level]:.0f} s; first build "
             f"{samples[f'first_{level}'][0]:.2f} s")
         previous = target
+    policy = Policy((load_public_key(ci_pub),))
+
+    def story(level: int) -> float:
+        started = time.perf_counter()
+        told = release_story(Store(stores[level]), release, policy)
+        seconds = time.perf_counter() - started
+        if told["verification"]["verified"] is not True:
+            raise BenchError(f"release_story told the wrong story: {json.dumps(told)[:2000]}")
+        return seconds
+
     contenders = [c for level in SCALE_LEVELS for c in (
         Contender(f"build_{level}", f"build, {level:,}", functools.partial(build, level)),
-        Contender(f"show_{level}", f"show, {level:,}", functools.partial(show, level)))]
-    samples |= measure(contenders, ctx.reps, say, ctx.loads)
+        Contender(f"show_{level}", f"show, {level:,}", functools.partial(show, level)),
+        Contender(f"story_{level}", f"story, {level:,}", functools.partial(story, level)))]
+    samples |= measure([*contenders, startup_contender()], ctx.reps, say, ctx.loads)
     labels: dict[str, str] = {}
     for level in SCALE_LEVELS:
         labels |= {
             f"build_{level}": f"{level + 1:,} releases: rebuild build --key (CLI wall)",
             f"show_{level}": f"{level + 1:,} releases: rebuild show --key --json, the first "
                              "call after that build",
+            f"story_{level}": f"  {level + 1:,} releases: release_story() in-process (what "
+                              "show does, without the CLI's start)",
         }
+    labels["startup"] = "  floor: `rebuild --version` (interpreter start, imports)"
     for level in SCALE_LEVELS:
         labels[f"first_{level}"] = (f"  {level + 1:,} releases: the first build after "
                                     "seeding (rebuilds the query cache; once)")
@@ -467,17 +481,22 @@ def store_scale(ctx: Context) -> Section:
         sizes[level] = {"index_json_bytes": (target / "index.json").stat().st_size,
                         "journal_bytes": journal.stat().st_size if journal.exists() else 0,
                         "seeding_s": round(seeding[level], 1)}
-    rows = timings(samples, labels,
-                   informational=tuple(f"first_{level}" for level in SCALE_LEVELS))
+    rows = timings(samples, labels, informational=(
+        "startup", *(f"{kind}_{level}" for level in SCALE_LEVELS for kind in ("first", "story"))))
     by_key = {t.key: t for t in rows}
     empty, largest = by_key["build_0"].median, by_key[f"build_{SCALE_LEVELS[-1]}"].median
     growth = largest / empty - 1
     verdicts = (
         *(f"build into {level + 1:,} releases: {by_key[f'build_{level}'].median:.2f} s median "
-          f"({by_key[f'build_{level}'].median / empty - 1:+.1%} against {SCALE_LEVELS[0] + 1})"
+          f"({by_key[f'build_{level}'].median / empty - 1:+.1%} against a store of "
+          f"{SCALE_LEVELS[0] + 1})"
           for level in SCALE_LEVELS),
-        f"build into {SCALE_LEVELS[-1] + 1:,} releases within 10 % of one into "
+        f"build into {SCALE_LEVELS[-1] + 1:,} releases within 10 % of one into a store of "
         f"{SCALE_LEVELS[0] + 1}: {growth:+.1%}: {goal(growth <= BUILD_GOAL)}",
+        *(f"release_story() in-process, {level + 1:,} releases: "
+          f"{by_key[f'story_{level}'].median * 1000:.0f} ms median" for level in SCALE_LEVELS),
+        f"the CLI's start alone (`rebuild --version`): {by_key['startup'].median * 1000:.0f} "
+        "ms median",
         *(f"show right after a build, {level + 1:,} releases: "
           f"{by_key[f'show_{level}'].median * 1000:.0f} ms median, "
           f"{max(by_key[f'show_{level}'].samples) * 1000:.0f} ms max; goal under 200 ms: "
