@@ -47,14 +47,15 @@ from harness import (
 from inputs import fetch_warm
 from registry import registry_transfer
 from reproduce import reproduce_vs_build
-from show import show_10k
+from show import show_10k, store_scale
 from twin import twin_overhead
 
 from rebuild import __version__
 
 SectionFn = Callable[[Context], Section]
 SECTIONS: tuple[SectionFn, ...] = (twin_overhead, reproduce_vs_build, fetch_warm,
-                                   evidence_share, show_10k, corpus, registry_transfer)
+                                   evidence_share, show_10k, store_scale, corpus,
+                                   registry_transfer)
 
 
 def git_revision() -> str:

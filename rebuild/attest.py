@@ -68,8 +68,10 @@ class Evidence:
 def gather_facts(loaded: LoadedRecipe, inputs: Inputs, image: StoredImage, plan: BuildPlan,
                  artifacts: Sequence[Artifact], *, reproducible: bool, record: str,
                  logs: Mapping[str, str], invocation_id: str,
-                 requirements: Sequence[LockedRequirement] = ()) -> BuildFacts:
-    """`requirements`: the parsed python_lock, for the SBOM's Python packages."""
+                 requirements: Sequence[LockedRequirement] = (),
+                 engines: Mapping[str, Mapping[str, Any]] | None = None) -> BuildFacts:
+    """`requirements`: the parsed python_lock, for the SBOM's Python packages; `engines`:
+    the Docker engine of each run, when they ran on two (`build --engine-b`)."""
     recipe = loaded.recipe
     name, tag, image_id = parse_image_reference(plan.image)
     return BuildFacts(
@@ -91,7 +93,9 @@ def gather_facts(loaded: LoadedRecipe, inputs: Inputs, image: StoredImage, plan:
                           for r in requirements),
         source_date_epoch=plan.source_date_epoch,
         variations={run.name: run.describe() for run in plan.runs},
-        runs={run.name: run.record() for run in plan.runs},
+        # With two engines, each run's record names the engine it ran on.
+        runs={run.name: {**run.record(), **({"engine": dict(engines[run.name])}
+                                           if engines else {})} for run in plan.runs},
         subjects=tuple(Subject(a.name, a.sha256) for a in artifacts),
         comparison={"reproducible": reproducible, "record": record},
         logs=logs,

@@ -43,6 +43,7 @@ from rebuild.build.sandbox import (
     RunResult,
     Sandbox,
     connect,
+    engine_facts,
     has_image,
     load_image,
     reap_orphans,
@@ -167,21 +168,27 @@ def iso_time(epoch: int) -> str:
 def twin_build(loaded: LoadedRecipe, store: Store, *, cache_dir: Path,
                signer: StatementSigner | None = None, log: Log = lambda _: None,
                debug: Log = lambda _: None, explain: bool = False,
-               keep: Path | None = None) -> BuildOutcome:
+               keep: Path | None = None, engine_b: str | None = None) -> BuildOutcome:
     """Build a recipe twice, compare, and store the attempt (and the release when it holds).
 
     `explain`: when the runs differ, find the variations responsible (rebuild.explain).
     `keep`: copy both runs' /out trees to keep/a and keep/b.
+    `engine_b`: run b on this Docker engine (a DOCKER_HOST value) instead of run a's; the
+    comparison record and the provenance then name each run's engine.
     Every blob the build finds or writes is leased, so `rebuild store gc` keeps it meanwhile.
     """
     clock = Stopwatch()
     client = connect()  # the environment first: nothing is fetched for an unusable engine
+    client_b = connect(engine_b) if engine_b is not None else None
     refuse_release_conflict(store, loaded)
     remove_leftovers(client, store, log)
+    if client_b is not None:
+        remove_leftovers(client_b, store, log)
     store.init()
     with store.lease():
         return _twin_build(client, loaded, store, cache_dir=cache_dir, signer=signer,
-                           log=log, debug=debug, explain=explain, keep=keep, clock=clock)
+                           log=log, debug=debug, explain=explain, keep=keep, clock=clock,
+                           client_b=client_b)
 
 
 def remove_leftovers(client: Any, store: Store, log: Log) -> None:
@@ -196,7 +203,7 @@ def remove_leftovers(client: Any, store: Store, log: Log) -> None:
 
 def _twin_build(client: Any, loaded: LoadedRecipe, store: Store, *, cache_dir: Path,
                 signer: StatementSigner | None, log: Log, debug: Log, explain: bool,
-                keep: Path | None, clock: Stopwatch) -> BuildOutcome:
+                keep: Path | None, clock: Stopwatch, client_b: Any = None) -> BuildOutcome:
     fetched = fetch_inputs(loaded, store, log=log)
     plan = plan_build(loaded.recipe, fetched.source_date_epoch, wheels=fetched.wheel_files)
     image = archived_image(store, plan.image)
@@ -207,9 +214,18 @@ def _twin_build(client: Any, loaded: LoadedRecipe, store: Store, *, cache_dir: P
     inputs = _store_inputs(store, loaded, fetched, image)
     log(f"{plan.release}: twin build, run b varies {len(plan.variations)} of 12: "
         f"{', '.join(plan.variations) or 'nothing'}")
+    # Run b on engine B: another kernel and CPU, when it is another machine.
+    engines = ({} if client_b is None else
+               {"a": engine_facts(client), "b": engine_facts(client_b)})
+    if engines:
+        log(f"run a on engine {_engine_text(engines['a'])}; run b on engine "
+            f"{_engine_text(engines['b'])}")
     with ThreadPoolExecutor(max_workers=2) as pool, \
-            Sandbox(client, cache_dir=cache_dir, debug=debug) as sandbox:
+            Sandbox(client, cache_dir=cache_dir, debug=debug,
+                    engines={} if client_b is None else {"b": client_b}) as sandbox:
         ensure_loaded(client, store, image, log)
+        if client_b is not None:
+            ensure_loaded(client_b, store, image, log)
         source_tar = sandbox.workspace / "source.tar"
         store.copy_out(fetched.source.archive, source_tar)
         wheels = export_wheels(store, fetched, sandbox.workspace / "wheels")
@@ -230,7 +246,7 @@ def _twin_build(client: Any, loaded: LoadedRecipe, store: Store, *, cache_dir: P
             a, b = (collect_outputs(r.out_dir, plan.outputs, r.name, plan.limits) for r in results)
         except BuildFailed as exc:
             attempt, _ = _store_attempt(store, plan, inputs, results, logs, (), (), None,
-                                        "failed")
+                                        "failed", engines=engines)
             log_build(store, release=plan.release, attempt=attempt.digest, manifest=None,
                       evidence=None, bundles={}, statements={}, signer=None,
                       status="failed", test_result=None)
@@ -251,12 +267,13 @@ def _twin_build(client: Any, loaded: LoadedRecipe, store: Store, *, cache_dir: P
         status = ("not-reproducible" if differences else "test-failed" if release is None
                   else "reproducible")
         attempt, record = _store_attempt(store, plan, inputs, results, logs, a, reports,
-                                         release, status, test.log if test else None)
+                                         release, status, test.log if test else None,
+                                         engines=engines)
     clock.lap("compare")
     facts = gather_facts(loaded, fetched, image, plan, a, reproducible=not differences,
                          record=record, logs={run.name: log for run, log in
                                               zip(plan.runs, logs, strict=True)},
-                         invocation_id=attempt.digest,
+                         invocation_id=attempt.digest, engines=engines,
                          requirements=parse_lock(store.read_bytes(fetched.python_lock).decode())
                          if fetched.python_lock else ())
     statements, sbom = build_statements(facts, test.statement if test else None,
@@ -326,6 +343,11 @@ def archived_image(store: Store, reference: str) -> StoredImage:
                          "release built on it could not be reproduced later; build it into "
                          "this store with `rebuild image build images/….toml`")
     return stored_image(store, entry.digest)
+
+
+def _engine_text(facts: Mapping[str, Any]) -> str:
+    return (f"{facts['name']} (Docker {facts['version']}, {facts['os']}, kernel "
+            f"{facts['kernel']}, {facts['arch']}, id {facts['id'][:14]})")
 
 
 def ensure_loaded(client: Any, store: Store, image: StoredImage, log: Log) -> None:
@@ -430,8 +452,11 @@ def _store_attempt(store: Store, plan: BuildPlan, inputs: Descriptor,
                    results: Sequence[RunResult], logs: Sequence[str],
                    artifacts: Sequence[Artifact], reports: Sequence[DifferenceReport],
                    release: Descriptor | None, status: str,
-                   test_log: str | None = None) -> tuple[Descriptor, str]:
-    """Store the comparison record, logs and reports; returns the attempt and the record."""
+                   test_log: str | None = None,
+                   engines: Mapping[str, Mapping[str, Any]] | None = None,
+                   ) -> tuple[Descriptor, str]:
+    """Store the comparison record, logs and reports; returns the attempt and the record.
+    `engines`: run name -> engine_facts, when the runs ran on two engines."""
     record = {
         "release": plan.release,
         "status": status,
@@ -440,7 +465,8 @@ def _store_attempt(store: Store, plan: BuildPlan, inputs: Descriptor,
         "source_date_epoch": plan.source_date_epoch,
         "compared": list(COMPARED),
         "runs": [{"name": run.name, "variations": run.describe(), "exit_code": r.exit_code,
-                  "timed_out": r.timed_out, "log": log}
+                  "timed_out": r.timed_out, "log": log,
+                  **({"engine": dict(engines[run.name])} if engines else {})}
                  for run, r, log in zip(plan.runs, results, logs, strict=True)],
         "artifacts": [a.to_json() for a in artifacts],
         "differences": [d.to_json() for d in reports],

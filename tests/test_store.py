@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from rebuild.errors import StoreError
-from rebuild.store.layout import REF_NAME, Descriptor, Store
+from rebuild.store import layout
+from rebuild.store.layout import JOURNAL, KIND, REF_NAME, SUBJECT, Descriptor, Store
 from tests.conftest import run_rebuild, tamper
 
 
@@ -334,3 +335,177 @@ def test_a_killed_builds_lease_and_partial_blob_are_removed(tmp_path: Path) -> N
     assert collected.digests == [old]
     assert list((store.root / ".leases").iterdir()) == []
     assert list((store.root / ".tmp").iterdir()) == []
+
+
+# -- the index journal: a write's cost does not grow with the store -------------------------
+
+
+@pytest.fixture
+def big(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Store, Descriptor]:
+    """A large store in miniature: one entry in index.json, then every write journaled and
+    no automatic fold. Returns the store and that first entry."""
+    store = make_store(tmp_path)
+    base = _named(store, "base@0")
+    monkeypatch.setattr(layout, "FOLD_BYTES", 0)
+    monkeypatch.setattr(layout, "FOLD_RATIO", 0)
+    return store, base
+
+
+def _named(store: Store, name: str, subject: Descriptor | None = None) -> Descriptor:
+    digest, size = store.put_bytes(name.encode())
+    manifest = store.put_artifact("application/x-test", [Descriptor("text/plain", digest, size)],
+                                  subject=subject)
+    annotations = {REF_NAME: name, KIND: "release"} if subject is None else {
+        KIND: "evidence", SUBJECT: subject.digest}
+    return store.add_to_index(manifest, annotations)
+
+
+def test_a_large_store_appends_to_the_journal_without_rewriting_index_json(
+        big: tuple[Store, Descriptor]) -> None:
+    store, base = big
+    index_json = store.root / "index.json"
+    before = index_json.stat()
+    first = _named(store, "x@1")
+    evidence = _named(store, "e", subject=first)
+    for _ in range(2):
+        _named(store, "y@1")  # a second identical entry is counted once
+    after = index_json.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert len(json.loads(index_json.read_bytes())["manifests"]) == 1
+    assert len((store.root / JOURNAL).read_bytes().splitlines()) == 4
+    assert [e.annotations for e in store.index()] == [
+        {REF_NAME: "base@0", KIND: "release"}, {REF_NAME: "x@1", KIND: "release"},
+        {KIND: "evidence", SUBJECT: first.digest},
+        {REF_NAME: "y@1", KIND: "release"}]
+    assert store.find("x@1") == first and store.referrers(first.digest) == [evidence]
+    assert [e.digest for e in store.entries("release")] == [base.digest, first.digest,
+                                                           store.index()[3].digest]
+    assert store.fsck() == []
+    # A new process with a cold cache reads the same.
+    assert Store(store.root).index() == store.index()
+    (store.root / ".cache" / "query.sqlite").unlink()
+    assert Store(store.root).find("y@1") == store.index()[3]
+
+
+def test_compact_folds_the_journal_into_index_json(big: tuple[Store, Descriptor]) -> None:
+    store, base = big
+    names = [_named(store, f"x@{i}") for i in range(3)]
+    assert store.find("x@0") == names[0]  # the cache is up to date before the fold
+    cache = store.root / ".cache" / "query.sqlite"
+    assert store.compact() == 3
+    assert not (store.root / JOURNAL).exists()
+    index = json.loads((store.root / "index.json").read_bytes())
+    assert [m["annotations"][REF_NAME] for m in index["manifests"]] == [
+        "base@0", "x@0", "x@1", "x@2"]
+    assert store.index() == [base, *names] and store.compact() == 0
+    rebuilt = cache.stat().st_mtime_ns
+    assert store.find("x@2") == names[2]
+    assert cache.stat().st_mtime_ns == rebuilt  # the fold kept the cache valid: no rebuild
+    result = run_rebuild("store", "compact", "--json", store=store.root)
+    assert result.code == 0, result.stderr
+    assert json.loads(result.stdout)["folded"] == 0
+
+
+def test_the_journal_folds_by_itself_when_it_grows_past_a_share_of_index_json(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = make_store(tmp_path)
+    monkeypatch.setattr(layout, "FOLD_BYTES", 1)  # journaled from the first write on ...
+    monkeypatch.setattr(layout, "FOLD_RATIO", 1)  # ... until it is as large as index.json
+    names = [_named(store, f"x@{i}") for i in range(6)]
+    index = json.loads((store.root / "index.json").read_bytes())["manifests"]
+    journal = (store.root / JOURNAL)
+    lines = journal.read_bytes().splitlines() if journal.exists() else []
+    assert len(index) > 0 and len(index) + len(lines) == 6
+    assert store.index() == names and store.fsck() == []
+
+
+def test_gc_keeps_what_the_journal_names_and_folds_it(big: tuple[Store, Descriptor]) -> None:
+    store, base = big
+    named = _named(store, "x@1")
+    orphan, _ = store.put_bytes(b"orphan")
+    age(store, *("sha256:" + p.name for p in store.blobs.iterdir()))
+    assert store.gc(grace_seconds=0).digests == [orphan]
+    assert store.has(named.digest) and not (store.root / JOURNAL).exists()
+    assert [e.digest for e in store._index_file()] == [base.digest, named.digest]
+    assert store.fsck() == []
+
+
+def test_a_journal_beside_an_emptied_index_json_is_not_the_whole_index(
+        big: tuple[Store, Descriptor]) -> None:
+    store, _ = big
+    _named(store, "x@1")
+    store.root.joinpath("index.json").write_text('{"schemaVersion":2,"manifests":[]}')
+    age(store, *("sha256:" + p.name for p in store.blobs.iterdir()))
+    blobs = sorted(store.blobs.iterdir())
+    with pytest.raises(StoreError, match="names no manifest"):
+        store.gc(grace_seconds=0)
+    with pytest.raises(StoreError, match="compact changed nothing"):
+        store.compact()
+    assert sorted(store.blobs.iterdir()) == blobs
+    assert [p.digest for p in store.fsck()] == ["index.json"]
+
+
+def test_a_partial_journal_line_is_not_an_entry_and_is_cut_by_the_next_write(
+        big: tuple[Store, Descriptor]) -> None:
+    """What a writer killed mid-append leaves: readers ignore it, the next writer cuts it."""
+    store, base = big
+    first = _named(store, "x@1")
+    with (store.root / JOURNAL).open("ab") as journal:
+        journal.write(b'{"digest":"sha256:')
+    assert store.index() == [base, first] and store.find("x@1") == first
+    assert store.fsck() == []
+    second = _named(store, "y@1")
+    assert store.index() == [base, first, second]
+    assert (store.root / JOURNAL).read_bytes().count(b"\n") == 2
+    assert Store(store.root).find("y@1") == second
+
+
+def test_a_corrupt_journal_line_is_a_corrupt_store(big: tuple[Store, Descriptor]) -> None:
+    store, _ = big
+    _named(store, "x@1")
+    with (store.root / JOURNAL).open("ab") as journal:
+        journal.write(b'{"digest":"md5:1"}\n')
+    with pytest.raises(StoreError, match=r"line 2 .* not a valid descriptor"):
+        store.index()
+    result = run_rebuild("store", "ls", store=store.root)
+    assert result.code == 5 and "index.journal" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_an_edited_cache_row_of_a_journaled_entry_is_never_believed(
+        big: tuple[Store, Descriptor]) -> None:
+    import sqlite3
+
+    store, _ = big
+    named = {name: _named(store, name) for name in ("x@1", "y@1")}
+    assert store.find("x@1") == named["x@1"]
+    cache = store.root / ".cache" / "query.sqlite"
+    with sqlite3.connect(cache) as db:
+        db.execute("UPDATE entries SET ref_name = 'z@1' WHERE ref_name = 'x@1'")
+    assert store.find("z@1") is None and store.find("x@1") == named["x@1"]
+    with sqlite3.connect(cache) as db:
+        (text,) = db.execute("SELECT entry FROM entries WHERE ref_name = 'y@1'").fetchone()
+        db.execute("UPDATE entries SET entry = ? WHERE ref_name = 'y@1'",
+                   (text.replace(named["y@1"].digest, named["x@1"].digest),))
+    problems = store.fsck()
+    assert [p.digest for p in problems] == [".cache/query.sqlite"]
+    assert store.fsck() == [] and store.find("y@1") == named["y@1"]
+
+
+def _journal_writer(root: str, worker: int) -> None:
+    layout.FOLD_BYTES, layout.FOLD_RATIO = 0, 0  # a fresh interpreter: journal as the parent
+    store = Store(Path(root))
+    for i in range(30):
+        _named(store, f"w{worker}@{i}")
+        assert store.find(f"w{worker}@{i}") is not None
+
+
+def test_concurrent_journal_writers_lose_nothing(big: tuple[Store, Descriptor]) -> None:
+    store, _ = big
+    assert store.find("nothing") is None  # a cache that the writers then bring up to date
+    with ProcessPoolExecutor(max_workers=4) as pool:
+        list(pool.map(_journal_writer, [str(store.root)] * 4, range(4)))
+    assert len(store.index()) == 1 + 4 * 30
+    assert all(store.find(f"w{w}@{i}") is not None for w in range(4) for i in range(30))
+    assert store.fsck() == []
+    assert store.compact() == 4 * 30 and len(store.index()) == 1 + 4 * 30

@@ -32,7 +32,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +41,7 @@ from typing import Any
 
 import docker
 import docker.errors
+import docker.types
 import requests.exceptions
 import urllib3.exceptions
 
@@ -90,17 +91,41 @@ class RunResult:
     seconds: float
 
 
-def connect() -> Any:
-    """A Docker client, or an error that says how to start the engine (exit 3)."""
+def connect(host: str | None = None) -> Any:
+    """A Docker client (of DOCKER_HOST, or of `host`, a DOCKER_HOST value such as
+    unix:///path/docker.sock or tcp://machine:2376), or an error that says how to start the
+    engine (exit 3)."""
     try:
-        client = docker.from_env(timeout=60)
+        client = (docker.from_env(timeout=60) if host is None
+                  else docker.DockerClient(base_url=host, timeout=60))
         client.ping()
     except ENGINE_ERRORS as exc:
+        if host is not None:
+            raise EnvironmentProblem(
+                f"the Docker engine at {host} (--engine-b) is unreachable "
+                f"({exc.__class__.__name__}); start it, or name a running engine as "
+                "DOCKER_HOST would (unix:///path/docker.sock, tcp://host:port)") from None
         raise EnvironmentProblem(
             f"the Docker engine at {engine_host()} is unreachable ({exc.__class__.__name__}); "
             "start it (`make engine`, or `setsid dockerd >/var/log/dockerd.log 2>&1 "
             "</dev/null &`) or point DOCKER_HOST at a running engine") from None
     return client
+
+
+def engine_facts(client: Any) -> dict[str, Any]:
+    """What `docker info` says about an engine, for the record of a build whose runs ran on
+    two engines: its id and name, version, kernel, OS, architecture, CPUs and labels. No
+    address or path: the record names the engine, not where this host reached it."""
+    try:
+        info = client.info()
+    except ENGINE_ERRORS as exc:
+        raise engine_lost("docker info", exc) from None
+    return {"id": str(info.get("ID", "")), "name": str(info.get("Name", "")),
+            "version": str(info.get("ServerVersion", "")),
+            "kernel": str(info.get("KernelVersion", "")),
+            "os": str(info.get("OperatingSystem", "")), "os_type": str(info.get("OSType", "")),
+            "arch": str(info.get("Architecture", "")), "cpus": int(info.get("NCPU") or 0),
+            "labels": sorted(str(label) for label in info.get("Labels") or [])}
 
 
 def engine_host() -> str:
@@ -202,8 +227,13 @@ class Sandbox:
     """Runs plans in throw-away containers; close it (a `with` block) to remove them all."""
 
     def __init__(self, client: Any, *, cache_dir: Path,
-                 debug: Callable[[str], None] = lambda _: None) -> None:
+                 debug: Callable[[str], None] = lambda _: None,
+                 engines: Mapping[str, Any] | None = None) -> None:
         self.client = client
+        # Runs on another engine than `client`, by run name (`build --engine-b`: {"b": …}).
+        # Such a run's bind mounts must exist on that engine's host: they are strict mounts,
+        # refused by an engine that cannot see them, never an empty directory in their place.
+        self.engines = dict(engines or {})
         # The label that finds every container of this sandbox; a caller may prefix it to
         # find its own among other users of the engine (the test suite does).
         self.session = os.environ.get("REBUILD_SESSION_PREFIX", "") + uuid.uuid4().hex
@@ -238,11 +268,12 @@ class Sandbox:
         with runtime.cleanup_section():
             with self._state:
                 self._closed = True
-            try:
-                listed = self.client.containers.list(
-                    all=True, filters={"label": f"{SESSION_LABEL}={self.session}"})
-            except ENGINE_ERRORS:
-                listed = []  # the engine is gone: reap_orphans finds them by their owner
+            listed = []
+            for client in self._clients():
+                # An engine that is gone: reap_orphans finds its containers by their owner.
+                with suppress(*ENGINE_ERRORS):
+                    listed += client.containers.list(
+                        all=True, filters={"label": f"{SESSION_LABEL}={self.session}"})
             for container in listed:
                 with suppress(*ENGINE_ERRORS):
                     _remove(container)
@@ -255,6 +286,12 @@ class Sandbox:
             for run_dir in self._run_dirs:
                 runtime.remove_tree(run_dir)
             runtime.remove_tree(self.workspace)
+
+    def _clients(self) -> list[Any]:
+        return [self.client, *(c for c in self.engines.values() if c is not self.client)]
+
+    def _client_for(self, run: str) -> Any:
+        return self.engines.get(run, self.client)
 
     @contextmanager
     def _in_flight(self, name: str) -> Iterator[None]:
@@ -295,9 +332,18 @@ class Sandbox:
         kwargs = prepared.kwargs
         self.debug(f"run {plan.name}: {docker_run_line(kwargs)}")
         started = time.monotonic()
+        client = self._client_for(plan.name)
         with self._state:  # close() waits for this, then finds the container by its label
             self._check_open(plan.name)
-            container = self.client.containers.create(**kwargs)
+            try:
+                container = client.containers.create(**kwargs)
+            except docker.errors.APIError as exc:
+                if client is self.client or "bind source path" not in str(exc):
+                    raise
+                raise EnvironmentProblem(
+                    f"the engine of run {plan.name} cannot see this host's files ({exc}); "
+                    "--engine-b needs an engine whose host shares this host's file system "
+                    "at the same paths (the run's source and /out are bind mounts)") from None
         timed_out = False
         try:
             container.start()
@@ -307,7 +353,7 @@ class Sandbox:
             except requests.exceptions.RequestException as exc:
                 # docker-py signals a wait timeout as a requests error, as it does a dropped
                 # connection: only a read timeout from an engine that still answers is one.
-                if not (_is_read_timeout(exc) and self._engine_answers()):
+                if not (_is_read_timeout(exc) and self._engine_answers(client)):
                     raise engine_lost(f"run {plan.name}", exc) from None
                 timed_out, exit_code = True, -1
                 container.kill()
@@ -319,9 +365,9 @@ class Sandbox:
         return RunResult(plan.name, exit_code, log, prepared.out, timed_out,
                          time.monotonic() - started)
 
-    def _engine_answers(self) -> bool:
+    def _engine_answers(self, client: Any) -> bool:
         try:
-            self.client.ping()
+            client.ping()
         except ENGINE_ERRORS:
             return False
         return True
@@ -363,6 +409,12 @@ class Sandbox:
         if wheels is not None:
             kwargs["volumes"][str(_link_tree(wheels, private / "wheels"))] = {
                 "bind": WHEELS_DIR, "mode": "ro"}
+        if plan.name in self.engines:
+            # Strict: an engine that does not see a source path refuses the container
+            # (docker's volumes would create an empty directory there instead).
+            kwargs["mounts"] = [docker.types.Mount(spec["bind"], source, type="bind",
+                                                   read_only=spec["mode"] == "ro")
+                                for source, spec in kwargs.pop("volumes").items()]
         return PreparedRun(run_dir, out, mount, kwargs)
 
     def release(self, prepared: PreparedRun) -> None:
@@ -429,7 +481,10 @@ def docker_run_line(kwargs: dict[str, Any]) -> str:
     if kwargs["cpuset_cpus"] is not None:
         args.append(f"--cpuset-cpus={kwargs['cpuset_cpus']}")
     args += [f"--tmpfs={path}:{opts}" for path, opts in kwargs["tmpfs"].items()]
-    args += [f"--volume={host}:{m['bind']}:{m['mode']}" for host, m in kwargs["volumes"].items()]
+    args += [f"--volume={host}:{m['bind']}:{m['mode']}"
+             for host, m in kwargs.get("volumes", {}).items()]
+    args += [f"--mount=type=bind,source={m['Source']},target={m['Target']}"
+             + (",readonly" if m.get("ReadOnly") else "") for m in kwargs.get("mounts", [])]
     args += [f"--env={key}={value}" for key, value in sorted(kwargs["environment"].items())]
     return shlex.join([*args, kwargs["image"], *kwargs["command"]])
 

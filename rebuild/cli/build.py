@@ -49,6 +49,11 @@ def build(
         metavar="DIR", show_default=False)] = None,
     keyless: KeylessOpt = False,
     trust_config: TrustConfigOpt = None,
+    engine_b: Annotated[str | None, typer.Option(
+        "--engine-b", metavar="DOCKER_HOST", help="Run B on this second Docker engine "
+        "(unix:///path/docker.sock, tcp://host:port; its host must see this host's files at "
+        "the same paths); the record and the provenance name both engines.",
+        show_default=False)] = None,
 ) -> None:
     """Fetch, build twice with variations, compare, and store the release."""
     from rebuild.build.recipe import load_recipe
@@ -70,7 +75,7 @@ def build(
     outcomes = [twin_build(recipe, Store(directory), cache_dir=opts.cache, signer=signer,
                            log=say,
                            debug=say if opts.debug else lambda _: None,
-                           explain=explain, keep=keep)
+                           explain=explain, keep=keep, engine_b=engine_b)
                 for recipe in loaded]
     for outcome in outcomes:
         _print_outcome(outcome, signer)

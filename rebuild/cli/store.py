@@ -86,6 +86,18 @@ def store_gc(
         say(f"removed {reaped.describe()} left by killed rebuild processes")
 
 
+@store_app.command("compact")
+def store_compact(store: StoreOpt = None, json_out: JsonOpt = False) -> None:
+    """Fold the index journal into index.json, so that any OCI tool reading index.json alone
+    finds every entry (gc does this too)."""
+    opts = command_options(store, json_out)
+    folded = Store(opts.store).compact()
+    if opts.json:
+        emit({"store": str(opts.store), "folded": folded})
+    say(f"store {opts.store}: {folded} journaled entr{'y' if folded == 1 else 'ies'} folded "
+        "into index.json")
+
+
 def _reap_orphans() -> Reaped:
     """Remove what killed rebuild processes left on this machine (their containers when the
     engine answers)."""
