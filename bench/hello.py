@@ -48,7 +48,7 @@ REPROTEST_NAMES = {"build_path": "build_path", "domain_host": "hostname", "envir
                    "timezone": "timezone", "umask": "umask", "user_group": "user"}
 # Configure and make quietly; the binary's mode is set (modes are compared, the umask varies).
 BUILD = ("./configure --prefix=/usr >/dev/null && make >/dev/null && mkdir -p {out} "
-         "&& cp src/hello {out}/hello && chmod 755 {out}/hello")
+         "&& cp hello {out}/hello && chmod 755 {out}/hello")
 LONG = 3600  # a culprit search on a loaded machine can take well over the harness's 600 s
 HOST_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 
