@@ -6,7 +6,6 @@ command group lives in a module of its own; this one assembles them and runs the
 from __future__ import annotations
 
 import errno
-import importlib
 import os
 import signal
 import sys
@@ -85,7 +84,8 @@ def invoked_command(argv: Sequence[str]) -> str | None:
 
 
 def _loaded(module: str, name: str) -> Any:
-    return getattr(importlib.import_module(f"rebuild.cli.{module}"), name)
+    # __import__, not importlib.import_module: `python -X importtime` sees only the former.
+    return getattr(__import__(f"rebuild.cli.{module}", fromlist=[name]), name)
 
 
 def register_commands(target: typer.Typer, argv: Sequence[str]) -> None:
