@@ -101,6 +101,7 @@ def test_parallel_search_gives_the_verdicts_of_one_run_at_a_time(case: str, widt
         # Deciding as each run ends asks for no run the rounds would not have made, and
         # may skip some (the rerun proving everything inherent before the half ends).
         assert len(probes) <= made
+        assert probes[0].variations == ()  # in the order they started: the rerun first
 
 
 def test_runs_go_width_at_a_time() -> None:

@@ -309,8 +309,10 @@ def run_search(enabled: Sequence[str], differing: Sequence[str],
                probe: Callable[[tuple[str, ...]], Probe], width: int,
                log: Log = lambda _: None) -> list[Probe]:
     """Run what `next_probes` asks, `width` runs at once, deciding again as each one ends;
-    fills `observed` and returns the runs in the order they ended."""
-    probes: list[Probe] = []
+    fills `observed` and returns the runs whose results it used, in the order they started
+    (the rerun of A first), whatever order they ended in."""
+    started_order: list[Future[Probe]] = []
+    used: set[Future[Probe]] = set()
     running: dict[Future[Probe], tuple[str, ...]] = {}
     # Not a `with` block: once the search is done, a run it no longer needs is not waited
     # for here (the sandbox removes its container when it closes).
@@ -329,16 +331,18 @@ def run_search(enabled: Sequence[str], differing: Sequence[str],
                 log(f"explain: {len(started)} more run(s): "
                     + ", ".join("+".join(w) or "a again" for w in started))
             for variations in started:
-                running[pool.submit(probe, variations)] = variations
+                future = pool.submit(probe, variations)
+                running[future] = variations
+                started_order.append(future)
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
                 running.pop(future)
                 result = future.result()
                 observed[frozenset(result.variations)] = result.changed
-                probes.append(result)
+                used.add(future)
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
-    return probes
+    return [future.result() for future in started_order if future in used]
 
 
 def explain_differences(recipe: Recipe, plan: BuildPlan, sandbox: Sandbox, source_tar: Path,
