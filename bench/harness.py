@@ -23,8 +23,9 @@ MINIMAL_DEFINITION = ROOT / "images" / "debian-minimal.toml"
 C_DEFINITION = ROOT / "images" / "debian-c.toml"
 REBUILD_CLI = Path(sys.executable).with_name("rebuild")
 # The tiny build of issue 2: careful (reproducible under every variation) but it does read
-# the clock. `{out}` is /out in a container and out (in the source tree) for reprotest.
-SCRIPT = "mkdir -p {out} && printf hello > {out}/r && date -u +%F > /dev/null"
+# the clock. `{out}` is /out in a container and out (in the source tree) for reprotest. The
+# output's mode is set: modes are compared, and the umask varies.
+SCRIPT = "mkdir -p {out} && printf hello > {out}/r && chmod 644 {out}/r && date -u +%F > /dev/null"
 TIMEOUT = 600
 EPOCH = 1700000000
 # The demo release, built from a copy of these (the copy is re-pinned to the bench's image).

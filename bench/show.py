@@ -245,6 +245,15 @@ def show_10k(ctx: Context) -> Section:
         check(json.loads(proc.stdout))
         return seconds
 
+    verify_cmd = rebuild_argv(store_path, "verify", release, "--key", ci_pub, "--json")
+
+    def verify_cli() -> float:
+        seconds, proc = timed(verify_cmd, cwd=directory, what="rebuild verify")
+        report = json.loads(proc.stdout)
+        if report.get("verified") is not True or report.get("release") != release:
+            raise BenchError(f"rebuild verify {release} did not verify: {proc.stdout[:2000]}")
+        return seconds
+
     def show_cold_index() -> float:
         query_index.unlink()
         return show_cli()
@@ -284,6 +293,8 @@ def show_10k(ctx: Context) -> Section:
     contenders = [
         Contender("cli", "rebuild show --key ci.pub --json (query index up to date)",
                   show_cli),
+        Contender("verify", "rebuild verify --key ci.pub --json (query index up to date)",
+                  verify_cli),
         Contender("cli_cold", "rebuild show, query index deleted first (rebuilt from "
                   "index.json)", show_cold_index),
         Contender("story", "release_story() alone, in-process (query index up to date)",
@@ -294,38 +305,41 @@ def show_10k(ctx: Context) -> Section:
     samples |= {"first": [first], "one_cli": base["one_cli"], "one_story": base["one_story"]}
     labels = {
         "cli": contenders[0].label,
+        "verify": contenders[1].label,
         "first": "rebuild show, first run after seeding (builds the query index; once)",
-        "cli_cold": contenders[1].label,
-        "story": contenders[2].label,
-        "startup": contenders[3].label,
+        "cli_cold": contenders[2].label,
+        "story": contenders[3].label,
+        "startup": contenders[4].label,
         "one_cli": "  before seeding (1 release): rebuild show",
         "one_story": "  before seeding (1 release): release_story() in-process",
     }
     rows = timings(samples, labels, informational=("startup", "one_cli", "one_story"))
     by_key = {t.key: t for t in rows}
-    meets = [key for key in ("cli", "first", "cli_cold", "story")
+    meets = [key for key in ("cli", "verify", "first", "cli_cold", "story")
              if by_key[key].median < SHOW_GOAL_S]
     index_mb = (store_path / "index.json").stat().st_size / 1e6
     verdicts = (
         *(f"{by_key[key].label.strip()}: {by_key[key].median * 1000:.0f} ms median, "
           f"{by_key[key].min * 1000:.0f} ms min; goal under 200 ms: "
           f"{goal(by_key[key].median < SHOW_GOAL_S)}"
-          for key in ("cli", "first", "cli_cold", "story")),
+          for key in ("cli", "verify", "first", "cli_cold", "story")),
         "the goal is met by: " + (", ".join(by_key[k].label.split(" (")[0] for k in meets)
                                   if meets else "no measure")
         + f"; the CLI's start alone (`rebuild --version`) takes "
         f"{by_key['startup'].median * 1000:.0f} ms, show with the query index up to date "
         f"{(by_key['cli'].median - by_key['startup'].median) * 1000:.0f} ms more (medians)",
+        f"1-minute load during the rounds: {min(ctx.loads):.2f}–{max(ctx.loads):.2f} (2 "
+        "cores, shared)",
     )
     return Section(
         name="show_10k",
-        title="rebuild show in a store of 10,000 releases (issue 6)",
+        title="rebuild show and verify in a store of 10,000 releases (issue 6)",
         method=(f"N={ctx.reps} timed repetitions of each after one untimed warm-up, "
                 "interleaved; the first run after seeding once. CLI wall seconds, and the "
                 "call of rebuild.release.report.release_story alone in the bench's process."),
         timings=rows,
         verdicts=verdicts,
-        commands=(("show", shlex.join(show_cmd)),
+        commands=(("show", shlex.join(show_cmd)), ("verify", shlex.join(verify_cmd)),
                   ("in-process", "rebuild.release.report.release_story("
                    f"Store({str(store_path)!r}), {release!r}, Policy((load_public_key(ci.pub),)))"),
                   *((f"seed: {argv[3]}", shlex.join(argv)) for argv in setup)),

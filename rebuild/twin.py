@@ -253,7 +253,7 @@ def _twin_build(client: Any, loaded: LoadedRecipe, store: Store, *, cache_dir: P
             raise BuildFailed(f"{exc}\nlogs kept in the store: attempt {attempt.digest}") from None
         differences = compare_artifacts(a, b)
         explanation = (explain_differences(loaded.recipe, plan, sandbox, source_tar, a,
-                                           differences, pool, wheels=wheels, log=log)
+                                           differences, wheels=wheels, log=log)
                        if explain and differences else None)
         reports = tuple(_report(store, d, plan.variations, explanation, log,
                                 plan.limits.diffoscope_memory) for d in differences)

@@ -7,9 +7,8 @@ function with side effects: it runs the extra builds through the caller's `Sandb
 
 The search (adaptive bisection over the enabled variations, in table order):
 
-1. Rerun A unchanged, beside a run of the first half of the enabled set (runs go two at a
-   time). Run A pins everything, its clock included, so the rerun differs from A only by
-   chance.
+1. Rerun A unchanged, beside a run of the first half of the enabled set. Run A pins
+   everything, its clock included, so the rerun differs from A only by chance.
 2. An output that the rerun changes is *inherent* (randomness, a race, or a file time the
    kernel stamped with the real clock): no variation can be judged for it, so none is
    blamed, and the hint says what to fix. When every difference is inherent, the search
@@ -25,6 +24,15 @@ The search (adaptive bisection over the enabled variations, in table order):
    own, must change the output; when it does not (two alternative combinations, say), every
    enabled variation is blamed, with a note that says so.
 
+The runs of the search are independent, so they run in parallel: as many at once as the
+machine has cores, fewer when the recipe's `memory` per run does not fit that many times in
+the memory available (`probe_width`). The decisions are taken as each run ends, not once per
+round: a run that ends frees its slot for whatever the search needs next, and the search
+stops as soon as `next_probes` has nothing more to ask (runs still going then are not
+waited for longer than they take, and their results are not used). Run B, the twin build's
+own, is never run again. Because every decision is a pure function of the observations,
+the verdicts do not depend on the order in which runs end.
+
 Why bisection and not one run per variation: a run costs ~1 s with two at a time, nearly
 all container start and teardown. With one culprit among twelve, bisection needs 7-9 runs
 in 4-5 rounds where single runs need 13 in 7; on the corpus (tests/corpus/RESULTS.md) it
@@ -36,17 +44,18 @@ which no corpus build does.
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import Executor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rebuild.build.compare import Artifact, Difference, collect_outputs, differing_properties
 from rebuild.build.plan import BuildPlan, plan_run
-from rebuild.build.recipe import Recipe
+from rebuild.build.recipe import Recipe, memory_bytes
 from rebuild.build.sandbox import Sandbox
 from rebuild.build.variations import NAMES
 from rebuild.errors import BuildFailed
@@ -259,6 +268,33 @@ def blame_outputs(enabled: Sequence[str], differing: Sequence[str],
     return blames
 
 
+def probe_width(memory_per_run: int, cores: int, available: int | None) -> int:
+    """How many runs of the search go at once: one per core, as many as fit in the memory
+    available at the recipe's `memory` each (at least one: a run must happen anyway)."""
+    width = max(1, cores)
+    if available is not None and memory_per_run > 0:
+        width = min(width, available // memory_per_run)
+    return max(1, width)
+
+
+def available_memory() -> int | None:
+    """MemAvailable of /proc/meminfo in bytes; None where it cannot be read."""
+    try:
+        for line in Path("/proc/meminfo").read_text(encoding="ascii").splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 # -- the runs -------------------------------------------------------------------------------
 
 def _changed(before: Artifact | None, after: Artifact | None) -> bool:
@@ -268,14 +304,56 @@ def _changed(before: Artifact | None, after: Artifact | None) -> bool:
     return bool(differing_properties(before, after))
 
 
+def run_search(enabled: Sequence[str], differing: Sequence[str],
+               observed: dict[frozenset[str], frozenset[str] | None],
+               probe: Callable[[tuple[str, ...]], Probe], width: int,
+               log: Log = lambda _: None) -> list[Probe]:
+    """Run what `next_probes` asks, `width` runs at once, deciding again as each one ends;
+    fills `observed` and returns the runs whose results it used, in the order they started
+    (the rerun of A first), whatever order they ended in."""
+    started_order: list[Future[Probe]] = []
+    used: set[Future[Probe]] = set()
+    running: dict[Future[Probe], tuple[str, ...]] = {}
+    # Not a `with` block: once the search is done, a run it no longer needs is not waited
+    # for here (the sandbox removes its container when it closes).
+    pool = ThreadPoolExecutor(max_workers=width, thread_name_prefix="explain")
+    try:
+        for _ in range(8 * len(enabled) + 8):  # a bound far above what the search can ask
+            asked = next_probes(enabled, differing, observed)
+            if not asked:
+                break  # the culprits are proven: what still runs cannot change them
+            # The first round is asked for again until the rerun ends: a half that ended
+            # before it is known, not wanted.
+            known = {*observed, *map(frozenset, running.values())}
+            wanted = [w for w in asked if frozenset(w) not in known]
+            started = wanted[:max(0, width - len(running))]
+            if started:
+                log(f"explain: {len(started)} more run(s): "
+                    + ", ".join("+".join(w) or "a again" for w in started))
+            for variations in started:
+                future = pool.submit(probe, variations)
+                running[future] = variations
+                started_order.append(future)
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                running.pop(future)
+                result = future.result()
+                observed[frozenset(result.variations)] = result.changed
+                used.add(future)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+    return [future.result() for future in started_order if future in used]
+
+
 def explain_differences(recipe: Recipe, plan: BuildPlan, sandbox: Sandbox, source_tar: Path,
-                        baseline: Sequence[Artifact], differences: Sequence[Difference],
-                        pool: Executor, *, wheels: Path | None = None,
+                        baseline: Sequence[Artifact], differences: Sequence[Difference], *,
+                        wheels: Path | None = None, width: int | None = None,
                         log: Log = lambda _: None) -> Explanation:
     """Run the search of the module docstring and return a verdict per differing output.
 
-    `baseline` is run A's outputs; `pool` runs two builds at a time; `wheels` is what the
-    twin runs got (a python_lock's wheels), so that every extra run installs the same.
+    `baseline` is run A's outputs; `wheels` is what the twin runs got (a python_lock's
+    wheels), so that every extra run installs the same; `width` is how many runs go at once
+    (default: `probe_width` of this machine and the recipe's memory).
     """
     started = time.monotonic()
     enabled = plan.variations
@@ -283,7 +361,9 @@ def explain_differences(recipe: Recipe, plan: BuildPlan, sandbox: Sandbox, sourc
     by_name = {a.name: a for a in baseline}
     observed: dict[frozenset[str], frozenset[str] | None] = {
         frozenset(enabled): frozenset(differing)}  # run B
-    probes: list[Probe] = []
+    if width is None:
+        width = probe_width(memory_bytes(recipe.build.memory), usable_cores(),
+                            available_memory())
     # An output that follows the real clock (a file time the kernel stamped, seen through
     # libfaketime's shifted fstat) must show as inherent, not by luck: the rerun of A starts
     # in a later second than A's last write (a wait of 0.3 s on average).
@@ -309,15 +389,8 @@ def explain_differences(recipe: Recipe, plan: BuildPlan, sandbox: Sandbox, sourc
             # Only the hashes are kept: a large build must not pile up a copy per probe.
             shutil.rmtree(result.out_dir, ignore_errors=True)
 
-    for _ in range(4 * len(enabled) + 4):  # a bound far above what the search can ask
-        wanted = next_probes(enabled, differing, observed)
-        if not wanted:
-            break
-        log(f"explain: {len(wanted)} more run(s): "
-            + ", ".join("+".join(w) or "a again" for w in wanted))
-        for done in pool.map(probe, wanted):
-            observed[frozenset(done.variations)] = done.changed
-            probes.append(done)
+    log(f"explain: up to {width} run(s) at once")
+    probes = run_search(enabled, differing, observed, probe, width, log)
     blames = blame_outputs(enabled, differing, observed)
     seconds = time.monotonic() - started
     log(f"explain: {len(probes)} extra run(s) in {seconds:.1f} s")

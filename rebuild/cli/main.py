@@ -10,10 +10,9 @@ import os
 import signal
 import sys
 import tempfile
-import traceback
-from collections.abc import Callable
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from typer._click.exceptions import ClickException
@@ -24,7 +23,6 @@ from rebuild.errors import ExitCode, RebuildError
 if TYPE_CHECKING:
     pass
 
-from rebuild.cli import build, keys, log, release, store
 from rebuild.cli.common import OPTIONS, JsonOpt, KeyOpt, StoreOpt, say
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -62,16 +60,53 @@ def main_options(
     tempfile.tempdir = os.environ["TMPDIR"] = str(runtime.process_dir())
 
 
-COMMANDS: dict[str, Callable[..., None]] = {
-    "build": build.build, "lock": build.lock, "fetch": build.fetch, "keygen": keys.keygen,
-    "reproduce": release.reproduce_cmd, "verify": release.verify, "show": release.show,
-    "export": release.export_cmd, "approve": release.approve_cmd,
-    "withdraw": release.withdraw_cmd}
-for name, command in COMMANDS.items():
-    app.command(name)(command)
-app.add_typer(build.image_app, name="image")
-app.add_typer(store.store_app, name="store")
-app.add_typer(log.log_app, name="log")
+# Command name -> (module of rebuild.cli, function); groups -> (module, typer app). Only the
+# command being run is imported and registered: typer inspects the signature of every
+# command it registers, which every start would pay for (`rebuild show` must take < 200 ms).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "build": ("build", "build"), "lock": ("build", "lock"), "fetch": ("build", "fetch"),
+    "keygen": ("keys", "keygen"), "reproduce": ("release", "reproduce_cmd"),
+    "verify": ("release", "verify"), "show": ("release", "show"),
+    "export": ("release", "export_cmd"), "approve": ("release", "approve_cmd"),
+    "withdraw": ("release", "withdraw_cmd")}
+GROUPS: dict[str, tuple[str, str]] = {
+    "image": ("build", "image_app"), "store": ("store", "store_app"), "log": ("log", "log_app")}
+# The options of `main_options` that take a value: what follows them is not a command.
+VALUED_OPTIONS = ("--store", "--key", "--tsa")
+
+
+def invoked_command(argv: Sequence[str]) -> str | None:
+    """The command (or group) named on a command line, before typer parses it; None when
+    there is none (`rebuild --help`, `rebuild --version`)."""
+    args = iter(argv)
+    for arg in args:
+        if arg == "--":
+            return next(args, None)
+        if arg in VALUED_OPTIONS:
+            next(args, None)
+        elif not arg.startswith("-"):
+            return arg
+    return None
+
+
+def _loaded(module: str, name: str) -> Any:
+    # __import__, not importlib.import_module: `python -X importtime` sees only the former.
+    return getattr(__import__(f"rebuild.cli.{module}", fromlist=[name]), name)
+
+
+def register_commands(target: typer.Typer, argv: Sequence[str]) -> None:
+    """Register the command that `argv` runs, or every command when it names none that
+    exists (so that help and click's "No such command" list them all)."""
+    wanted = invoked_command(argv)
+    known = wanted in COMMANDS or wanted in GROUPS
+    for name, (module, function) in COMMANDS.items():
+        if not known or name == wanted:
+            target.command(name)(_loaded(module, function))
+    for name, (module, group) in GROUPS.items():
+        if not known or name == wanted:
+            sub = _loaded(module, group)
+            assert isinstance(sub, typer.Typer)
+            target.add_typer(sub, name=name)
 
 
 def main() -> None:
@@ -79,6 +114,8 @@ def main() -> None:
     a traceback only with --debug."""
     runtime.install_interrupt_handlers()
     try:
+        if isinstance(app, typer.Typer) and not app.registered_commands + app.registered_groups:
+            register_commands(app, sys.argv[1:])
         code = app(standalone_mode=False)
         if runtime.interrupting_signal():  # typer turns KeyboardInterrupt into 130
             _exit_interrupted()
@@ -102,6 +139,8 @@ def main() -> None:
 
 def _fail(message: str, code: int) -> NoReturn:
     if OPTIONS.debug:
+        import traceback  # only with --debug: linecache and tokenize cost every start
+
         traceback.print_exc()
     say(f"error: {message}")
     sys.exit(code)

@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric.ec import (
     SECP256R1,
@@ -69,6 +68,7 @@ from rebuild.errors import ClaimFailed, SigningError
 from rebuild.store.layout import canonical_json
 
 if TYPE_CHECKING:
+    from cryptography import x509
     from sigstore.models import ClientTrustConfig
     from sigstore.sign import Signer as SigstoreSigner
 
@@ -479,6 +479,8 @@ def sign_keyless(statement: Mapping[str, Any], *, trust_config: Path | None,
 
 def _certificate_identity(certificate: x509.Certificate) -> str:
     """The identity a Fulcio certificate vouches for: its SAN e-mail address or URI."""
+    from cryptography import x509  # keyless only: X.509 costs every other command ~20 ms
+
     try:
         san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound as e:

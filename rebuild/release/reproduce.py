@@ -204,7 +204,7 @@ def _reproduce(store: Store, target: str, *, runs: int, cache_dir: Path,
         twin = compare_artifacts(*outputs) if len(outputs) == 2 else ()
         if explain and twin:
             blames = explain_differences(inputs.recipe.recipe, plan, sandbox, source_tar,
-                                         outputs[0], twin, pool, wheels=wheels,
+                                         outputs[0], twin, wheels=wheels,
                                          log=log).blames
     verdict = Verdict(name, release.digest, rebuilt, tuple(results), None, blames)
     if signer is not None:

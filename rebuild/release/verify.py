@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from securesystemslib.signer import SSlibKey  # type: ignore[attr-defined]
 
@@ -50,8 +50,10 @@ from rebuild.store.layout import (
     canonical_json,
     release_annotations,
 )
-from rebuild.store.timestamp import TsaTrust
 from rebuild.store.tlog import NoteVerifier
+
+if TYPE_CHECKING:  # x509 and the TSA client load only when a TSA is pinned
+    from rebuild.store.timestamp import TsaTrust
 
 BINDING_CHECKS = ("artifacts", "signed evidence", "release name", "release manifest")
 VERDICT_URI = "rebuild:release:"  # a QA verdict's resourceUri: this prefix, then name@version

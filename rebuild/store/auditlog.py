@@ -26,11 +26,14 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rebuild.checks import Check
 from rebuild.errors import EnvironmentProblem, RebuildError, SigningError, StoreError, UsageError
-from rebuild.store import timestamp, tlog
+from rebuild.store import tlog
+
+if TYPE_CHECKING:
+    from rebuild.store import timestamp
 from rebuild.store.layout import KIND, Store, canonical_json
 
 LOG_KEY_ENV = "REBUILD_LOG_KEY"
@@ -224,6 +227,7 @@ class AuditLog:
         With `tsa_url`, the new checkpoint is timestamped and kept with its token before it
         is published; if the TSA fails, the entries are still appended (nothing a command
         stored goes unlogged) and EnvironmentProblem says so afterwards."""
+        from rebuild.store import timestamp  # x509 and the TSA client: only here
         if not entries:
             return []
         self.root.mkdir(parents=True, exist_ok=True)
@@ -266,6 +270,7 @@ class AuditLog:
     def timestamp_current(self, tsa_url: str) -> tuple[Stamp, bool]:
         """Timestamp the current checkpoint unless it already is; (its stamp, whether it is
         new)."""
+        from rebuild.store import timestamp  # x509 and the TSA client: only here
         self.root.mkdir(parents=True, exist_ok=True)
         with self._locked():
             current = self.read_checkpoint()
@@ -353,6 +358,7 @@ def _actor_name() -> str:
 
 
 def _append(store: Store, entries: Sequence[bytes]) -> list[int]:
+    from rebuild.store import timestamp  # x509 and the TSA client: only here
     return AuditLog.of(store).append(entries, log_signer_from_env(),
                                      os.environ.get(timestamp.TSA_URL_ENV) or None)
 
@@ -589,6 +595,7 @@ def check_stamp(stamp: Stamp, root_of: Callable[[int], bytes], verifier: tlog.No
     is pinned; None otherwise), its size, its signature (when a log key is pinned) and its
     root, the head of the log's first `size` entries (`root_of(size)`). Raises
     ProofFailed."""
+    from rebuild.store import timestamp  # x509 and the TSA client: only here
     checked = timestamp.check_token(stamp.token, stamp.checkpoint, tsa) if tsa else None
     note = tlog.parse_note(stamp.checkpoint)
     checkpoint = tlog.parse_checkpoint(note.text)
@@ -605,6 +612,7 @@ def check_stamp(stamp: Stamp, root_of: Callable[[int], bytes], verifier: tlog.No
 
 def _check_stamps(log: AuditLog, report: LogReport, leaves: list[bytes],
                   verifier: tlog.NoteVerifier | None, tsa: timestamp.TsaTrust | None) -> None:
+    from rebuild.store import timestamp  # x509 and the TSA client: only here
     try:
         stamps = log.timestamps()
     except OSError as exc:
@@ -787,6 +795,7 @@ def event_time(event: ReleaseEvent, verifier: tlog.NoteVerifier | None,
     """The trusted time that bounds an event: it was in the log no later than the token's
     time, proven by the event's inclusion under the timestamped checkpoint and the token
     over that checkpoint, checked against the pinned TSA chain. Raises ProofFailed."""
+    from rebuild.store import timestamp  # x509 and the TSA client: only here
     if event.stamped is None:
         raise tlog.ProofFailed(f"entry {event.index} is under no timestamped checkpoint: "
                                "its time is the machine's, not attested")
@@ -815,6 +824,7 @@ def trusted_time_check(events: Sequence[ReleaseEvent], verifier: tlog.NoteVerifi
                        tsa: timestamp.TsaTrust | None) -> Check | None:
     """One line on the events' trusted times, once check_events found nothing wrong: the
     latest bound with the TSA that gave it, or how many tokens went unchecked."""
+    from rebuild.store import timestamp  # x509 and the TSA client: only here
     stamped = [e for e in events if e.stamped is not None]
     if tsa is None:
         if not stamped:
@@ -949,6 +959,7 @@ def timeline(store: Store, release: str | None, verifier: tlog.NoteVerifier | No
 def _timeline_stamps(log: AuditLog, size: int, verifier: tlog.NoteVerifier | None,
                      tsa: timestamp.TsaTrust | None) -> list[tuple[int, dict[str, Any]]]:
     """(size, what its token shows) of each timestamped checkpoint within the log."""
+    from rebuild.store import timestamp  # x509 and the TSA client: only here
     shown: list[tuple[int, dict[str, Any]]] = []
     for stamp in log.timestamps():
         if stamp.size > size:
