@@ -27,7 +27,7 @@ def test_twenty_thousand_outputs_build_and_sign(minimal_image: str, write_recipe
                                                 store: Path, tmp_path: Path) -> None:
     # split writes 20,000 files, each with its own line (so 20,000 different blobs).
     script = "umask 022 && mkdir -p /out/d && seq 1 20000 | split -l 1 -a 5 - /out/d/f"
-    recipe = write_recipe(minimal_image, script, ["d/**"], vary=["-file_order"])
+    recipe = write_recipe(minimal_image, script, ["d/**"], vary=["all", "-file_order"])
     started = time.monotonic()
     result = run_rebuild("build", recipe, "--key", keygen(tmp_path), "--json", store=store)
     seconds = time.monotonic() - started
@@ -42,7 +42,7 @@ def test_twenty_thousand_outputs_build_and_sign(minimal_image: str, write_recipe
 def test_output_count_limit_exits_4_naming_it(minimal_image: str, write_recipe: RecipeWriter,
                                               store: Path) -> None:
     recipe = write_recipe(minimal_image, "umask 022 && seq 1 20 | split -l 1 - /out/f", ["f*"],
-                          vary=["-file_order"], extra="\n[limits]\nmax_outputs = 10\n")
+                          vary=["all", "-file_order"], extra="\n[limits]\nmax_outputs = 10\n")
     result = run_rebuild("build", recipe, store=store)
     assert result.code == 4, result.stderr
     assert "more than 10 declared outputs (limit [limits] max_outputs)" in result.stderr
@@ -63,7 +63,7 @@ def test_a_1gib_log_and_a_differing_1gib_output_stay_within_500mb(
     require_tool("/usr/bin/time")
     script = ("yes \"$(printf '%01000d' 0)\" | head -c 1073741824; "
               "head -c 1073741824 /dev/urandom > /out/big")
-    recipe = write_recipe(minimal_image, script, ["big"], vary=["-file_order"], timeout=600)
+    recipe = write_recipe(minimal_image, script, ["big"], vary=["all", "-file_order"], timeout=600)
     argv = ["/usr/bin/time", "-v", sys.executable, "-m", "rebuild", "--store", str(store),
             "--json", "build", str(recipe)]
     started = time.monotonic()
