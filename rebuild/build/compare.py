@@ -204,7 +204,13 @@ def _artifact(name: str, path: Path, stage: Staging | None = None) -> Artifact:
     if not stat.S_ISREG(st.st_mode):
         raise BuildFailed(f"output {name!r} is not a regular file or link")
     # O_NOFOLLOW: the file was a regular file at lstat; refuse it if it became a link since.
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        # O_NOATIME: the first read of a new file would otherwise write its inode (relatime),
+        # one journal update per output. Only the file's owner or root may ask for it.
+        fd = os.open(path, flags | os.O_NOATIME)
+    except PermissionError:
+        fd = os.open(path, flags)
     try:
         st = os.fstat(fd)  # the mode of what is hashed
         if stage is not None:
