@@ -2,8 +2,8 @@
 
 `make bench` runs every section in `SECTIONS`; `--only NAME` runs one, `--reps N` sets the
 number of timed repetitions. Each section is a function from a `Context` to a `Section`, in a
-module of its subject (twin, reproduce, inputs, evidence, show, corpus); `harness` holds what
-they share and `peers` the tools they are measured against.
+module of its subject (twin, reproduce, inputs, evidence, outputs, show, corpus); `harness`
+holds what they share and `peers` the tools they are measured against.
 Results go to bench/results/latest.json, one entry per section, each with its own date and
 load average: a run replaces the entries of the sections it ran and keeps the others, and
 bench/results/latest.md is rendered from that file, so `--only` updates one section of the
@@ -45,6 +45,7 @@ from harness import (
     say,
 )
 from inputs import fetch_warm
+from outputs import outputs_20k
 from reproduce import reproduce_vs_build
 from show import show_10k
 from twin import twin_overhead
@@ -53,7 +54,7 @@ from rebuild import __version__
 
 SectionFn = Callable[[Context], Section]
 SECTIONS: tuple[SectionFn, ...] = (twin_overhead, reproduce_vs_build, fetch_warm,
-                                   evidence_share, show_10k, corpus)
+                                   evidence_share, outputs_20k, show_10k, corpus)
 
 
 def git_revision() -> str:
