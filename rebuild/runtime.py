@@ -173,9 +173,10 @@ def mounts_under(path: Path) -> list[Path]:
     return sorted(set(found), key=lambda p: len(p.parts), reverse=True)
 
 
-# Unlinking a file a container wrote waits about a millisecond on this kind of host (an
-# engine with other builds running), nearly all of it asleep: 20,000 outputs of each run took
-# a minute to remove one by one, two seconds with this many unlinks in flight.
+# Unlinking a file whose blocks are written waits for the disk where the file system is
+# mounted with `discard` (ext4 discards the freed blocks synchronously: about a millisecond
+# on a busy virtual disk): 20,000 outputs of each run took a minute to remove one by one,
+# two seconds with this many unlinks in flight.
 UNLINKERS = 16
 
 
