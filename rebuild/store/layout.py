@@ -182,17 +182,33 @@ class Staging:
     it is named), then renames each into `blobs/`. Identical contents are staged once.
     """
 
-    def __init__(self, store: Store, directory: Path) -> None:
+    def __init__(self, store: Store) -> None:
         self._store = store
-        self._directory = directory
+        self._directory: Path | None = None  # made by the first copy
         self._staged: dict[str, Path] = {}  # digest -> temporary file
         self._names = itertools.count()
         self._guard = threading.Lock()  # copy may run in several threads
 
+    def _made_directory(self) -> Path:
+        with self._guard:
+            if self._directory is None:
+                store = self._store
+                store.init()
+                self._directory = Path(tempfile.mkdtemp(dir=store._tmp,
+                                                        prefix=store._temp_prefix("dir")))
+            return self._directory
+
+    def close(self) -> None:
+        """Remove what was staged and not committed."""
+        if self._directory is not None:
+            runtime.remove_tree(self._directory)
+            self._directory = None
+            self._staged.clear()
+
     def copy(self, src: int) -> tuple[str, int]:
         """Copy the open file `src` (from its current offset) into a staged blob; returns
         (digest, size) of the bytes written."""
-        name = self._directory / str(next(self._names))
+        name = self._made_directory() / str(next(self._names))
         hasher, size = hashlib.sha256(), 0
         try:
             # Created read-only: the fd may write, nothing else ever will.
@@ -218,7 +234,7 @@ class Staging:
 
     def commit(self) -> None:
         """Name every staged blob in the store (idempotent: a committed blob is not staged)."""
-        if not self._staged:
+        if not self._staged or self._directory is None:
             return
         store = self._store
         store._hold_many(self._staged)  # before looking: see Store._hold
@@ -368,8 +384,11 @@ class Store:
         """Blobs copied while their bytes are read for another purpose (a run's outputs,
         hashed once while they are stored), named only by `Staging.commit`; what is not
         committed is removed when the block ends."""
-        with self.temporary_directory() as directory:
-            yield Staging(self, directory)
+        staging = Staging(self)  # its directory is made when the first output is staged
+        try:
+            yield staging
+        finally:
+            staging.close()
 
     def read_bytes(self, digest: str) -> bytes:
         """Read a blob, verifying its hash."""
