@@ -220,49 +220,59 @@ def _twin_build(client: Any, loaded: LoadedRecipe, store: Store, *, cache_dir: P
     if engines:
         log(f"run a on engine {_engine_text(engines['a'])}; run b on engine "
             f"{_engine_text(engines['b'])}")
-    with ThreadPoolExecutor(max_workers=2) as pool, \
-            Sandbox(client, cache_dir=cache_dir, debug=debug,
-                    engines={} if client_b is None else {"b": client_b}) as sandbox:
-        ensure_loaded(client, store, image, log)
-        if client_b is not None:
-            ensure_loaded(client_b, store, image, log)
-        source_tar = sandbox.workspace / "source.tar"
-        store.copy_out(fetched.source.archive, source_tar)
-        wheels = export_wheels(store, fetched, sandbox.workspace / "wheels")
-        clock.lap("fetch")
-        sbom_part = prepare_sbom(image, signer)  # while the runs wait on the engine
-        futures = [pool.submit(sandbox.run, run, source_tar, wheels=wheels)
-                   for run in plan.runs]
-        results = [f.result() for f in futures]
-        clock.lap("runs")
-        for run, result in zip(plan.runs, results, strict=True):
-            log(f"run {run.name}: exit {result.exit_code} after {result.seconds:.1f} s")
-        logs = [store.put_bytes(r.log)[0] for r in results]
-        if keep is not None:
-            keep_outputs({"a": results[0].out_dir, "b": results[1].out_dir}, keep)
-        try:
-            for result in results:
-                require_success(result, "the build command")
-            a, b = (collect_outputs(r.out_dir, plan.outputs, r.name, plan.limits) for r in results)
-        except BuildFailed as exc:
-            attempt, _ = _store_attempt(store, plan, inputs, results, logs, (), (), None,
-                                        "failed", engines=engines)
-            log_build(store, release=plan.release, attempt=attempt.digest, manifest=None,
-                      evidence=None, bundles={}, statements={}, signer=None,
-                      status="failed", test_result=None)
-            raise BuildFailed(f"{exc}\nlogs kept in the store: attempt {attempt.digest}") from None
-        differences = compare_artifacts(a, b)
-        explanation = (explain_differences(loaded.recipe, plan, sandbox, source_tar, a,
-                                           differences, wheels=wheels, log=log)
-                       if explain and differences else None)
-        reports = tuple(_report(store, d, plan.variations, explanation, log,
-                                plan.limits.diffoscope_memory) for d in differences)
-        test = None
-        if not differences and loaded.recipe.test is not None:
-            test = _run_test(sandbox, store, loaded, plan, source_tar, wheels, results[0], a,
-                             log)
+    with ThreadPoolExecutor(max_workers=2) as pool, store.staging() as staging:
+        with Sandbox(client, cache_dir=cache_dir, debug=debug,
+                     engines={} if client_b is None else {"b": client_b}) as sandbox:
+            ensure_loaded(client, store, image, log)
+            if client_b is not None:
+                ensure_loaded(client_b, store, image, log)
+            source_tar = sandbox.workspace / "source.tar"
+            store.copy_out(fetched.source.archive, source_tar)
+            wheels = export_wheels(store, fetched, sandbox.workspace / "wheels")
+            clock.lap("fetch")
+            sbom_part = prepare_sbom(image, signer)  # while the runs wait on the engine
+            futures = [pool.submit(sandbox.run, run, source_tar, wheels=wheels)
+                       for run in plan.runs]
+            results = [f.result() for f in futures]
+            clock.lap("runs")
+            for run, result in zip(plan.runs, results, strict=True):
+                log(f"run {run.name}: exit {result.exit_code} after {result.seconds:.1f} s")
+            logs = [store.put_bytes(r.log)[0] for r in results]
+            if keep is not None:
+                keep_outputs({"a": results[0].out_dir, "b": results[1].out_dir}, keep)
+            try:
+                for result in results:
+                    require_success(result, "the build command")
+                # Both runs at once; run a's outputs are copied into the store as they are
+                # hashed (named there only if they become the release).
+                collected = [pool.submit(collect_outputs, r.out_dir, plan.outputs, r.name,
+                                         plan.limits, stage=None if i else staging)
+                             for i, r in enumerate(results)]
+                a, b = (future.result() for future in collected)
+            except BuildFailed as exc:
+                attempt, _ = _store_attempt(store, plan, inputs, results, logs, (), (), None,
+                                            "failed", engines=engines)
+                log_build(store, release=plan.release, attempt=attempt.digest, manifest=None,
+                          evidence=None, bundles={}, statements={}, signer=None,
+                          status="failed", test_result=None)
+                raise BuildFailed(f"{exc}\nlogs kept in the store: attempt "
+                                  f"{attempt.digest}") from None
+            differences = compare_artifacts(a, b)
+            explanation = (explain_differences(loaded.recipe, plan, sandbox, source_tar, a,
+                                               differences, wheels=wheels, log=log)
+                           if explain and differences else None)
+            reports = tuple(_report(store, d, plan.variations, explanation, log,
+                                    plan.limits.diffoscope_memory) for d in differences)
+            test = None
+            if not differences and loaded.recipe.test is not None:
+                test = _run_test(sandbox, store, loaded, plan, source_tar, wheels, results[0],
+                                 a, log)
+        # The run directories are gone before the store is synced: a syncfs would otherwise
+        # write back both runs' outputs too, and removing thousands of written-back files on
+        # a busy disk took longer than the build.
         release = None
         if not differences and (test is None or test.passed):
+            staging.commit()
             release = _store_release(store, plan, a)
         status = ("not-reproducible" if differences else "test-failed" if release is None
                   else "reproducible")
@@ -413,11 +423,15 @@ def _store_inputs(store: Store, loaded: LoadedRecipe, inputs: Inputs,
 
 
 def _store_release(store: Store, plan: BuildPlan, artifacts: Sequence[Artifact]) -> Descriptor:
+    """Name the artifacts as a release; their files' blobs are already stored (staged while
+    they were collected, then committed)."""
     layers = []
-    files = iter(store.put_files([a.path for a in artifacts if a.link is None]))
     for artifact in artifacts:
         if artifact.link is None:
-            digest, size = next(files)
+            digest, size = f"sha256:{artifact.sha256}", artifact.size
+            if not store.has(digest):
+                raise StoreError(f"output {artifact.name} ({digest}) was not stored in "
+                                 f"{store.root} before its release was recorded")
         else:
             digest, size = store.put_bytes(artifact.link.encode())
         annotations = {TITLE: artifact.name}

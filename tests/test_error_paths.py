@@ -422,3 +422,23 @@ def test_a_recipe_conflicting_with_a_release_is_refused_before_the_runs(tmp_path
     assert info.value.exit_code == 2 and "bump [recipe] version" in str(info.value)
     with pytest.raises(UsageError, match="other inputs"):
         refuse_release_conflict(store, original, {recipe_blob, "sha256:" + "1" * 64})
+
+
+def test_a_full_disk_while_staging_outputs_names_nothing_and_leaves_nothing(
+        tmp_path: Path) -> None:
+    from rebuild.build.compare import collect_outputs
+    from rebuild.errors import EnvironmentProblem
+    from rebuild.store.layout import Store
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "small").write_text("small\n")
+    (out / "big").write_bytes(os.urandom(2 << 20))
+    with small_tmpfs(tmp_path / "disk", "1m") as disk:
+        store = Store(disk / "store")
+        store.init()
+        with pytest.raises(EnvironmentProblem, match="no space left"), \
+                store.staging() as staging:
+            collect_outputs(out, ["*"], "a", stage=staging)
+        assert list(store.blobs.iterdir()) == []
+        assert list((store.root / ".tmp").iterdir()) == []

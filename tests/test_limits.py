@@ -340,19 +340,3 @@ def test_kept_outputs_stay_sparse(tmp_path: Path) -> None:
     assert sha256_file(kept) == sha256_file(sparse)
     assert (tmp_path / "keep" / "a" / "link").readlink() == Path("disk.img")
 
-
-def test_put_files_stores_many_files_as_put_file_does(tmp_path: Path) -> None:
-    from rebuild.store.layout import Store
-
-    files = []
-    for i in range(300):
-        path = tmp_path / f"f{i}"
-        path.write_bytes(str(i % 250).encode())  # some contents twice: one blob each
-        files.append(path)
-    store = Store(tmp_path / "store")
-    stored = store.put_files(files)
-    assert stored == [Store(tmp_path / "other").put_file(p) for p in files]
-    assert len(list(store.blobs.iterdir())) == 250
-    assert list((store.root / ".tmp").iterdir()) == []
-    assert all(store.read_bytes(digest) == p.read_bytes()
-               for (digest, _), p in zip(stored, files, strict=True))

@@ -131,3 +131,22 @@ def test_sighup_ends_the_cli_with_128_plus_the_signal(tmp_path: Path) -> None:
     assert proc.returncode == 128 + signal.SIGHUP, err
     assert "interrupted (SIGHUP)" in err and "Traceback" not in err
     assert list((tmp_path / "rt").iterdir()) == []  # its process directory went with it
+
+
+def test_remove_tree_unlinks_many_files_and_never_follows_a_link(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep").write_text("not part of the tree\n")
+    tree = tmp_path / "tree"
+    for sub in ("a", "a/b", "c"):
+        (tree / sub).mkdir(parents=True)
+        for i in range(runtime.UNLINKERS * 3):  # enough for the unlinkers to share
+            (tree / sub / f"f{i}").write_text(f"{i}\n")
+    (tree / "a" / "to-outside").symlink_to(outside)
+    (tree / "c" / "file-link").symlink_to(outside / "keep")
+    (tree / "c" / "fifo").mkdir()
+    os.mkfifo(tree / "c" / "fifo" / "p")
+    assert runtime.remove_tree(tree)
+    assert not tree.exists()
+    assert (outside / "keep").read_text() == "not part of the tree\n"
+    assert runtime.remove_tree(tree)  # already gone: nothing to do, and it is gone

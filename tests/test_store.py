@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from rebuild.errors import StoreError
+from rebuild.runtime import current_owner
 from rebuild.store import layout
 from rebuild.store.layout import JOURNAL, KIND, REF_NAME, SUBJECT, Descriptor, Store
 from tests.conftest import run_rebuild, tamper
@@ -509,3 +510,42 @@ def test_concurrent_journal_writers_lose_nothing(big: tuple[Store, Descriptor]) 
     assert all(store.find(f"w{w}@{i}") is not None for w in range(4) for i in range(30))
     assert store.fsck() == []
     assert store.compact() == 4 * 30 and len(store.index()) == 1 + 4 * 30
+
+
+def test_staged_outputs_are_stored_in_one_pass_leased_and_named_only_on_commit(
+        tmp_path: Path) -> None:
+    """collect_outputs with a staging area hashes each output once while copying it into the
+    store: the same artifacts as without, no blob named before commit, every committed blob
+    leased (a concurrent gc keeps it), and nothing left in .tmp either way."""
+    from rebuild.build.compare import HASHERS, collect_outputs
+
+    out = tmp_path / "out"
+    (out / "d").mkdir(parents=True)
+    for i in range(HASHERS * 8):
+        (out / "d" / f"f{i}").write_text(f"{i % (HASHERS * 4)}\n")  # half of them twice
+    (out / "d" / "link").symlink_to("f0")
+    store, _, _ = named_store(tmp_path)
+    plain = collect_outputs(out, ["d/**"], "a")
+    building = Store(store.root)
+    with building.lease():
+        with building.staging() as staging:
+            staged = collect_outputs(out, ["d/**"], "a", stage=staging)
+            assert staged == plain
+            files = [a for a in staged if a.link is None]
+            assert not any(store.blob_path(f"sha256:{a.sha256}").exists() for a in files)
+            [directory] = (store.root / ".tmp").iterdir()  # named by its owner
+            assert directory.name.startswith(current_owner().token)
+            assert len(list(directory.iterdir())) == HASHERS * 4  # identical contents once
+            staging.commit()
+        for artifact in files:
+            digest = f"sha256:{artifact.sha256}"
+            assert store.read_bytes(digest) == artifact.path.read_bytes()
+            assert store.blob_path(digest).stat().st_mode & 0o777 == 0o444
+        age(store, *{f"sha256:{a.sha256}" for a in files})
+        assert Store(store.root).gc(grace_seconds=0).leased == HASHERS * 4
+    assert list((store.root / ".tmp").iterdir()) == []
+    with Store(store.root).staging() as staging:  # not committed: nothing named, nothing left
+        (out / "d" / "new").write_text("only staged\n")
+        [new] = collect_outputs(out, ["d/new"], "a", stage=staging)
+    assert not store.blob_path(f"sha256:{new.sha256}").exists()
+    assert list((store.root / ".tmp").iterdir()) == []

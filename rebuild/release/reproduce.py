@@ -32,7 +32,7 @@ from rebuild.build.image import stored_image
 from rebuild.build.plan import plan_build
 from rebuild.build.recipe import LoadedRecipe, parse_recipe, parse_toml
 from rebuild.build.sandbox import RunResult, Sandbox, connect, require_success
-from rebuild.errors import StoreError
+from rebuild.errors import ClaimFailed, StoreError
 from rebuild.evidence.provenance import STATEMENT_TYPE
 from rebuild.evidence.sign import StatementSigner
 from rebuild.inputs.fetch import export_recorded_wheels
@@ -42,6 +42,7 @@ from rebuild.store.layout import (
     INPUTS_TYPE,
     KIND,
     REF_NAME,
+    RELEASE_ANN,
     STATEMENT_MEDIA,
     TITLE,
     Descriptor,
@@ -157,6 +158,27 @@ def stored_inputs(store: Store, release: Descriptor) -> StoredInputs:
                      "reproduced from the store alone")
 
 
+def recorded_name(store: Store, release: Descriptor, target: str, inputs: StoredInputs) -> str:
+    """The release's name as the recipe it is rebuilt from records it ([recipe] name@version).
+
+    index.json (and the release manifest's annotation) only find the release: an edited or
+    relabelled store could otherwise get a signed verdict naming a version that was never
+    built. Every name the store gives must be the recipe's, else nothing is built or signed.
+    """
+    name = inputs.recipe.recipe.release
+    claimed = {"the name asked for": None if target.startswith("sha256:") else target,
+               "index.json": (release.annotations or {}).get(REF_NAME),
+               "the release manifest": store.read_json(release.digest).get(
+                   "annotations", {}).get(RELEASE_ANN)}
+    for where, other in claimed.items():
+        if other is not None and other != name:
+            raise ClaimFailed(f"{target}: {where} names {other}, but the recipe recorded for "
+                              f"release {release.digest} builds {name}; refusing to rebuild "
+                              "it or sign a verdict under another name (nothing was built); "
+                              "check the store with `rebuild verify`")
+    return name
+
+
 def reproduce(store: Store, target: str, *, runs: int = 1, cache_dir: Path,
               signer: StatementSigner | None = None, explain: bool = False,
               log: Log = lambda _: None, debug: Log = lambda _: None) -> Verdict:
@@ -176,8 +198,8 @@ def _reproduce(store: Store, target: str, *, runs: int, cache_dir: Path,
                signer: StatementSigner | None, explain: bool, log: Log, debug: Log) -> Verdict:
     runs = 2 if explain else runs
     release = resolve_release(store, target)
-    name = (release.annotations or {}).get(REF_NAME, target)
     inputs = stored_inputs(store, release)
+    name = recorded_name(store, release, target, inputs)
     recorded = {a.name: a for a in release_artifacts(store, release)}
     image = stored_image(store, inputs.image_manifest)
     client = connect()

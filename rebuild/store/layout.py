@@ -28,8 +28,10 @@ import ctypes
 import errno
 import fcntl
 import hashlib
+import itertools
 import json
 import os
+import re
 import shutil
 import sqlite3
 import tempfile
@@ -178,11 +180,95 @@ class Collected:
         return sum(size for _, size in self.removed)
 
 
+_DIGEST = re.compile(r"sha256:([0-9a-f]{64})")
+
+
 def _hex(digest: str) -> str:
-    algo, _, hexpart = digest.partition(":")
-    if algo != "sha256" or len(hexpart) != 64 or not all(c in "0123456789abcdef" for c in hexpart):
+    match = _DIGEST.fullmatch(digest)
+    if match is None:
         raise StoreError(f"not a sha256 digest: {digest!r}")
-    return hexpart
+    return match[1]
+
+
+class Staging:
+    """Blobs written in one pass with the reading that hashes them, then named all at once.
+
+    `copy` writes a file's bytes to a temporary file of the staging directory (in the
+    store's `.tmp`, named by its owner), hashing exactly the bytes written; `commit` leases
+    the digests, makes every staged file durable with one syncfs (a blob is durable before
+    it is named), then renames each into `blobs/`. Identical contents are staged once.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._directory: Path | None = None  # made by the first copy
+        self._staged: dict[str, Path] = {}  # digest -> temporary file
+        self._names = itertools.count()
+        self._guard = threading.Lock()  # copy may run in several threads
+
+    def _made_directory(self) -> Path:
+        with self._guard:
+            if self._directory is None:
+                store = self._store
+                store.init()
+                self._directory = Path(tempfile.mkdtemp(dir=store._tmp,
+                                                        prefix=store._temp_prefix("dir")))
+            return self._directory
+
+    def close(self) -> None:
+        """Remove what was staged and not committed."""
+        if self._directory is not None:
+            runtime.remove_tree(self._directory)
+            self._directory = None
+            self._staged.clear()
+
+    def copy(self, src: int) -> tuple[str, int]:
+        """Copy the open file `src` (from its current offset) into a staged blob; returns
+        (digest, size) of the bytes written."""
+        name = self._made_directory() / str(next(self._names))
+        hasher, size = hashlib.sha256(), 0
+        try:
+            # Created read-only: the fd may write, nothing else ever will.
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
+            with os.fdopen(fd, "wb") as out:
+                while chunk := os.read(src, CHUNK):
+                    hasher.update(chunk)
+                    out.write(chunk)
+                    size += len(chunk)
+        except OSError as exc:
+            name.unlink(missing_ok=True)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise self._store._disk_full() from exc
+            raise
+        digest = "sha256:" + hasher.hexdigest()
+        with self._guard:
+            duplicate = digest in self._staged
+            if not duplicate:
+                self._staged[digest] = name
+        if duplicate:
+            name.unlink()
+        return digest, size
+
+    def commit(self) -> None:
+        """Name every staged blob in the store (idempotent: a committed blob is not staged)."""
+        if not self._staged or self._directory is None:
+            return
+        store = self._store
+        store._hold_many(self._staged)  # before looking: see Store._hold
+        try:
+            _sync_file_system(self._directory, list(self._staged.values()))
+            for digest, name in self._staged.items():
+                final = store.blob_path(digest)
+                if final.exists():
+                    name.unlink()
+                else:
+                    name.rename(final)
+            _fsync_dir(store.blobs)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise store._disk_full() from exc
+            raise
+        self._staged.clear()
 
 
 class Store:
@@ -190,6 +276,7 @@ class Store:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._blobs = root / "blobs" / "sha256"  # blob_path is called once per artifact
         self._lease: tuple[int, set[str]] | None = None  # (locked lease file, digests in it)
         self._lease_guard = threading.Lock()
         self._held = threading.local()  # this thread's hold of the store lock (see _locked)
@@ -198,7 +285,7 @@ class Store:
 
     @property
     def blobs(self) -> Path:
-        return self.root / "blobs" / "sha256"
+        return self._blobs
 
     @property
     def _tmp(self) -> Path:
@@ -294,37 +381,17 @@ class Store:
             tmp.unlink(missing_ok=True)
             raise
 
-    def put_files(self, paths: Sequence[Path]) -> list[tuple[str, int]]:
-        """`put_file` for many files (a release's outputs), with the same guarantee (no blob
-        is renamed into place before its bytes are durable) but one syncfs of the store's
-        file system for them all instead of two fsyncs each: 20,000 outputs took minutes."""
-        self.init()
-        staged: list[tuple[Path, str, int]] = []
+
+    @contextlib.contextmanager
+    def staging(self) -> Iterator[Staging]:
+        """Blobs copied while their bytes are read for another purpose (a run's outputs,
+        hashed once while they are stored), named only by `Staging.commit`; what is not
+        committed is removed when the block ends."""
+        staging = Staging(self)  # its directory is made when the first output is staged
         try:
-            for path in paths:
-                fd, tmp_name = tempfile.mkstemp(dir=self._tmp, prefix="blob-")
-                staged.append((Path(tmp_name), "", 0))
-                hasher, size = hashlib.sha256(), 0
-                with os.fdopen(fd, "wb") as out, path.open("rb") as src:
-                    while chunk := src.read(CHUNK):
-                        hasher.update(chunk)
-                        out.write(chunk)
-                        size += len(chunk)
-                staged[-1] = (Path(tmp_name), "sha256:" + hasher.hexdigest(), size)
-            _sync_file_system(self._tmp, [tmp for tmp, _, _ in staged])
-            for tmp, digest, _ in staged:
-                final = self.blob_path(digest)
-                if final.exists():
-                    tmp.unlink()
-                else:
-                    tmp.chmod(0o444)
-                    tmp.replace(final)
-            _fsync_dir(self.blobs)
-        except BaseException:
-            for tmp, _, _ in staged:
-                tmp.unlink(missing_ok=True)
-            raise
-        return [(digest, size) for _, digest, size in staged]
+            yield staging
+        finally:
+            staging.close()
 
     def read_bytes(self, digest: str) -> bytes:
         """Read a blob, verifying its hash."""
@@ -689,6 +756,19 @@ class Store:
             with self._locked(shared=True):
                 os.write(fd, f"{digest}\n".encode())
             held.add(digest)
+
+    def _hold_many(self, digests: Iterable[str]) -> None:
+        """`_hold` for many digests at once: one write to the lease under one lock."""
+        with self._lease_guard:
+            if self._lease is None:
+                return
+            fd, held = self._lease
+            new = sorted(set(digests) - held)
+            if not new:
+                return
+            with self._locked(shared=True):
+                os.write(fd, "".join(f"{digest}\n" for digest in new).encode())
+            held.update(new)
 
     def _live_leases(self, *, remove_stale: bool) -> tuple[set[str], int]:
         """The digests leased by running builds, and how many stale leases were found (a

@@ -317,3 +317,44 @@ def test_a_bundle_rewritten_consistently_under_another_name(built: Built, store:
     assert checks["release name"]["ok"] is False
     assert RELEASE in checks["release name"]["detail"]
     assert result.json["release"] is None
+
+
+def verdicts(store: Path) -> list[dict[str, Any]]:
+    index = json.loads((store / "index.json").read_bytes())["manifests"]
+    return [e for e in index if e["annotations"].get("dev.rebuild.kind") == "verdict"]
+
+
+def test_reproduce_signs_a_verdict_naming_the_recorded_recipe(built: Built,
+                                                              store: Path) -> None:
+    result = ok(run_rebuild("reproduce", RELEASE, "--key", built.key("quality.key"), "--json",
+                            store=store))
+    assert result.json["release"] == RELEASE and result.json["reproducible"] is True
+    [entry] = verdicts(store)
+    layers = {layer["annotations"]["org.opencontainers.image.title"]: layer["digest"]
+              for layer in read(store, entry["digest"])["layers"]}
+    statement = read(store, layers["verdict.json"])
+    assert statement["predicate"]["resourceUri"] == f"rebuild:release:{RELEASE}"
+
+
+@pytest.mark.parametrize("forgery", ["renamed index entry", "relabelled release"])
+def test_reproduce_refuses_to_sign_a_verdict_under_a_false_name(built: Built, store: Path,
+                                                                forgery: str) -> None:
+    """The name comes from the recorded recipe: a store that names the release otherwise gets
+    no verdict (exit 1, before anything is built)."""
+    if forgery == "renamed index entry":
+        edit_index(store, lambda entries: [
+            e["annotations"].update({REF: "fw@2.0.0"}) for e in entries
+            if e["annotations"].get(REF) == RELEASE])
+        targets = ["fw@2.0.0"]
+    else:
+        relabel(store, built.manifests[RELEASE], "fw@9.9.9")
+        artifact = read(store, built.manifests[RELEASE])["layers"][0]["digest"]
+        targets = ["fw@9.9.9", artifact]  # by name, and by the artifact it holds
+    for target in targets:
+        result = run_rebuild("reproduce", target, "--key", built.key("quality.key"), "--json",
+                             store=store)
+        assert result.code == 1, result.stderr
+        assert f"builds {RELEASE}; refusing" in result.stderr, result.stderr
+        assert "nothing was built" in result.stderr and "Traceback" not in result.stderr
+        assert "rebuilding from the store alone" not in result.stderr
+        assert verdicts(store) == []
