@@ -91,7 +91,9 @@ def test_run_b_runs_on_the_second_engine_and_the_record_names_both(
     # The image was loaded into engine B from the store's archive, and exactly one container
     # (run b's) was created there, from it, and removed.
     assert docker_b(engine_b, "image", "inspect", image_id).returncode == 0
-    events = docker_b(engine_b, "events", "--since", since, "--until", str(int(time.time())),
+    # --until takes whole seconds: the next one, or an event of this second is missed.
+    events = docker_b(engine_b, "events", "--since", since, "--until",
+                      str(int(time.time()) + 1),
                       "--filter", "type=container", "--filter", "event=create",
                       "--format", "{{json .}}").stdout.splitlines()
     assert len(events) == 1 and json.loads(events[0])["from"] == image_id
