@@ -20,6 +20,7 @@ from rebuild.cli.common import (
     JsonOpt,
     KeylessOpt,
     KeyOpt,
+    Location,
     Options,
     StoreOpt,
     TrustConfigOpt,
@@ -28,6 +29,7 @@ from rebuild.cli.common import (
     make_signer,
     push_back,
     remote_location,
+    report_transfer,
     say,
     shown,
 )
@@ -259,20 +261,7 @@ def image_build(
 
 ImageRef = Annotated[str, typer.Argument(
     metavar="IMAGE_REF", help="NAME:TAG@sha256:ID, as a recipe pins it.")]
-Location = Annotated[str, typer.Argument(
-    metavar="STORE", help="A store directory, or oci://HOST[:PORT]/REPOSITORY "
-    "(oci+http:// for a plain-HTTP registry on this machine).")]
 
-
-def _transfer_image(source: str, destination: str, reference: str, json_out: bool) -> None:
-    from rebuild.store.transfer import transfer_image
-
-    result = transfer_image(source, destination, reference, log=say)
-    if json_out:
-        emit(result.to_json())
-    say(f"{reference} ({result.digest}): {result.manifests} manifest(s) and {result.blobs} "
-        f"blob(s) in {destination}; sent {result.blobs_sent} blob(s) ({result.bytes_sent} "
-        f"bytes), the rest were there already")
 
 
 @image_app.command("push")
@@ -280,7 +269,10 @@ def image_push(reference: ImageRef, destination: Location, store: StoreOpt = Non
                json_out: JsonOpt = False) -> None:
     """Copy an archived image (archive, package list, definition) to another store."""
     opts = command_options(store, json_out)
-    _transfer_image(str(opts.store), destination, reference, opts.json)
+    from rebuild.store.transfer import transfer_image
+
+    result = transfer_image(str(opts.store), destination, reference, log=say)
+    report_transfer(result, reference, destination, opts.json)
 
 
 @image_app.command("pull")
@@ -288,7 +280,10 @@ def image_pull(source: Location, reference: ImageRef, store: StoreOpt = None,
                json_out: JsonOpt = False) -> None:
     """Copy an archived image from another store (a registry) into the store."""
     opts = command_options(store, json_out)
-    _transfer_image(source, str(opts.store), reference, opts.json)
+    from rebuild.store.transfer import transfer_image
+
+    result = transfer_image(source, str(opts.store), reference, log=say)
+    report_transfer(result, reference, str(opts.store), opts.json)
 
 
 @image_app.command("load")

@@ -21,6 +21,7 @@ from rebuild.errors import UsageError
 
 if TYPE_CHECKING:
     from rebuild.evidence.sign import StatementSigner
+    from rebuild.store.transfer import Transferred
 
 
 LogKeyOpt = Annotated[Path | None, typer.Option(
@@ -158,3 +159,18 @@ def log_verifier(path: Path | None) -> Any:
     from rebuild.store.auditlog import load_log_verifier
 
     return load_log_verifier(path) if path is not None else None
+
+
+Location = Annotated[str, typer.Argument(
+    metavar="STORE", help="A store directory, or oci://HOST[:PORT]/REPOSITORY "
+    "(oci+http:// for a plain-HTTP registry on this machine).")]
+
+
+def report_transfer(result: Transferred, what: str, destination: str, json_out: bool) -> None:
+    """What a copy between stores (`store push/pull/copy`, `image push/pull`) did: one JSON
+    document from the same data as the line for people."""
+    if json_out:
+        emit(result.to_json())
+    say(f"{what} ({result.digest}): {result.manifests} manifest(s) and {result.blobs} "
+        f"blob(s) in {destination}; sent {result.blobs_sent} blob(s) ({result.bytes_sent} "
+        f"bytes) and {result.manifests_sent} manifest(s), the rest were there already")

@@ -13,7 +13,15 @@ from rebuild.store.layout import KIND, REF_NAME, RELEASE_ANN, Store
 if TYPE_CHECKING:
     from rebuild.build.sandbox import Reaped
 
-from rebuild.cli.common import JsonOpt, StoreOpt, command_options, emit, say
+from rebuild.cli.common import (
+    JsonOpt,
+    Location,
+    StoreOpt,
+    command_options,
+    emit,
+    report_transfer,
+    say,
+)
 
 store_app = typer.Typer(no_args_is_help=True, help="Store upkeep.")
 
@@ -119,42 +127,37 @@ def store_cat(digest: Annotated[str, typer.Argument(help="sha256:<hex>")],
     sys.stdout.buffer.write(Store(opts.store).read_bytes(digest))
 
 
-Location = Annotated[str, typer.Argument(
-    metavar="STORE", help="A store directory, or oci://HOST[:PORT]/REPOSITORY "
-    "(oci+http:// for a plain-HTTP registry on this machine).")]
 ReleaseArg = Annotated[str, typer.Argument(metavar="RELEASE", help="NAME@VERSION")]
-
-
-def _transfer(source: str, destination: str, release: str, json_out: bool) -> None:
-    from rebuild.store.transfer import transfer
-
-    result = transfer(source, destination, release, log=say)
-    if json_out:
-        emit(result.to_json())
-    say(f"{release} ({result.digest}): {result.manifests} manifest(s) and {result.blobs} "
-        f"blob(s) in {destination}; sent {result.blobs_sent} blob(s) ({result.bytes_sent} "
-        f"bytes) and {result.manifests_sent} manifest(s), the rest were there already")
 
 
 @store_app.command("push")
 def store_push(release: ReleaseArg, destination: Location, store: StoreOpt = None,
                json_out: JsonOpt = False) -> None:
     """Copy a release with its whole closure from the store to another (a registry)."""
+    from rebuild.store.transfer import transfer
+
     opts = command_options(store, json_out)
-    _transfer(str(opts.store), destination, release, opts.json)
+    report_transfer(transfer(str(opts.store), destination, release, log=say), release,
+                    destination, opts.json)
 
 
 @store_app.command("pull")
 def store_pull(source: Location, release: ReleaseArg, store: StoreOpt = None,
                json_out: JsonOpt = False) -> None:
     """Copy a release with its whole closure from another store (a registry) into the store."""
+    from rebuild.store.transfer import transfer
+
     opts = command_options(store, json_out)
-    _transfer(source, str(opts.store), release, opts.json)
+    report_transfer(transfer(source, str(opts.store), release, log=say), release,
+                    str(opts.store), opts.json)
 
 
 @store_app.command("copy")
 def store_copy(source: Location, destination: Location, release: ReleaseArg,
                json_out: JsonOpt = False) -> None:
     """Copy a release with its whole closure between two stores (directories or registries)."""
+    from rebuild.store.transfer import transfer
+
     opts = command_options(None, json_out)
-    _transfer(source, destination, release, opts.json)
+    report_transfer(transfer(source, destination, release, log=say), release,
+                    destination, opts.json)
