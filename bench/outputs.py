@@ -94,7 +94,7 @@ def outputs_20k(ctx: Context) -> Section:
             "the store as they are hashed), one syncfs, naming 20,000 blobs and the release, "
             "and removing both run directories (40,000 files, many unlinks in flight).",
             "On this shared machine the cost of a file creation or removal follows the other "
-            "engineers' disk load (from about 50 us to over 1 ms), and the root file system "
+            "users' disk load (from about 50 us to over 1 ms), and the root file system "
             "is mounted with `discard`, so removing a file whose blocks are written waits for "
             "the disk: read the load average beside the figures. Before this section existed "
             "the same build took 99 s to 109 s at a load average of 11 to 12 (both run "
