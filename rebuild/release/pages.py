@@ -30,6 +30,11 @@ def render_html(story: Story) -> str:
     return _environment().get_template("report.html.j2").render(view=report_view(story))
 
 
+def render_page(template: str, **context: Any) -> str:
+    """Another page of rebuild/templates (the dashboard's), with the same autoescaping."""
+    return _environment().get_template(template).render(**context)
+
+
 def _md_cell(text: Any) -> str:
     """A Markdown table cell: pipes and line breaks would break the table."""
     return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")

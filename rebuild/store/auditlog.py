@@ -926,20 +926,7 @@ def timeline(store: Store, release: str | None, verifier: tlog.NoteVerifier | No
             included = True
         except (tlog.ProofFailed, StoreError, ValueError):
             included = False
-        signatures: dict[str, str] = {}
-        for kind, refs in sorted(item.get("statements", {}).items()):
-            bundle = refs.get("bundle")
-            if bundle is None:
-                signatures[kind] = "unsigned"
-                continue
-            try:
-                checked = verify_bundle(store.read_bytes(bundle))
-                same = "sha256:" + hashlib.sha256(
-                    canonical_json(checked.statement)).hexdigest() == refs.get("statement")
-                signatures[kind] = (f"verified (key {checked.keyid[:16]}…)" if same
-                                    else "NOT VERIFIED (statement differs from the logged one)")
-            except RebuildError as exc:
-                signatures[kind] = f"NOT VERIFIED ({str(exc).splitlines()[0][:80]})"
+        signatures = statement_signatures(store, item, verify_bundle)
         verified = bool(included and signed and all(s.startswith("verified")
                                                       for s in signatures.values()))
         rows.append({"entry": index, **item, "in_log": included, "signatures": signatures,
@@ -954,6 +941,28 @@ def timeline(store: Store, release: str | None, verifier: tlog.NoteVerifier | No
             "time_source": _time_source(stamps, tsa),
             "timestamps": [{"checkpoint": size, **shown} for size, shown in stamps],
             "entries": rows, "checkpoint": data.decode()}
+
+
+def statement_signatures(store: Store, item: Mapping[str, Any],
+                         verify_bundle: Callable[[bytes], Any]) -> dict[str, str]:
+    """Each statement a log entry names -> "verified (key …)" only when its bundle's
+    signature checked out (`verify_bundle`, the caller's trusted keys) and the signed
+    statement is the logged one; "NOT VERIFIED (why)" or "unsigned" otherwise."""
+    signatures: dict[str, str] = {}
+    for kind, refs in sorted(item.get("statements", {}).items()):
+        bundle = refs.get("bundle")
+        if bundle is None:
+            signatures[kind] = "unsigned"
+            continue
+        try:
+            checked = verify_bundle(store.read_bytes(bundle))
+            same = "sha256:" + hashlib.sha256(
+                canonical_json(checked.statement)).hexdigest() == refs.get("statement")
+            signatures[kind] = (f"verified (key {checked.keyid[:16]}…)" if same
+                                else "NOT VERIFIED (statement differs from the logged one)")
+        except RebuildError as exc:
+            signatures[kind] = f"NOT VERIFIED ({str(exc).splitlines()[0][:80]})"
+    return signatures
 
 
 def _timeline_stamps(log: AuditLog, size: int, verifier: tlog.NoteVerifier | None,

@@ -1,0 +1,436 @@
+"""Dashboard: what a store's releases are, across releases, as plain data for the site.
+
+Each release's status comes from its story (`report.release_story`), whose verification is
+`verify.verify_release` under the caller's policy: this module only sorts the checks that
+really ran into groups, it never decides a check itself. Releases the twin build refused
+(an attempt and no release manifest) are "not reproducible" when the provenance signed for
+that attempt says so and verifies against the policy's builder keys.
+
+Every section is fed by one function (`trace_matrix`, `release_waivers`, `release_promotions`,
+`test_stability`, …) over what the store holds; a section with nothing recorded says so. The
+summaries are JSON-able dicts, cached by `rebuild.release.site` and read back by the pure
+functions that make the overview and the trends.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from itertools import pairwise
+from typing import Any
+
+from rebuild.errors import ClaimFailed, StoreError
+from rebuild.evidence.provenance import SLSA_PROVENANCE
+from rebuild.evidence.sign import UntrustedSigner, verify_bundle, verify_signed
+from rebuild.release.verify import Policy, statement_release
+from rebuild.store.layout import (
+    KIND,
+    RELEASE_ANN,
+    SUBJECT,
+    TITLE,
+    Descriptor,
+    Store,
+    canonical_json,
+)
+
+# The groups of the overview, from the least to the most trusted; "promoted" is per environment.
+GROUPS = ("not reproducible", "not verified", "reproducible", "verified", "approved")
+WAIVER_PREDICATE = "https://rebuild.dev/attestations/waiver/v1"
+PROMOTION_PREDICATE = "https://rebuild.dev/promotion/v1"
+EXPIRING_DAYS = 30
+METRICS = (
+    ("reproducibility", "Reproducibility pass rate", "%"),
+    ("completeness", "Evidence completeness", "%"),
+    ("traceability", "Traceability coverage", "%"),
+    ("stability", "Test stability: cases that flipped outcome", "cases"),
+    ("waiver_closure", "Waiver closure time", "days"),
+)
+
+
+def policy_digest(policy: Policy) -> str:
+    """A digest of what a policy trusts and requires: part of every cached page's key, so a
+    page checked under other keys or rules is never reused."""
+    def ids(keys: Sequence[Any]) -> list[str]:
+        return sorted(str(k.keyid) for k in keys)
+
+    rules = {"builders": ids(policy.builder_keys), "qa": ids(policy.qa_keys),
+             "approvals": {role: ids(keys) for role, keys in sorted(policy.approvals.items())},
+             "keyless": sorted(str(k) for k in policy.keyless),
+             "reproducible": policy.reproducible, "sbom": policy.sbom, "tests": policy.tests,
+             "verdicts": policy.verdicts, "variations": list(policy.variations),
+             "log": None if policy.log_key is None else repr(policy.log_key),
+             "tsa": None if policy.tsa is None else repr(policy.tsa)}
+    return "sha256:" + hashlib.sha256(canonical_json(rules)).hexdigest()
+
+
+# -- one release ------------------------------------------------------------------------------
+
+
+def release_status(verification: Mapping[str, Any], roles: Sequence[str]
+                   ) -> tuple[str, list[str]]:
+    """(group, roles whose approval is pending) from a verification that ran under the
+    policy (the story's `verification`): the checks decide, nothing else."""
+    if not verification.get("ran"):
+        return "not verified", []
+    checks = {c["name"]: bool(c["ok"]) for c in verification.get("checks", [])}
+    if checks.get("twin build") is False:
+        return "not reproducible", []
+    approvals = {n: ok for n, ok in checks.items() if n.startswith("approval: ")}
+    rest = [ok for n, ok in checks.items() if n not in approvals]
+    pending = sorted(n.removeprefix("approval: ") for n, ok in approvals.items() if not ok)
+    if not rest or not all(rest):
+        return ("reproducible" if checks.get("twin build") else "not verified"), []
+    if roles and not pending:
+        return "approved", []
+    return "verified", pending
+
+
+def summarize_release(story: Mapping[str, Any], policy: Policy, *, time: str | None,
+                      waivers: Sequence[Mapping[str, Any]],
+                      promotions: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """A release's line of the dashboard, from its story (pure)."""
+    group, pending = release_status(story["verification"], sorted(policy.approvals))
+    provenance = story.get("provenance") or {}
+    verified_kinds = {s["kind"] for e in story.get("evidence", []) for s in e["statements"]
+                      if s["signature"].get("status") == "verified"}
+    expected = ["provenance", "sbom", "test-result", "QA verdict",
+                *(f"approval: {role}" for role in sorted(policy.approvals))]
+    verified_verdicts = [v for v in story.get("verdicts", [])
+                         if v["signature"].get("status") == "verified"]
+    approved_roles = {a["role"] for a in story.get("approvals", [])
+                      if a["signature"].get("status") == "verified"}
+    present = [item for item in expected
+               if item in verified_kinds
+               or (item == "QA verdict" and any(v["result"] == "PASSED"
+                                                for v in verified_verdicts))
+               or (item.removeprefix("approval: ") in approved_roles
+               and item.startswith("approval: "))]
+    matrix = trace_matrix(story)
+    requirements = [row["requirement"] for row in matrix]
+    covered = [row["requirement"] for row in matrix if row["covered"]]
+    release = str(story["release"])
+    return {
+        "release": release,
+        "name": release.split("@", 1)[0],
+        "manifest": story["manifest"],
+        "page": page_name(story["manifest"]),
+        "time": time or story.get("created"),
+        "group": group,
+        "facts_verified": bool(story.get("facts_verified")),
+        "reproducible": _reproducible(story),
+        "pending_roles": pending,
+        "failed_verdicts": [{"verifier": v["verifier"], "signer": v["signer"],
+                             "time": v["time"], "signature": v["signature"].get("status")}
+                            for v in story.get("verdicts", []) if v["result"] == "FAILED"],
+        "evidence": {"expected": expected, "present": present},
+        "change": provenance.get("change"),
+        "requirements": requirements,
+        "covered": covered,
+        "test_cases": test_outcomes(story),
+        "artifacts": [f"sha256:{a['sha256']}" for a in story.get("artifacts", [])],
+        "waivers": list(waivers),
+        "promotions": list(promotions),
+    }
+
+
+def _reproducible(story: Mapping[str, Any]) -> bool | None:
+    """The signed twin-build outcome, only when the verification checked it."""
+    for check in story["verification"].get("checks", []):
+        if check["name"] == "twin build":
+            return bool(check["ok"])
+    return None
+
+
+def page_name(manifest: str) -> str:
+    """The release page's file: named by the manifest digest (a version may hold any
+    character; a digest is safe in a path and a URL)."""
+    return f"releases/{manifest.removeprefix('sha256:')}.html"
+
+
+def verified_test_result(story: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The test-result predicate the verification counted, when its signature verified."""
+    tests = story.get("tests")
+    if not tests or tests["signature"].get("status") != "verified":
+        return None
+    predicate = tests.get("predicate")
+    return predicate if isinstance(predicate, Mapping) else None
+
+
+def test_outcomes(story: Mapping[str, Any]) -> dict[str, str]:
+    """Test case id -> outcome, from the verified test-result statement's `testCases`."""
+    predicate = verified_test_result(story)
+    cases = predicate.get("testCases") if predicate else None
+    out: dict[str, str] = {}
+    for case in cases if isinstance(cases, list) else []:
+        if isinstance(case, Mapping) and isinstance(case.get("id"), str):
+            out[case["id"]] = str(case.get("outcome", case.get("result", "unknown")))
+    return out
+
+
+def trace_matrix(story: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Requirement -> test cases -> outcome, for each requirement the signed provenance
+    names; a requirement is covered when a passing case of a verified test result names it."""
+    provenance = story.get("provenance") or {}
+    predicate = verified_test_result(story)
+    cases = predicate.get("testCases") if predicate else None
+    by_requirement: dict[str, list[dict[str, str]]] = {}
+    for case in cases if isinstance(cases, list) else []:
+        if not isinstance(case, Mapping):
+            continue
+        for requirement in case.get("requirements") or []:
+            by_requirement.setdefault(str(requirement), []).append(
+                {"id": str(case.get("id")), "outcome": str(case.get("outcome"))})
+    rows = []
+    for requirement in provenance.get("requirements", []):
+        found = by_requirement.get(str(requirement), [])
+        rows.append({"requirement": str(requirement), "cases": found,
+                     "covered": any(c["outcome"].lower() in ("passed", "pass") for c in found)})
+    return rows
+
+
+def release_waivers(store: Store, release: Descriptor, keys: Sequence[Any]
+                    ) -> list[dict[str, Any]]:
+    """The waivers attached to the release, each marked verified only when its signature
+    checked out against the given keys and it names this release."""
+    return [_signed_record(store, entry, "waiver", WAIVER_PREDICATE, keys, release)
+            for entry in _attached(store, release, "waiver")]
+
+
+def release_promotions(store: Store, release: Descriptor, keys: Sequence[Any]
+                       ) -> list[dict[str, Any]]:
+    """The promotions attached to the release, marked like waivers."""
+    return [_signed_record(store, entry, "promotion", PROMOTION_PREDICATE, keys, release)
+            for entry in _attached(store, release, "promotion")]
+
+
+def _attached(store: Store, release: Descriptor, kind: str) -> list[Descriptor]:
+    found = []
+    for entry in store.referrers(release.digest):
+        if (entry.annotations or {}).get(KIND) != kind:
+            continue
+        if store.read_json(entry.digest).get("subject", {}).get("digest") == release.digest:
+            found.append(entry)
+    return sorted(found, key=lambda e: e.digest)
+
+
+def _signed_record(store: Store, entry: Descriptor, kind: str, predicate_type: str,
+                   keys: Sequence[Any], release: Descriptor) -> dict[str, Any]:
+    layers = {layer.get("annotations", {}).get(TITLE): layer
+              for layer in store.read_json(entry.digest).get("layers", [])}
+    bundle = layers.get(f"{kind}.sigstore.json")
+    status, predicate = "unsigned", dict[str, Any]()
+    if bundle is not None:
+        try:
+            verified = verify_bundle(store.read_bytes(bundle["digest"]), keys)
+        except UntrustedSigner:
+            status = "untrusted"
+        except (ClaimFailed, StoreError):
+            status = "invalid"
+        else:
+            statement = verified.statement
+            predicate = statement.get("predicate") or {}
+            named = predicate.get("manifest") or predicate.get("release")
+            status = ("verified" if statement.get("predicateType") == predicate_type
+                      and named in (release.digest, (release.annotations or {}).get(
+                          "org.opencontainers.image.ref.name")) else "unbound")
+    return {"record": entry.digest, "signature": status,
+            "predicate": predicate if status == "verified" else {}}
+
+
+# -- attempts that recorded no release -------------------------------------------------------
+
+
+def refused_attempts(store: Store, releases: set[str], policy: Policy
+                     ) -> list[dict[str, Any]]:
+    """Names with build attempts but no release: the latest attempt of each, with its status
+    from the signed provenance attached to it when that verifies against the builder keys
+    and names its comparison record; otherwise from the unsigned record, marked so."""
+    latest: dict[str, Descriptor] = {}
+    for entry in store.entries("attempt"):
+        name = (entry.annotations or {}).get(RELEASE_ANN)
+        if name and name not in releases:
+            latest[name] = entry  # the index keeps the order of writing
+    evidence: dict[str, list[Descriptor]] = {}
+    for entry in store.entries("evidence"):
+        subject = (entry.annotations or {}).get(SUBJECT)
+        if subject:
+            evidence.setdefault(subject, []).append(entry)
+    out = []
+    for name, attempt in sorted(latest.items()):
+        recorded = (attempt.annotations or {}).get("dev.rebuild.status", "unknown")
+        layers = {layer.get("annotations", {}).get(TITLE): layer
+                  for layer in store.read_json(attempt.digest).get("layers", [])}
+        record = layers.get("comparison.json", {}).get("digest")
+        signed = None
+        for entry in evidence.get(attempt.digest, []):
+            signed = _signed_reproducible(store, entry, name, record, policy)
+            if signed is not None:
+                break
+        out.append({"release": name, "attempt": attempt.digest, "status": recorded,
+                    "verified": signed is not None,
+                    "reproducible": signed if signed is not None else None})
+    return out
+
+
+def _signed_reproducible(store: Store, entry: Descriptor, name: str, record: str | None,
+                         policy: Policy) -> bool | None:
+    layers = {layer.get("annotations", {}).get(TITLE): layer
+              for layer in store.read_json(entry.digest).get("layers", [])}
+    bundle = layers.get("provenance.sigstore.json")
+    if bundle is None or record is None or not (policy.builder_keys or policy.keyless):
+        return None
+    try:
+        statement = verify_signed(store.read_bytes(bundle["digest"]), keys=policy.builder_keys,
+                                  keyless=policy.keyless).statement
+    except (ClaimFailed, StoreError):
+        return None
+    if statement.get("predicateType") != SLSA_PROVENANCE or \
+            statement_release("provenance", statement) != name:
+        return None
+    byproducts = statement.get("predicate", {}).get("runDetails", {}).get("byproducts", [])
+    comparison: dict[str, Any] = next(
+        (b for b in byproducts if b.get("name") == "comparison.json"), {})
+    if f"sha256:{comparison.get('digest', {}).get('sha256')}" != record:
+        return None
+    return comparison.get("annotations", {}).get("reproducible") is True
+
+
+# -- across releases (pure) -------------------------------------------------------------------
+
+
+def overview(summaries: Sequence[Mapping[str, Any]], refused: Sequence[Mapping[str, Any]],
+             roles: Sequence[str], today: datetime) -> dict[str, Any]:
+    """The overview: releases by group, promotions per environment, pending approvals per
+    role, waivers expiring within 30 days, failed rebuilds."""
+    groups: dict[str, list[dict[str, Any]]] = {g: [] for g in GROUPS}
+    for s in summaries:
+        groups[s["group"]].append({"release": s["release"], "page": s["page"],
+                                   "verified": s["facts_verified"]})
+    for a in refused:
+        if a["status"] == "not-reproducible" or a["reproducible"] is False:
+            groups["not reproducible"].append({
+                "release": a["release"], "page": None, "verified": a["verified"],
+                "attempt": a["attempt"]})
+    promoted: dict[str, list[dict[str, Any]]] = {}
+    for s in summaries:
+        for p in s["promotions"]:
+            if p["signature"] == "verified":
+                env = str(p["predicate"].get("to", "unknown"))
+                promoted.setdefault(env, []).append({"release": s["release"], "page": s["page"]})
+    pending = {role: [{"release": s["release"], "page": s["page"]} for s in summaries
+                      if role in s["pending_roles"]] for role in roles}
+    horizon = today + timedelta(days=EXPIRING_DAYS)
+    expiring = []
+    for s in summaries:
+        for w in s["waivers"]:
+            expires = _date(w["predicate"].get("expires")) if w["signature"] == "verified" \
+                else None
+            if expires is not None and today <= expires <= horizon:
+                expiring.append({"release": s["release"], "page": s["page"],
+                                 "expires": expires.strftime("%Y-%m-%d"),
+                                 "what": str(w["predicate"].get("requirement")
+                                             or w["predicate"].get("test") or "")})
+    failed = [{"release": s["release"], "page": s["page"], **v}
+              for s in summaries for v in s["failed_verdicts"]]
+    return {"groups": groups, "counts": {g: len(v) for g, v in groups.items()},
+            "promoted": dict(sorted(promoted.items())), "pending": pending,
+            "expiring": sorted(expiring, key=lambda w: w["expires"]), "failed": failed,
+            "total": len(summaries)}
+
+
+def _date(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _day(summary: Mapping[str, Any]) -> str:
+    return str(summary.get("time") or "undated")[:10]
+
+
+def test_stability(summaries: Sequence[Mapping[str, Any]]) -> list[tuple[str, float]]:
+    """(day, cases that flipped outcome since the previous release of the same name), for
+    the days with releases whose verified test results name cases."""
+    by_name: dict[str, list[Mapping[str, Any]]] = {}
+    for s in sorted(summaries, key=lambda s: (str(s.get("time")), s["release"])):
+        by_name.setdefault(s["name"], []).append(s)
+    flips: dict[str, float] = {}
+    for releases in by_name.values():
+        for before, after in pairwise(releases):
+            old, new = before["test_cases"], after["test_cases"]
+            if old and new:
+                flips[_day(after)] = flips.get(_day(after), 0) + sum(
+                    1 for case in old.keys() & new.keys() if old[case] != new[case])
+    return sorted(flips.items())
+
+
+def trends(summaries: Sequence[Mapping[str, Any]], refused: Sequence[Mapping[str, Any]]
+           ) -> dict[str, list[tuple[str, float]]]:
+    """Each metric of `METRICS` as (day, value) points, days in order; a metric with
+    nothing recorded has no points."""
+    days: dict[str, list[Mapping[str, Any]]] = {}
+    for s in summaries:
+        days.setdefault(_day(s), []).append(s)
+    attempts: dict[str, int] = {}
+    for a in refused:
+        if a["verified"] and a["reproducible"] is False:
+            attempts[a["release"]] = 1
+    reproducibility, completeness, traceability = [], [], []
+    for day, group in sorted(days.items()):
+        checked = [s["reproducible"] for s in group if s["reproducible"] is not None]
+        if checked:
+            reproducibility.append((day, 100.0 * sum(checked) / len(checked)))
+        completeness.append((day, 100.0 * sum(len(s["evidence"]["present"]) /
+                                              len(s["evidence"]["expected"]) for s in group)
+                             / len(group)))
+        traced = [s for s in group if s["requirements"]]
+        if traced:
+            full = sum(len(s["covered"]) == len(s["requirements"]) for s in traced)
+            traceability.append((day, 100.0 * full / len(traced)))
+    closure: dict[str, list[float]] = {}
+    for s in summaries:
+        for w in s["waivers"]:
+            opened = _date(w["predicate"].get("time"))
+            closed = _date(w["predicate"].get("closed"))
+            if w["signature"] == "verified" and opened and closed:
+                closure.setdefault(closed.strftime("%Y-%m-%d"), []).append(
+                    (closed - opened).total_seconds() / 86400)
+    return {"reproducibility": reproducibility, "completeness": completeness,
+            "traceability": traceability, "stability": test_stability(summaries),
+            "waiver_closure": [(d, sum(v) / len(v)) for d, v in sorted(closure.items())]}
+
+
+def chart(points: Sequence[tuple[str, float]], unit: str, width: int = 320,
+          height: int = 120) -> dict[str, Any]:
+    """An SVG chart's geometry (pure): a polyline over the points, scaled to the box; the
+    template draws it. Percentages span 0-100, other units 0 to their maximum."""
+    pad = 24
+    top = 100.0 if unit == "%" else max((v for _, v in points), default=0.0) or 1.0
+    n = len(points)
+    coords = []
+    for i, (label, value) in enumerate(points):
+        x = pad + (width - 2 * pad) * (i / (n - 1) if n > 1 else 0.5)
+        y = height - pad - (height - 2 * pad) * (value / top)
+        coords.append({"x": round(x, 1), "y": round(y, 1), "label": label,
+                       "value": f"{value:.1f}" if unit != "cases" else f"{value:.0f}"})
+    return {"width": width, "height": height, "pad": pad, "top": f"{top:.0f}", "unit": unit,
+            "points": coords, "polyline": " ".join(f"{c['x']},{c['y']}" for c in coords),
+            "last": coords[-1]["value"] if coords else None}
+
+
+def search_entries(summaries: Sequence[Mapping[str, Any]]) -> list[list[str]]:
+    """[text, kind, page] rows of the search box: release ids, change ids, requirement ids
+    and artifact digests."""
+    rows: list[list[str]] = []
+    for s in summaries:
+        rows.append([s["release"], "release", s["page"]])
+        if s["change"]:
+            rows.append([str(s["change"]), "change", s["page"]])
+        rows += [[str(r), "requirement", s["page"]] for r in s["requirements"]]
+        rows += [[d, "artifact", s["page"]] for d in s["artifacts"]]
+    return rows

@@ -1,0 +1,267 @@
+"""Site: the dashboard written as a static, offline site (`rebuild dashboard -o DIR`).
+
+`index.html` (the overview and the trends, inline SVG), one page per release under
+`releases/`, one stylesheet, and a small local script with its generated index for the search
+box: nothing is loaded from anywhere else. A release's page and summary are cached in
+`DIR/.cache/` under a key derived from its manifest digest, its referrers, its audit-log
+entries, the policy's keys and rules and the templates: a release that did not change is not
+verified again, so regenerating after one new release costs that release and the overview.
+The data comes from `rebuild.release.dashboard`; the pages from the Jinja2 templates in
+rebuild/templates (autoescaped).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from importlib import resources
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+from rebuild import __version__
+from rebuild.evidence.sign import verify_bundle
+from rebuild.release import dashboard
+from rebuild.release.pages import render_page
+from rebuild.release.report import release_story, report_view
+from rebuild.release.verify import Policy
+from rebuild.store.auditlog import AuditLog, statement_signatures
+from rebuild.store.layout import REF_NAME, Descriptor, Store, canonical_json
+
+CACHE_FORMAT = "rebuild-dashboard-cache/v1"
+STATIC = ("dashboard.css", "dashboard-search.js")
+PARALLEL_FROM = 64  # releases to (re)check before the work is spread over the cores
+
+
+@dataclass(frozen=True)
+class SiteResult:
+    root: Path
+    releases: int
+    rendered: int  # release pages checked and written this time (the rest were cached)
+    counts: Mapping[str, int]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"site": str(self.root), "releases": self.releases, "rendered": self.rendered,
+                "counts": dict(self.counts)}
+
+
+def store_signature(store: Store) -> str:
+    """Changes whenever the store's index or its audit log changes: what `serve` checks
+    before answering, without reading either."""
+    parts = []
+    for path in (store.root / "index.json", store.root / "index.journal",
+                 AuditLog.of(store).root / "checkpoint"):
+        try:
+            st = path.stat()
+            parts.append(f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}")
+        except FileNotFoundError:
+            parts.append("-")
+    return " ".join(parts)
+
+
+def write_site(store: Store, out: Path, policy: Policy, *, today: datetime,
+               log: Callable[[str], None] = lambda _: None) -> SiteResult:
+    """Write (or bring up to date) the site for `store` in `out`, checked under `policy`."""
+    store.require()
+    out.mkdir(parents=True, exist_ok=True)
+    cache = out / ".cache"
+    cache.mkdir(exist_ok=True)
+    releases = [e for e in store.entries("release") if (e.annotations or {}).get(REF_NAME)]
+    logged = _log_entries(store)
+    pinned = dashboard.policy_digest(policy) + _templates_digest()
+    keys = {e.digest: _page_key(store, e, logged, pinned) for e in releases}
+    summaries: dict[str, dict[str, Any]] = {}
+    missing = []
+    for entry in releases:
+        cached = _read_cache(cache, keys[entry.digest])
+        if cached is not None and (out / cached["page"]).is_file():
+            summaries[entry.digest] = cached
+        else:
+            missing.append(entry)
+    log(f"{len(releases)} release(s): {len(releases) - len(missing)} unchanged, "
+        f"{len(missing)} to check")
+    for digest, summary, page in _render_all(store, missing, logged, policy):
+        _write(out / summary["page"], page.encode())
+        _write(cache / f"{keys[digest]}.json", canonical_json(summary))
+        summaries[digest] = summary
+    ordered = sorted(summaries.values(), key=lambda s: (str(s["time"]), s["release"]))
+    refused = dashboard.refused_attempts(
+        store, {(e.annotations or {}).get(REF_NAME, "") for e in releases}, policy)
+    roles = sorted(policy.approvals)
+    shown = dashboard.overview(ordered, refused, roles, today)
+    charts = [{"key": key, "title": title, "unit": unit,
+               "chart": dashboard.chart(points, unit)}
+              for (key, title, unit), points in
+              ((m, dashboard.trends(ordered, refused)[m[0]]) for m in dashboard.METRICS)]
+    checked = bool(policy.builder_keys or policy.keyless)
+    html = render_page("dashboard-overview.html.j2", overview=shown, charts=charts,
+                       groups=dashboard.GROUPS, roles=roles, checked=checked,
+                       version=__version__, root="")
+    _write(out / "index.html", html.encode())
+    # A script, not JSON: a page opened from disk (file://) may not fetch a file beside it.
+    # "<" is escaped so no text in the index can close the script element.
+    index = json.dumps(dashboard.search_entries(ordered), separators=(",", ":")).replace(
+        "<", "\\u003c")
+    _write(out / "search-index.js", f"window.REBUILD_SEARCH = {index};\n".encode())
+    for name in STATIC:
+        _write(out / name, resources.files("rebuild.templates").joinpath(name).read_bytes())
+    return SiteResult(out, len(releases), len(missing), shown["counts"])
+
+
+def _render_all(store: Store, entries: Sequence[Descriptor],
+                logged: Mapping[str, list[tuple[int, bytes]]], policy: Policy
+                ) -> list[tuple[str, dict[str, Any], str]]:
+    """Each release's (manifest digest, summary, page), spread over the cores when many."""
+    if len(entries) < PARALLEL_FROM or (os.cpu_count() or 1) < 2:
+        return [_render_release(store, e, logged.get(_name(e), []), policy) for e in entries]
+    global _JOB
+    _JOB = (store, entries, logged, policy)
+    try:
+        workers = os.cpu_count() or 2
+        with ProcessPoolExecutor(workers, mp_context=get_context("fork")) as pool:
+            chunk = max(1, len(entries) // (workers * 8))
+            return list(pool.map(_render_index, range(len(entries)), chunksize=chunk))
+    finally:
+        _JOB = None
+
+
+_JOB: tuple[Store, Sequence[Descriptor], Mapping[str, list[tuple[int, bytes]]], Policy] | None \
+    = None
+
+
+def _render_index(i: int) -> tuple[str, dict[str, Any], str]:
+    assert _JOB is not None
+    store, entries, logged, policy = _JOB
+    return _render_release(store, entries[i], logged.get(_name(entries[i]), []), policy)
+
+
+def _name(entry: Descriptor) -> str:
+    return str((entry.annotations or {}).get(REF_NAME, ""))
+
+
+def _render_release(store: Store, entry: Descriptor, events: Sequence[tuple[int, bytes]],
+                    policy: Policy) -> tuple[str, dict[str, Any], str]:
+    """One release: its story (verified under the policy), summary and page."""
+    story = release_story(store, entry.digest if not _name(entry) else _name(entry), policy)
+    trusted = [*policy.builder_keys, *policy.qa_keys,
+               *(k for role in sorted(policy.approvals) for k in policy.approvals[role])]
+    if story.get("tests"):
+        story["tests"]["predicate"] = signed_predicate(store, story["tests"]["signature"])
+    timeline = timeline_rows(store, events, trusted)
+    release_time = next((row["time"] for row in timeline if row["event"] == "release"), None)
+    summary = dashboard.summarize_release(
+        story, policy, time=release_time,
+        waivers=dashboard.release_waivers(store, entry, trusted),
+        promotions=dashboard.release_promotions(store, entry, trusted))
+    page = render_page("dashboard-release.html.j2", view=report_view(story), summary=summary,
+                       trace=dashboard.trace_matrix(story), timeline=timeline,
+                       notes=release_notes(story, summary), version=__version__, root="../")
+    return entry.digest, summary, page
+
+
+def signed_predicate(store: Store, signature: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The predicate of a statement whose signature the story verified: read from that very
+    bundle (content-addressed), never from the unsigned statement beside it."""
+    if signature.get("status") != "verified" or not signature.get("bundle"):
+        return None
+    bundle = json.loads(store.read_bytes(str(signature["bundle"])))
+    payload = json.loads(base64.b64decode(bundle["dsseEnvelope"]["payload"]))
+    predicate = payload.get("predicate")
+    return predicate if isinstance(predicate, dict) else None
+
+
+def timeline_rows(store: Store, events: Sequence[tuple[int, bytes]], trusted: Sequence[Any]
+                  ) -> list[dict[str, Any]]:
+    """The release's audit-log entries, each statement's signature checked against the
+    trusted keys (as `rebuild log show` does); the log's own proofs are `log verify`'s."""
+    rows = []
+    withdrawn = {int(json.loads(e).get("corrects")) for _, e in events
+                 if "corrects" in json.loads(e)}
+    for index, raw in events:
+        item = json.loads(raw)
+        signatures = statement_signatures(store, item,
+                                          lambda data: verify_bundle(data, trusted))
+        actor = item.get("actor") or {}
+        rows.append({"entry": index, "time": str(item.get("time")),
+                     "event": str(item.get("event")), "meaning": str(item.get("meaning")),
+                     "actor": f"{actor.get('name')} ({actor.get('role')})",
+                     "key": str(actor.get("keyid") or "none"),
+                     "signatures": [{"kind": k, "text": v, "ok": v.startswith("verified")}
+                                    for k, v in signatures.items()],
+                     "withdrawn": index in withdrawn})
+    return rows
+
+
+def release_notes(story: Mapping[str, Any], summary: Mapping[str, Any]) -> dict[str, Any]:
+    """The release notes shown on its page: the change, requirements, artifacts, the
+    validation summary, approvals and waivers (each as the story verified it)."""
+    provenance = story.get("provenance") or {}
+    tests = story.get("tests")
+    return {
+        "change": provenance.get("change") or "none recorded",
+        "requirements": ", ".join(summary["requirements"]) or "none recorded",
+        "artifacts": [f"{a['name']} sha256:{a['sha256']}" for a in story["artifacts"]],
+        "validation": ("test result " + str(tests["result"]) + " (signature "
+                       + str(tests["signature"].get("status")) + ")") if tests
+        else "no test result recorded",
+        "waivers": [w for w in summary["waivers"] if w["signature"] == "verified"],
+    }
+
+
+def _log_entries(store: Store) -> dict[str, list[tuple[int, bytes]]]:
+    """Every audit-log entry by the release it names, read once."""
+    log = AuditLog.of(store)
+    size = log.size()
+    by_release: dict[str, list[tuple[int, bytes]]] = {}
+    for index, raw in log.entries(0, size) if size else ():
+        by_release.setdefault(str(json.loads(raw).get("release")), []).append((index, raw))
+    return by_release
+
+
+def _page_key(store: Store, entry: Descriptor, logged: Mapping[str, list[tuple[int, bytes]]],
+              pinned: str) -> str:
+    """A release page's cache key: what its page and status depend on. Records are
+    write-once, so a changed referrer list or log means a new key."""
+    refs = sorted(r.digest for r in store.referrers(entry.digest))
+    events = [hashlib.sha256(raw).hexdigest() for _, raw in logged.get(_name(entry), [])]
+    return hashlib.sha256(canonical_json({
+        "format": CACHE_FORMAT, "version": __version__, "manifest": entry.digest,
+        "name": _name(entry), "referrers": refs, "log": events, "pinned": pinned,
+    })).hexdigest()
+
+
+def _templates_digest() -> str:
+    digest = hashlib.sha256()
+    folder = resources.files("rebuild.templates")
+    for name in sorted(p.name for p in folder.iterdir() if p.name.startswith("dashboard")):
+        digest.update(name.encode() + b"\0" + folder.joinpath(name).read_bytes())
+    return digest.hexdigest()
+
+
+def _read_cache(cache: Path, key: str) -> dict[str, Any] | None:
+    try:
+        data: dict[str, Any] = json.loads((cache / f"{key}.json").read_bytes())
+    except (FileNotFoundError, ValueError):
+        return None
+    return data
+
+
+def _write(path: Path, data: bytes) -> None:
+    """Atomically: `serve` may be reading the site while it is regenerated."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        Path(tmp).chmod(0o644)
+        Path(tmp).replace(path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
