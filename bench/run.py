@@ -2,8 +2,8 @@
 
 `make bench` runs every section in `SECTIONS`; `--only NAME` runs one, `--reps N` sets the
 number of timed repetitions. Each section is a function from a `Context` to a `Section`, in a
-module of its subject (twin, reproduce, inputs, evidence, outputs, show, corpus, hello,
-registry); `harness` holds what they share and `peers` the tools they are measured against.
+module of its subject (twin, reproduce, inputs, evidence, outputs, show, dashboard, corpus,
+hello, registry); `harness` holds what they share and `peers` the tools they are measured against.
 Results go to bench/results/latest.json, one entry per section, each with its own date and
 load average: a run replaces the entries of the sections it ran and keeps the others, and
 bench/results/latest.md is rendered from that file, so `--only` updates one section of the
@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from corpus import corpus
+from dashboard import dashboard_10k
 from evidence import evidence_share
 from harness import (
     REBUILD_CLI,
@@ -56,8 +57,8 @@ from rebuild import __version__
 
 SectionFn = Callable[[Context], Section]
 SECTIONS: tuple[SectionFn, ...] = (twin_overhead, reproduce_vs_build, fetch_warm,
-                                   evidence_share, outputs_20k, show_10k, store_scale, corpus,
-                                   gnu_hello, registry_transfer)
+                                   evidence_share, outputs_20k, show_10k, store_scale,
+                                   dashboard_10k, corpus, gnu_hello, registry_transfer)
 
 
 def git_revision() -> str:

@@ -7,7 +7,7 @@ really ran into groups, it never decides a check itself. Releases the twin build
 that attempt says so and verifies against the policy's builder keys.
 
 Every section is fed by one function (`trace_matrix`, `release_waivers`, `release_promotions`,
-`test_stability`, …) over what the store holds; a section with nothing recorded says so. The
+`flipped_cases`, …) over what the store holds; a section with nothing recorded says so. The
 summaries are JSON-able dicts, cached by `rebuild.release.site` and read back by the pure
 functions that make the overview and the trends.
 """
@@ -127,7 +127,7 @@ def summarize_release(story: Mapping[str, Any], policy: Policy, *, time: str | N
         "change": provenance.get("change"),
         "requirements": requirements,
         "covered": covered,
-        "test_cases": test_outcomes(story),
+        "test_cases": case_outcomes(story),
         "artifacts": [f"sha256:{a['sha256']}" for a in story.get("artifacts", [])],
         "waivers": list(waivers),
         "promotions": list(promotions),
@@ -157,7 +157,7 @@ def verified_test_result(story: Mapping[str, Any]) -> Mapping[str, Any] | None:
     return predicate if isinstance(predicate, Mapping) else None
 
 
-def test_outcomes(story: Mapping[str, Any]) -> dict[str, str]:
+def case_outcomes(story: Mapping[str, Any]) -> dict[str, str]:
     """Test case id -> outcome, from the verified test-result statement's `testCases`."""
     predicate = verified_test_result(story)
     cases = predicate.get("testCases") if predicate else None
@@ -353,7 +353,7 @@ def _day(summary: Mapping[str, Any]) -> str:
     return str(summary.get("time") or "undated")[:10]
 
 
-def test_stability(summaries: Sequence[Mapping[str, Any]]) -> list[tuple[str, float]]:
+def flipped_cases(summaries: Sequence[Mapping[str, Any]]) -> list[tuple[str, float]]:
     """(day, cases that flipped outcome since the previous release of the same name), for
     the days with releases whose verified test results name cases."""
     by_name: dict[str, list[Mapping[str, Any]]] = {}
@@ -401,7 +401,7 @@ def trends(summaries: Sequence[Mapping[str, Any]], refused: Sequence[Mapping[str
                 closure.setdefault(closed.strftime("%Y-%m-%d"), []).append(
                     (closed - opened).total_seconds() / 86400)
     return {"reproducibility": reproducibility, "completeness": completeness,
-            "traceability": traceability, "stability": test_stability(summaries),
+            "traceability": traceability, "stability": flipped_cases(summaries),
             "waiver_closure": [(d, sum(v) / len(v)) for d, v in sorted(closure.items())]}
 
 

@@ -33,9 +33,10 @@ from rebuild.release.pages import render_page
 from rebuild.release.report import release_story, report_view
 from rebuild.release.verify import Policy
 from rebuild.store.auditlog import AuditLog, statement_signatures
-from rebuild.store.layout import REF_NAME, Descriptor, Store, canonical_json
+from rebuild.store.layout import KIND, REF_NAME, SUBJECT, Descriptor, Store, canonical_json
 
 CACHE_FORMAT = "rebuild-dashboard-cache/v1"
+CACHE_FILE = "summaries.json"
 STATIC = ("dashboard.css", "dashboard-search.js")
 PARALLEL_FROM = 64  # releases to (re)check before the work is spread over the cores
 
@@ -50,6 +51,36 @@ class SiteResult:
     def to_json(self) -> dict[str, Any]:
         return {"site": str(self.root), "releases": self.releases, "rendered": self.rendered,
                 "counts": dict(self.counts)}
+
+
+class StoreSnapshot(Store):
+    """The store with its index read once: lookups answered from memory, in the index's
+    order, as the query cache answers them. A site is written in one pass over a store
+    that the pass does not change; opening the query cache for each of the ten lookups a
+    release's story makes cost more than the rest of the story."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self._names: dict[str, Descriptor] = {}
+        self._kinds: dict[str, list[Descriptor]] = {}
+        self._subjects: dict[str, list[Descriptor]] = {}
+        for entry in self.index():
+            annotations = entry.annotations or {}
+            if REF_NAME in annotations:
+                self._names.setdefault(annotations[REF_NAME], entry)
+            if KIND in annotations:
+                self._kinds.setdefault(annotations[KIND], []).append(entry)
+            if SUBJECT in annotations:
+                self._subjects.setdefault(annotations[SUBJECT], []).append(entry)
+
+    def find(self, ref_name: str) -> Descriptor | None:
+        return self._names.get(ref_name)
+
+    def entries(self, kind: str) -> list[Descriptor]:
+        return list(self._kinds.get(kind, []))
+
+    def referrers(self, subject_digest: str) -> list[Descriptor]:
+        return list(self._subjects.get(subject_digest, []))
 
 
 def store_signature(store: Store) -> str:
@@ -70,6 +101,7 @@ def write_site(store: Store, out: Path, policy: Policy, *, today: datetime,
                log: Callable[[str], None] = lambda _: None) -> SiteResult:
     """Write (or bring up to date) the site for `store` in `out`, checked under `policy`."""
     store.require()
+    store = StoreSnapshot(store.root)
     out.mkdir(parents=True, exist_ok=True)
     cache = out / ".cache"
     cache.mkdir(exist_ok=True)
@@ -77,10 +109,11 @@ def write_site(store: Store, out: Path, policy: Policy, *, today: datetime,
     logged = _log_entries(store)
     pinned = dashboard.policy_digest(policy) + _templates_digest()
     keys = {e.digest: _page_key(store, e, logged, pinned) for e in releases}
+    known = _read_cache(cache / CACHE_FILE)
     summaries: dict[str, dict[str, Any]] = {}
     missing = []
     for entry in releases:
-        cached = _read_cache(cache, keys[entry.digest])
+        cached = known.get(keys[entry.digest])
         if cached is not None and (out / cached["page"]).is_file():
             summaries[entry.digest] = cached
         else:
@@ -89,8 +122,11 @@ def write_site(store: Store, out: Path, policy: Policy, *, today: datetime,
         f"{len(missing)} to check")
     for digest, summary, page in _render_all(store, missing, logged, policy):
         _write(out / summary["page"], page.encode())
-        _write(cache / f"{keys[digest]}.json", canonical_json(summary))
         summaries[digest] = summary
+    if missing or len(known) != len(summaries):
+        _write(cache / CACHE_FILE, json.dumps({
+            "format": CACHE_FORMAT,
+            "pages": {keys[d]: summary for d, summary in summaries.items()}}).encode())
     ordered = sorted(summaries.values(), key=lambda s: (str(s["time"]), s["release"]))
     refused = dashboard.refused_attempts(
         store, {(e.annotations or {}).get(REF_NAME, "") for e in releases}, policy)
@@ -245,12 +281,16 @@ def _templates_digest() -> str:
     return digest.hexdigest()
 
 
-def _read_cache(cache: Path, key: str) -> dict[str, Any] | None:
+def _read_cache(path: Path) -> dict[str, dict[str, Any]]:
+    """Cache key -> summary of every page written before; nothing when the cache is
+    missing, unreadable or of another format (then every page is written again)."""
     try:
-        data: dict[str, Any] = json.loads((cache / f"{key}.json").read_bytes())
+        data = json.loads(path.read_bytes())
     except (FileNotFoundError, ValueError):
-        return None
-    return data
+        return {}
+    pages = data.get("pages") if isinstance(data, dict) and \
+        data.get("format") == CACHE_FORMAT else None
+    return pages if isinstance(pages, dict) else {}
 
 
 def _write(path: Path, data: bytes) -> None:
