@@ -18,10 +18,10 @@ import pytest
 from rebuild.release.dashboard import (
     GROUPS,
     chart,
+    flipped_cases,
     overview,
     release_status,
     search_entries,
-    flipped_cases,
     trends,
 )
 from rebuild.release.serve import SiteFreshness, make_server, site_file
