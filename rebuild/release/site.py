@@ -120,8 +120,7 @@ def write_site(store: Store, out: Path, policy: Policy, *, today: datetime,
             missing.append(entry)
     log(f"{len(releases)} release(s): {len(releases) - len(missing)} unchanged, "
         f"{len(missing)} to check")
-    for digest, summary, page in _render_all(store, missing, logged, policy):
-        _write(out / summary["page"], page.encode())
+    for digest, summary in _render_all(store, missing, logged, policy, out):
         summaries[digest] = summary
     if missing or len(known) != len(summaries):
         _write(cache / CACHE_FILE, json.dumps({
@@ -132,10 +131,10 @@ def write_site(store: Store, out: Path, policy: Policy, *, today: datetime,
         store, {(e.annotations or {}).get(REF_NAME, "") for e in releases}, policy)
     roles = sorted(policy.approvals)
     shown = dashboard.overview(ordered, refused, roles, today)
+    points = dashboard.trends(ordered, refused)
     charts = [{"key": key, "title": title, "unit": unit,
-               "chart": dashboard.chart(points, unit)}
-              for (key, title, unit), points in
-              ((m, dashboard.trends(ordered, refused)[m[0]]) for m in dashboard.METRICS)]
+               "chart": dashboard.chart(points[key], unit)}
+              for key, title, unit in dashboard.METRICS]
     checked = bool(policy.builder_keys or policy.keyless)
     html = render_page("dashboard-overview.html.j2", overview=shown, charts=charts,
                        groups=dashboard.GROUPS, roles=roles, checked=checked,
@@ -152,30 +151,34 @@ def write_site(store: Store, out: Path, policy: Policy, *, today: datetime,
 
 
 def _render_all(store: Store, entries: Sequence[Descriptor],
-                logged: Mapping[str, list[tuple[int, bytes]]], policy: Policy
-                ) -> list[tuple[str, dict[str, Any], str]]:
-    """Each release's (manifest digest, summary, page), spread over the cores when many."""
+                logged: Mapping[str, list[tuple[int, bytes]]], policy: Policy, out: Path
+                ) -> list[tuple[str, dict[str, Any]]]:
+    """Each release's page written, and its (manifest digest, summary); spread over the
+    cores when there are many (forked workers write the pages themselves)."""
     if len(entries) < PARALLEL_FROM or (os.cpu_count() or 1) < 2:
-        return [_render_release(store, e, logged.get(_name(e), []), policy) for e in entries]
-    global _JOB
-    _JOB = (store, entries, logged, policy)
+        return [_render_release(store, e, logged.get(_name(e), []), policy, out)
+                for e in entries]
+    # The first in this process: the templates are compiled once, before the workers fork.
+    first = _render_release(store, entries[0], logged.get(_name(entries[0]), []), policy, out)
+    global _JOB  # handed to the forked workers, never pickled
+    _JOB = (store, entries, logged, policy, out)
     try:
         workers = os.cpu_count() or 2
         with ProcessPoolExecutor(workers, mp_context=get_context("fork")) as pool:
             chunk = max(1, len(entries) // (workers * 8))
-            return list(pool.map(_render_index, range(len(entries)), chunksize=chunk))
+            return [first, *pool.map(_render_index, range(1, len(entries)), chunksize=chunk)]
     finally:
         _JOB = None
 
 
-_JOB: tuple[Store, Sequence[Descriptor], Mapping[str, list[tuple[int, bytes]]], Policy] | None \
-    = None
+_JOB: tuple[Store, Sequence[Descriptor], Mapping[str, list[tuple[int, bytes]]], Policy,
+            Path] | None = None
 
 
-def _render_index(i: int) -> tuple[str, dict[str, Any], str]:
+def _render_index(i: int) -> tuple[str, dict[str, Any]]:
     assert _JOB is not None
-    store, entries, logged, policy = _JOB
-    return _render_release(store, entries[i], logged.get(_name(entries[i]), []), policy)
+    store, entries, logged, policy, out = _JOB
+    return _render_release(store, entries[i], logged.get(_name(entries[i]), []), policy, out)
 
 
 def _name(entry: Descriptor) -> str:
@@ -183,8 +186,8 @@ def _name(entry: Descriptor) -> str:
 
 
 def _render_release(store: Store, entry: Descriptor, events: Sequence[tuple[int, bytes]],
-                    policy: Policy) -> tuple[str, dict[str, Any], str]:
-    """One release: its story (verified under the policy), summary and page."""
+                    policy: Policy, out: Path) -> tuple[str, dict[str, Any]]:
+    """One release: its story (verified under the policy), its page written, its summary."""
     story = release_story(store, entry.digest if not _name(entry) else _name(entry), policy)
     trusted = [*policy.builder_keys, *policy.qa_keys,
                *(k for role in sorted(policy.approvals) for k in policy.approvals[role])]
@@ -199,7 +202,8 @@ def _render_release(store: Store, entry: Descriptor, events: Sequence[tuple[int,
     page = render_page("dashboard-release.html.j2", view=report_view(story), summary=summary,
                        trace=dashboard.trace_matrix(story), timeline=timeline,
                        notes=release_notes(story, summary), version=__version__, root="../")
-    return entry.digest, summary, page
+    _write(out / summary["page"], page.encode())
+    return entry.digest, summary
 
 
 def signed_predicate(store: Store, signature: Mapping[str, Any]) -> dict[str, Any] | None:
