@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from rebuild.errors import StoreError
 from rebuild.release.dashboard import (
     GROUPS,
     chart,
@@ -96,6 +97,12 @@ def test_trends_say_nothing_where_nothing_is_recorded() -> None:
     assert points["traceability"] == []  # no release names a requirement
     assert points["stability"] == []
     assert points["waiver_closure"] == []
+    refused = trends([summary("a@1", "verified")], [
+        {"release": "b@1", "attempt": "sha256:x", "status": "not-reproducible",
+         "verified": True, "reproducible": False, "time": "2026-01-02T10:00:00Z"},
+        {"release": "c@1", "attempt": "sha256:y", "status": "not-reproducible",
+         "verified": False, "reproducible": None, "time": "2026-01-02T10:00:00Z"}])
+    assert refused["reproducibility"] == [("2026-01-02", 50.0)]  # the unsigned one: unknown
     traced = trends([summary("a@1", "verified", requirements=("R1", "R2"), covered=("R1",)),
                      summary("b@1", "verified", requirements=("R1",), covered=("R1",))], [])
     assert traced["traceability"] == [("2026-01-02", 50.0)]
@@ -207,3 +214,20 @@ def test_serve_answers_get_and_head_and_refuses_the_rest(served: tuple[str, int]
     for path in ("/../secret.txt", "/%2e%2e/secret.txt", "/.cache/summaries.json"):
         status, body, _ = call(served, "GET", path)
         assert status == 404 and b"outside" not in body, path
+
+
+def test_serve_keeps_serving_when_the_store_cannot_be_read(site: Path) -> None:
+    def broken() -> None:
+        raise StoreError("index.json is not valid JSON")
+
+    said: list[str] = []
+    server = make_server(site, "127.0.0.1", 0, SiteFreshness(lambda: "x", broken), said.append)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        host, port = server.server_address[:2]
+        assert call((str(host), int(port)), "GET", "/")[:2] == (200, b"<h1>overview</h1>")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert any("could not be brought up to date: index.json" in line for line in said)

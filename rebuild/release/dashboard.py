@@ -376,18 +376,24 @@ def trends(summaries: Sequence[Mapping[str, Any]], refused: Sequence[Mapping[str
     days: dict[str, list[Mapping[str, Any]]] = {}
     for s in summaries:
         days.setdefault(_day(s), []).append(s)
-    attempts: dict[str, int] = {}
+    # A build refused as not reproducible recorded no release: it counts against the pass
+    # rate on the day it was logged, when its signed provenance verified.
+    refusals: dict[str, int] = {}
     for a in refused:
         if a["verified"] and a["reproducible"] is False:
-            attempts[a["release"]] = 1
+            day = str(a.get("time") or "undated")[:10]
+            refusals[day] = refusals.get(day, 0) + 1
+            days.setdefault(day, [])
     reproducibility, completeness, traceability = [], [], []
     for day, group in sorted(days.items()):
-        checked = [s["reproducible"] for s in group if s["reproducible"] is not None]
+        checked = [s["reproducible"] for s in group if s["reproducible"] is not None] + \
+            [False] * refusals.get(day, 0)
         if checked:
             reproducibility.append((day, 100.0 * sum(checked) / len(checked)))
-        completeness.append((day, 100.0 * sum(len(s["evidence"]["present"]) /
-                                              len(s["evidence"]["expected"]) for s in group)
-                             / len(group)))
+        if group:
+            completeness.append((day, 100.0 * sum(len(s["evidence"]["present"]) /
+                                                  len(s["evidence"]["expected"])
+                                                  for s in group) / len(group)))
         traced = [s for s in group if s["requirements"]]
         if traced:
             full = sum(len(s["covered"]) == len(s["requirements"]) for s in traced)

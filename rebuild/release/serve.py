@@ -17,6 +17,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from rebuild.errors import RebuildError
+
 TYPES = {".html": "text/html; charset=utf-8", ".css": "text/css; charset=utf-8",
          ".js": "text/javascript; charset=utf-8"}
 
@@ -93,7 +95,11 @@ def make_server(root: Path, bind: str, port: int, freshness: SiteFreshness,
             raise AttributeError(name)
 
         def _answer(self, body: bool) -> None:
-            freshness.ensure()
+            try:
+                freshness.ensure()
+            except (RebuildError, OSError) as exc:
+                # The site as it was stays served; the reason is said once per request.
+                log(f"error: the site could not be brought up to date: {exc}")
             found = site_file(root, self.path)
             if found is None:
                 data = b"not found\n"

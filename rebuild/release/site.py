@@ -127,8 +127,9 @@ def write_site(store: Store, out: Path, policy: Policy, *, today: datetime,
             "format": CACHE_FORMAT,
             "pages": {keys[d]: summary for d, summary in summaries.items()}}).encode())
     ordered = sorted(summaries.values(), key=lambda s: (str(s["time"]), s["release"]))
-    refused = dashboard.refused_attempts(
-        store, {(e.annotations or {}).get(REF_NAME, "") for e in releases}, policy)
+    refused = [{**a, "time": _attempt_time(logged.get(a["release"], []))}
+               for a in dashboard.refused_attempts(
+                   store, {(e.annotations or {}).get(REF_NAME, "") for e in releases}, policy)]
     roles = sorted(policy.approvals)
     shown = dashboard.overview(ordered, refused, roles, today)
     points = dashboard.trends(ordered, refused)
@@ -253,6 +254,13 @@ def release_notes(story: Mapping[str, Any], summary: Mapping[str, Any]) -> dict[
         else "no test result recorded",
         "waivers": [w for w in summary["waivers"] if w["signature"] == "verified"],
     }
+
+
+def _attempt_time(events: Sequence[tuple[int, bytes]]) -> str | None:
+    """When the name's latest build attempt was logged (machine time), if it was."""
+    times = [json.loads(raw).get("time") for _, raw in events
+             if json.loads(raw).get("event") == "attempt"]
+    return str(times[-1]) if times and times[-1] else None
 
 
 def _log_entries(store: Store) -> dict[str, list[tuple[int, bytes]]]:
