@@ -231,3 +231,24 @@ def test_serve_keeps_serving_when_the_store_cannot_be_read(site: Path) -> None:
         server.shutdown()
         server.server_close()
     assert any("could not be brought up to date: index.json" in line for line in said)
+
+
+def test_dashboard_bad_input_is_one_line_and_its_exit_code(tmp_path: Path) -> None:
+    from tests.conftest import run_rebuild
+
+    missing = run_rebuild("dashboard", "-o", tmp_path / "site", store=tmp_path / "none")
+    assert missing.code == 5 and "no store at" in missing.stderr
+    assert "Traceback" not in missing.stderr
+    store = tmp_path / "store"
+    (store / "blobs" / "sha256").mkdir(parents=True)
+    (store / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    (store / "index.json").write_text('{"schemaVersion": 2, "manifests": []}')
+    (tmp_path / "file").write_text("")
+    not_dir = run_rebuild("dashboard", "-o", tmp_path / "file", store=store)
+    assert not_dir.code == 2 and "not a directory" in not_dir.stderr
+    policy = run_rebuild("dashboard", "-o", tmp_path / "site", "--policy",
+                         tmp_path / "nope.toml", store=store)
+    assert policy.code == 2 and "cannot read the policy" in policy.stderr
+    empty = run_rebuild("dashboard", "-o", tmp_path / "site", "--json", store=store)
+    assert empty.code == 0, empty.stderr
+    assert empty.json["releases"] == 0 and (tmp_path / "site" / "index.html").is_file()

@@ -42,6 +42,13 @@ def _policy(policy: Path | None, keys: list[Path]) -> Policy:
     return Policy(tuple(load_public_key(k) for k in keys))
 
 
+def _site_dir(output: Path) -> Path:
+    if output.exists() and not output.is_dir():
+        raise UsageError(f"-o {output}: not a directory; name a directory for the site (it is "
+                         "created when missing)")
+    return output
+
+
 def _store(opts_store: Path) -> Store:
     if remote_location(opts_store) is not None:
         raise UsageError("the dashboard reads a store directory; `rebuild store pull` the "
@@ -68,7 +75,8 @@ def dashboard_cmd(
     rules = _policy(policy, keys)
     if not (rules.builder_keys or rules.keyless):
         say("warning: no --key or --policy: no release is shown as verified")
-    result = write_site(_store(opts.store), output, rules, today=datetime.now(UTC), log=say)
+    result = write_site(_store(opts.store), _site_dir(output), rules, today=datetime.now(UTC),
+                        log=say)
     counts = ", ".join(f"{n} {g}" for g, n in result.counts.items())
     say(f"wrote {output / 'index.html'}: {result.releases} release(s) ({counts}); "
         f"{result.rendered} page(s) checked and written, the rest unchanged")
@@ -103,7 +111,7 @@ def serve_cmd(
     target = _store(opts.store)
     target.require()
     with tempfile.TemporaryDirectory(prefix="rebuild-site-") as tmp:
-        root = output or Path(tmp)
+        root = _site_dir(output) if output is not None else Path(tmp)
 
         def regenerate() -> None:
             write_site(target, root, rules, today=datetime.now(UTC), log=say)
