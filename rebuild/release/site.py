@@ -37,6 +37,7 @@ from rebuild.store.layout import KIND, REF_NAME, SUBJECT, Descriptor, Store, can
 
 CACHE_FORMAT = "rebuild-dashboard-cache/v1"
 CACHE_FILE = "summaries.json"
+STAMP_FILE = "stamp.json"  # what the site was last written from
 STATIC = ("dashboard.css", "dashboard-search.js")
 PARALLEL_FROM = 64  # releases to (re)check before the work is spread over the cores
 
@@ -101,13 +102,22 @@ def write_site(store: Store, out: Path, policy: Policy, *, today: datetime,
                log: Callable[[str], None] = lambda _: None) -> SiteResult:
     """Write (or bring up to date) the site for `store` in `out`, checked under `policy`."""
     store.require()
+    pinned = dashboard.policy_digest(policy) + _templates_digest()
+    cache = out / ".cache"
+    # Nothing changed since the site was written (the store's index and log, the policy,
+    # the templates, the day that decides which waivers expire soon): it stands as it is.
+    stamp = hashlib.sha256(canonical_json({
+        "format": CACHE_FORMAT, "version": __version__, "store": store_signature(store),
+        "pinned": pinned, "day": today.strftime("%Y-%m-%d")})).hexdigest()
+    written = _read_stamp(cache / STAMP_FILE)
+    if written.get("stamp") == stamp and (out / "index.html").is_file():
+        log(f"{written['releases']} release(s): nothing changed since the site was written")
+        return SiteResult(out, int(written["releases"]), 0, dict(written["counts"]))
     store = StoreSnapshot(store.root)
     out.mkdir(parents=True, exist_ok=True)
-    cache = out / ".cache"
     cache.mkdir(exist_ok=True)
     releases = [e for e in store.entries("release") if (e.annotations or {}).get(REF_NAME)]
     logged = _log_entries(store)
-    pinned = dashboard.policy_digest(policy) + _templates_digest()
     keys = {e.digest: _page_key(store, e, logged, pinned) for e in releases}
     known = _read_cache(cache / CACHE_FILE)
     summaries: dict[str, dict[str, Any]] = {}
@@ -148,6 +158,8 @@ def write_site(store: Store, out: Path, policy: Policy, *, today: datetime,
     _write(out / "search-index.js", f"window.REBUILD_SEARCH = {index};\n".encode())
     for name in STATIC:
         _write(out / name, resources.files("rebuild.templates").joinpath(name).read_bytes())
+    _write(cache / STAMP_FILE, canonical_json({"stamp": stamp, "releases": len(releases),
+                                                "counts": shown["counts"]}))
     return SiteResult(out, len(releases), len(missing), shown["counts"])
 
 
@@ -291,6 +303,15 @@ def _templates_digest() -> str:
     for name in sorted(p.name for p in folder.iterdir() if p.name.startswith("dashboard")):
         digest.update(name.encode() + b"\0" + folder.joinpath(name).read_bytes())
     return digest.hexdigest()
+
+
+def _read_stamp(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_bytes())
+    except (FileNotFoundError, ValueError):
+        return {}
+    return data if isinstance(data, dict) and isinstance(data.get("counts"), dict) and \
+        isinstance(data.get("releases"), int) else {}
 
 
 def _read_cache(path: Path) -> dict[str, dict[str, Any]]:
