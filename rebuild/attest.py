@@ -92,6 +92,7 @@ def gather_facts(loaded: LoadedRecipe, inputs: Inputs, image: StoredImage, plan:
         py_packages=tuple(PyPackage(r.name, r.version, tuple(sorted(r.hashes)))
                           for r in requirements),
         source_date_epoch=plan.source_date_epoch,
+        npm_packages=tuple(n.package for n in inputs.npm),
         variations={run.name: run.describe() for run in plan.runs},
         # With two engines, each run's record names the engine it ran on.
         runs={run.name: {**run.record(), **({"engine": dict(engines[run.name])}

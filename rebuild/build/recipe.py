@@ -106,7 +106,21 @@ class Source(_Strict):
 class Environment(_Strict):
     image: str
     python_lock: str | None = None
+    # Inside the source tree (where `npm ci` reads it), not beside the recipe: the lock the
+    # build installs from is the one fetch downloads for.
+    npm_lock: str | None = None
     source_date_epoch: int | Literal["git"]
+
+    @field_validator("npm_lock")
+    @classmethod
+    def _in_source(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        parts = PurePosixPath(value).parts
+        if not parts or value.startswith("/") or ".." in parts or "\\" in value:
+            raise ValueError(f"npm_lock {value!r} must be a path inside the source tree, "
+                             "relative to its root, e.g. npm_lock = \"package-lock.json\"")
+        return value
 
     @field_validator("image")
     @classmethod

@@ -190,7 +190,7 @@ def fetch(
     store: StoreOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Fetch every input (source, wheels) into the store, verifying hashes."""
+    """Fetch every input (source, wheels, npm packages) into the store, verifying hashes."""
     from rebuild.build.recipe import load_recipe
     from rebuild.inputs.fetch import fetch_inputs
 
@@ -211,6 +211,10 @@ def fetch(
             fetched = sum(w.blob in new for w in inputs.wheels)
             say(f"{recipe.recipe.release}: {len(inputs.wheels)} wheel(s): {fetched} downloaded, "
                 f"{len(inputs.wheels) - fetched} already in the store")
+        if inputs.npm_lock is not None:
+            fetched = sum(n.blob in new for n in inputs.npm)
+            say(f"{recipe.recipe.release}: {len(inputs.npm)} npm package(s): {fetched} "
+                f"downloaded, {len(inputs.npm) - fetched} already in the store")
         reports.append({
             "recipe": str(recipe.path), "release": recipe.recipe.release,
             "source": {"kind": recipe.recipe.source.kind, "uri": source.uri,
@@ -219,6 +223,8 @@ def fetch(
             "source_date_epoch": inputs.source_date_epoch,
             "python_lock": inputs.python_lock,
             "wheels": [{**w.to_json(), "downloaded": w.blob in new} for w in inputs.wheels],
+            "npm_lock": inputs.npm_lock,
+            "npm": [{**n.to_json(), "downloaded": n.blob in new} for n in inputs.npm],
             "downloaded": sorted(new)})
     if opts.json:
         emit({"recipes": reports, "store": str(opts.store)})

@@ -23,7 +23,7 @@ from rebuild.errors import ExitCode, RebuildError
 if TYPE_CHECKING:
     pass
 
-from rebuild.cli.common import OPTIONS, JsonOpt, KeyOpt, StoreOpt, say
+from rebuild.cli.common import OPTIONS, JsonOpt, KeyOpt, StoreOpt, emit, say
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Reproducible, hermetic builds: twin runs in sandboxed containers, "
@@ -121,7 +121,7 @@ def main() -> None:
             _exit_interrupted()
         sys.exit(code if isinstance(code, int) else 0)
     except RebuildError as exc:
-        _fail(str(exc), exc.exit_code)
+        _fail(str(exc), exc.exit_code, hint=exc.hint)
     except KeyboardInterrupt:
         _exit_interrupted()
     except ClickException as exc:
@@ -137,12 +137,16 @@ def main() -> None:
               "rebuild: rerun with --debug for the traceback and report it", ExitCode.ENVIRONMENT)
 
 
-def _fail(message: str, code: int) -> NoReturn:
+def _fail(message: str, code: int, *, hint: str | None = None) -> NoReturn:
     if OPTIONS.debug:
         import traceback  # only with --debug: linecache and tokenize cost every start
 
         traceback.print_exc()
     say(f"error: {message}")
+    if hint is not None:
+        say(f"hint: {hint}")
+        if OPTIONS.json:  # the one JSON document of a failure that has something to say
+            emit({"error": message, "exit_code": int(code), "hint": hint})
     sys.exit(code)
 
 

@@ -9,6 +9,7 @@ docs/build-type.md.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import shlex
 from collections.abc import Mapping, Sequence
@@ -62,6 +63,29 @@ class PyPackage:
     sha256: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class NpmPackage:
+    """One tarball of an npm lock: where the lock says it comes from and its sha512."""
+
+    name: str  # "is-odd", "@scope/name"
+    version: str
+    resolved: str  # the registry tarball address from the lock
+    sha512: str  # hex
+
+    @property
+    def filename(self) -> str:
+        """The tarball's title in the store: `npm/<name>-<version>.tgz` (a scope kept)."""
+        return f"npm/{self.name}-{self.version}.tgz"
+
+    @property
+    def integrity(self) -> str:
+        return "sha512-" + base64.b64encode(bytes.fromhex(self.sha512)).decode()
+
+    def to_json(self) -> dict[str, str]:
+        return {"name": self.name, "version": self.version, "resolved": self.resolved,
+                "sha512": self.sha512}
+
+
 @dataclass(frozen=True, kw_only=True)
 class BuildFacts:
     """Everything the evidence of one release says, gathered by the caller after the build."""
@@ -90,6 +114,8 @@ class BuildFacts:
     invocation_id: str  # deterministic, e.g. the attempt manifest's digest
     # The purl `distro` qualifier of the image's Debian packages (bookworm is debian-12).
     debian_distro: str = "debian-12"
+    # The tarballs of the recipe's npm_lock (resolvedDependencies and the SBOM's pkg:npm).
+    npm_packages: tuple[NpmPackage, ...] = ()
 
 
 def make_provenance(facts: BuildFacts) -> dict[str, Any]:
@@ -107,7 +133,8 @@ def make_provenance(facts: BuildFacts) -> dict[str, Any]:
     }
     if facts.change is not None:
         external["change"] = facts.change
-    dependencies = [facts.source, facts.image, *sorted(facts.wheels, key=_by_name_uri)]
+    dependencies = [facts.source, facts.image, *sorted(facts.wheels, key=_by_name_uri),
+                    *sorted((npm_dependency(p) for p in facts.npm_packages), key=_by_name_uri)]
     byproducts = [{
         "name": "comparison.json",
         "digest": digest_set(facts.comparison["record"]),
@@ -202,3 +229,18 @@ def _statement(subjects: Sequence[Subject], predicate_type: str,
 
 def _by_name_uri(dependency: Dependency) -> tuple[str, str]:
     return dependency.name, dependency.uri
+
+
+def npm_dependency(package: NpmPackage) -> Dependency:
+    """An npm tarball as a resolvedDependencies entry: its purl, sha512 and where it came from."""
+    return Dependency(package.filename, npm_purl(package.name, package.version),
+                      {"sha512": package.sha512}, {"url": package.resolved})
+
+
+def npm_purl(name: str, version: str) -> str:
+    """`pkg:npm/NAME@VERSION`; a scope is the namespace, its `@` percent-encoded (purl-spec)."""
+    from packageurl import PackageURL
+
+    scope, _, base = name.rpartition("/")
+    return str(PackageURL(type="npm", namespace=scope or None, name=base,
+                          version=version).to_string())
