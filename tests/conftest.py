@@ -78,6 +78,13 @@ def c_image() -> str:
     return build_image("debian-c.toml")
 
 
+@pytest.fixture(scope="session")
+def node_image() -> str:
+    """rebuild/debian-node: Debian's nodejs and npm (recipes with an npm_lock)."""
+    require_tool("docker")
+    return build_image("debian-node.toml")
+
+
 def toml_value(value: object) -> str:
     return json.dumps(value) if not isinstance(value, dict) else (
         "{ " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in value.items()) + " }")
@@ -127,7 +134,8 @@ def seed_store(target: Path, source: Path = IMAGE_STORE) -> None:
 def store(tmp_path: Path, request: pytest.FixtureRequest) -> Path:
     """A fresh store for the test; with the base images archived when the test uses one."""
     path = tmp_path / "store"
-    images = [f for f in ("minimal_image", "c_image") if f in request.fixturenames]
+    images = [f for f in ("minimal_image", "c_image", "node_image")
+              if f in request.fixturenames]
     for fixture in images:
         request.getfixturevalue(fixture)
     if images:
