@@ -318,3 +318,26 @@ def test_dns_errors_get_a_hint_naming_offline_inputs(line: str) -> None:
 ])
 def test_other_failures_get_no_network_hint(log: bytes) -> None:
     assert network_hint(log) is None
+
+
+# -- the plan -------------------------------------------------------------------------------
+
+
+def test_plan_with_npm_copies_the_cache_and_points_npm_at_it_offline() -> None:
+    from rebuild.build.plan import NPM_CACHE, NPM_DIR, plan_build
+    from rebuild.build.recipe import parse_recipe
+    from tests.test_evidence_formats import RECIPE
+
+    recipe = parse_recipe({**RECIPE, "environment": {
+        "image": RECIPE["environment"]["image"], "npm_lock": "web/package-lock.json",
+        "source_date_epoch": 1700000000}})
+    assert recipe.environment.npm_lock == "web/package-lock.json"
+    with_npm, without = plan_build(recipe, 1700000000, npm=True), plan_build(recipe, 1700000000)
+    for run in with_npm.runs:
+        assert run.env["npm_config_cache"] == NPM_CACHE
+        assert run.env["npm_config_offline"] == "true"
+        assert f"cp -R {NPM_DIR}/. {NPM_CACHE}/" in run.argv[2]
+        assert run.record()["env"]["npm_config_offline"] == "true"
+    for run in without.runs:
+        assert "npm_config_cache" not in run.env
+        assert NPM_DIR not in run.argv[2]
