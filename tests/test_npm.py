@@ -341,3 +341,20 @@ def test_plan_with_npm_copies_the_cache_and_points_npm_at_it_offline() -> None:
     for run in without.runs:
         assert "npm_config_cache" not in run.env
         assert NPM_DIR not in run.argv[2]
+
+
+def test_tarball_over_the_download_limit_exits_2_naming_the_package(server: FileServer,
+                                                                    tmp_path: Path,
+                                                                    store: Path) -> None:
+    import os
+
+    big = npm_tarball("big", "1.0.0") + os.urandom(4096)
+    server.files["/big-1.0.0.tgz"] = big
+    recipe = npm_recipe(tmp_path, lock({"node_modules/big": entry(
+        f"{server.url}/big-1.0.0.tgz", big)}))
+    recipe.write_text(recipe.read_text() + "\n[limits]\nmax_download_size = \"1k\"\n")
+    result = run_rebuild("fetch", recipe, store=store)
+    assert result.code == 2, result.stderr
+    assert "npm package big@1.0.0:" in result.stderr
+    assert "max_download_size" in result.stderr
+    assert hashlib.sha256(big).hexdigest() not in blob_names(store)

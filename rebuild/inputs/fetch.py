@@ -26,8 +26,10 @@ artifacts named in index.json (kind `fetch`): one per url, per git commit, and p
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import lzma
+import math
 import os
 import posixpath
 import re
@@ -985,12 +987,22 @@ def fetch_npm(loaded: LoadedRecipe, store: Store, source: SourceInput, *,
     known = _known_npm(store)
     missing = [p for p in packages if p.sha512 not in known]
     limits = loaded.recipe.bounds
+    # One deadline for all of a lock's tarballs, as pip has for a python_lock's wheels: a
+    # lock of many packages cannot take download_timeout for each.
+    deadline = time.monotonic() + limits.download_timeout
     with tempfile.TemporaryDirectory(prefix="rebuild-npm-") as tmp:
         checked = []
         for number, package in enumerate(missing):
             part = Path(tmp) / f"{number}.tgz"
             label = f"npm package {package.name}@{package.version}:"
-            _download(package.resolved, part, where=where, log=log, limits=limits, what=label)
+            left = math.ceil(deadline - time.monotonic())
+            if left <= 0:
+                raise EnvironmentProblem(f"{where}: downloading the npm packages took over "
+                                         f"{limits.download_timeout} s (limit [limits] "
+                                         "download_timeout); nothing was stored. Check the "
+                                         "registry and the network, or raise the limit")
+            _download(package.resolved, part, where=where, log=log, what=label,
+                      limits=dataclasses.replace(limits, download_timeout=left))
             actual = _sha512_file(part)
             if actual != package.sha512:
                 raise UsageError(f"{where}: npm package {package.name}@{package.version}: "
