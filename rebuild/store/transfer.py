@@ -597,8 +597,11 @@ def _remote_opener(registry: Registry, repo: str) -> Opener:
     return open_blob
 
 
-def transfer(source: str, destination: str, release: str, *, log: Log) -> Transferred:
-    """Copy `release` with its closure from one store (a directory or oci://…) to another."""
+def transfer(source: str, destination: str, release: str, *, log: Log,
+             expect: str | None = None) -> Transferred:
+    """Copy `release` with its closure from one store (a directory or oci://…) to another.
+    `expect`: the release manifest digest the caller checked; when the source now holds
+    another, nothing is copied (exit 1)."""
     split_release(release)
     with contextlib.ExitStack() as stack:
         if is_remote(source):
@@ -610,6 +613,9 @@ def transfer(source: str, destination: str, release: str, *, log: Log) -> Transf
             src_store = Store(Path(source))
             closure = local_closure(src_store, release)
             opener = _local_opener(src_store)
+        if expect is not None and closure.root.digest != expect:
+            raise ClaimFailed(f"{source} now holds {release} as {closure.root.digest}, not "
+                              f"the {expect} that was checked; nothing was copied")
         result = Transferred(release, closure.root.digest, source, destination,
                              manifests=len(closure.manifests), blobs=len(closure.blobs))
         if is_remote(destination):
