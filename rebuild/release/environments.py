@@ -116,7 +116,10 @@ def parse_environments(rules: tuple[EnvironmentRule, ...], path: Path) -> Enviro
                 raise UsageError(f"{path}: environment {rule.name!r} requires {required!r}, "
                                  f"which {later}; list the environments in promotion order")
         if is_remote(rule.repository):
-            parse_remote(rule.repository)  # exit 2 for a malformed location
+            try:
+                parse_remote(rule.repository)
+            except UsageError as exc:
+                raise UsageError(f"{path}: environment {rule.name!r}: {exc}") from None
             repository = rule.repository
         elif "://" in rule.repository:
             raise UsageError(f"{path}: environment {rule.name!r}: repository "

@@ -329,3 +329,20 @@ def test_gate_fails_once_the_approval_is_withdrawn(world: World,
     assert "approval: quality" in refused.stderr
     assert refused.json["predicate"]["verificationResult"] == "FAILED"
     shutil.rmtree(world.base / "cache", ignore_errors=True)
+
+
+def test_a_release_changed_since_it_was_checked_is_not_copied(
+        world: World, promoted: dict[str, Result]) -> None:
+    """promote copies by the manifest digest it verified: when the source names the release
+    otherwise by the time of the copy, nothing reaches the destination."""
+    from rebuild.errors import ClaimFailed
+    from rebuild.store.transfer import transfer
+
+    before = catalog(world.registry)
+    with pytest.raises(ClaimFailed, match="nothing was copied"):
+        transfer(str(world.store), world.registry.url("elsewhere"), RELEASE,
+                 log=lambda _: None, expect="sha256:" + "0" * 64)
+    with pytest.raises(ClaimFailed, match="nothing was copied"):
+        transfer(world.registry.url("staging"), world.registry.url("elsewhere"), RELEASE,
+                 log=lambda _: None, expect="sha256:" + "0" * 64)
+    assert catalog(world.registry) == before
