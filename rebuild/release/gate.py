@@ -96,11 +96,22 @@ class GateResult:
         self.checks.append(Check(name, ok, detail))
 
 
-def find_release(env: Environment, digest: str, cache_root: Path, log: Log
+def _candidates(registry: Registry, env: Environment, ref: ArtifactRef) -> list[str]:
+    """The releases to look in: those of the release repository REPO@… names, or all."""
+    repo, env_repo = _bare(ref.repository or ""), _bare(env.location)
+    if repo.startswith(env_repo + "/"):
+        name = repo[len(env_repo) + 1:]
+        return [f"{name}@{tag}" for tag in registry.tags(registry.remote.release_repository(
+            name)) if not tag.startswith("sha256-")]
+    return list_releases(registry)
+
+
+def find_release(env: Environment, ref: ArtifactRef, cache_root: Path, log: Log
                  ) -> tuple[Store, str] | None:
     """The release (and a local store holding it) in the environment's repository whose
     artifacts include `digest`: the store's index, or each release manifest of the registry
     (one small GET each) until one lists it."""
+    digest = ref.digest
     if not env.remote:
         store = Store(Path(env.repository))
         if not store.exists():
@@ -114,7 +125,7 @@ def find_release(env: Environment, digest: str, cache_root: Path, log: Log
         return None
     registry = Registry.connect(parse_remote(env.repository))
     try:
-        for release in list_releases(registry):
+        for release in _candidates(registry, env, ref):
             name, version = split_release(release)
             got = registry.get_manifest(registry.remote.release_repository(name), version)
             if got is None:
@@ -143,7 +154,7 @@ def evaluate(env: Environment, ref: ArtifactRef, policy: Policy, *, now: datetim
         result.add("repository", False, f"{ref.repository} is not the repository of "
                    f"{env.name} ({env.location})")
         return result
-    found = find_release(env, ref.digest, cache_root, log)
+    found = find_release(env, ref, cache_root, log)
     if found is None:
         result.add("artifact", False, f"no release in {env.location} holds {ref.digest}: "
                    f"it was never promoted into {env.name}")

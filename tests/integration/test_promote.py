@@ -60,7 +60,9 @@ def environments_file(path: Path, registry: RunningRegistry, rogue: bool = False
         f'[[environment]]\nname = "qa"\nrepository = "{registry.url("qa")}"\n'
         f'policy = "{qa_policy}"\n\n'
         '[[environment]]\nname = "archive"\nrepository = "archive-store"\n'
-        'policy = "staging.toml"\n')
+        'policy = "staging.toml"\n\n'
+        f'[[environment]]\nname = "mirror"\nrepository = "{registry.url("mirror")}"\n'
+        'policy = "staging.toml"\nrequires = ["staging"]\n')
     return path
 
 
@@ -170,6 +172,32 @@ def test_staging_then_production_byte_exact_without_the_engine(
     assert shown.code == 0, shown.stderr
     events = [e["event"] for e in shown.json["entries"]]
     assert events.count("promotion") == 2
+
+
+def test_registry_to_registry(world: World, promoted: dict[str, Result]) -> None:
+    """--store oci://…/staging: verified from the registry, copied registry to registry, the
+    promotion attached in both."""
+    done = run_rebuild("promote", RELEASE, "--to", "mirror", "--key", world.base / "rel.key",
+                       "--environments", world.environments, "--json",
+                       store=Path(world.registry.url("staging")),
+                       env={**DEAD_ENGINE, "REBUILD_CACHE": str(world.base / "r2r-cache")})
+    assert done.code == 0, done.stderr
+    assert done.json["manifest"] == world.manifest
+    raw = subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false",
+                          f"docker://{world.registry.host}/mirror/w:1.0.0"],
+                         capture_output=True, check=True).stdout
+    assert "sha256:" + hashlib.sha256(raw).hexdigest() == world.manifest
+    for repo in ("mirror", "staging"):
+        pulled = world.base / f"r2r-{repo}"
+        assert run_rebuild("store", "pull", world.registry.url(repo), RELEASE,
+                           store=pulled).code == 0
+        index = json.loads((pulled / "index.json").read_bytes())["manifests"]
+        assert done.json["promotion"] in {e["digest"] for e in index}
+    statement = json.loads((world.base / "r2r-mirror" / "blobs" / "sha256" /
+                            done.json["statement"][7:]).read_bytes())
+    assert statement["predicate"]["from"] == {"environment": "staging",
+                                              "repository": world.registry.url("staging")}
+    assert gate(world, world.artifact, "--env", "mirror").code == 0
 
 
 def test_a_failing_policy_copies_nothing(world: World, promoted: dict[str, Result]) -> None:
