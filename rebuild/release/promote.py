@@ -30,11 +30,14 @@ from rebuild.release.verify import (
     verify_release,
 )
 from rebuild.store.layout import Descriptor, Store, canonical_json
-from rebuild.store.registry import parse_remote
+from rebuild.store.registry import is_remote, parse_remote
 from rebuild.store.transfer import Transferred, cache_location, remote_has, transfer
 from rebuild.twin import release_artifacts
 
 PROMOTION = "https://rebuild.dev/promotion/v1"
+# What checking a release's evidence does not read: the inputs and the base image archive
+# (hundreds of MiB), left in the registry when a promotion or a gate reads from it.
+NOT_EVIDENCE = frozenset({"inputs", "image"})
 Log = Callable[[str], None]
 
 
@@ -108,15 +111,15 @@ def valid_promotions(store: Store, release: Descriptor, name: str, env: Environm
 def environment_store(env: Environment, release: str, cache_root: Path, log: Log
                       ) -> Store | None:
     """A local store holding `release` as the environment's repository has it: the directory
-    itself, or the release's closure pulled from the registry into its cache (every blob
-    checked). None when the repository does not hold the release."""
+    itself, or the release's closure, less its inputs, pulled from the registry into its
+    cache (every blob checked). None when the repository does not hold the release."""
     if not env.remote:
         store = Store(Path(env.repository))
         return store if store.exists() and store.find(release) is not None else None
     if not remote_has(env.repository, release):
         return None
     cache = cache_location(parse_remote(env.repository), cache_root)
-    transfer(env.repository, str(cache), release, log=log)
+    transfer(env.repository, str(cache), release, log=log, skip=NOT_EVIDENCE)
     return Store(cache)
 
 
@@ -151,6 +154,21 @@ def check_required(envs: Environments, env: Environment, release: str, manifest:
                               f"key its policy trusts (promoter_keys); nothing was copied")
 
 
+def copy_origin(envs: Environments, env: Environment, source: str) -> str:
+    """Where the bytes are copied from: the store promoted from, or a required environment
+    on the same registry as `env`, which holds the same release manifest (checked) and whose
+    blobs the registry then mounts instead of receiving them again. What only the source
+    holds (a newer approval, the promotion) follows in the second copy."""
+    if is_remote(source) or not env.remote:
+        return source
+    base = parse_remote(env.repository).base
+    for name in env.requires:
+        required = envs.get(name)
+        if required.remote and parse_remote(required.repository).base == base:
+            return required.repository
+    return source
+
+
 def promote(store: Store, source: str, target: str, envs: Environments, env: Environment, *,
             signer: KeySigner, name: str, time: datetime, cache_root: Path,
             log: Log) -> Promotion:
@@ -171,7 +189,8 @@ def promote(store: Store, source: str, target: str, envs: Environments, env: Env
                           f"{env.policy_uri} ({failed}); nothing was copied")
     ref = str(report.release)  # the name the signed provenance gives, bound to the manifest
     check_required(envs, env, ref, release.digest, cache_root, log)
-    copied = transfer(source, env.repository, ref, log=log, expect=release.digest)
+    copied = transfer(copy_origin(envs, env, source), env.repository, ref, log=log,
+                      expect=release.digest)
     artifacts = {a.name: a.sha256 for a in release_artifacts(store, release)}
     origin = next((e.name for e in envs.order if e.repository == source), None)
     statement = promotion_statement(

@@ -139,6 +139,11 @@ def test_staging_then_production_byte_exact_without_the_engine(
     # The refused promotion into production copied nothing.
     assert not any(r.startswith("production") for r in promoted["catalog"].json)
     assert promoted["production"].json["copied"]["manifests_sent"] > 0
+    # Production is on staging's registry: the blobs were mounted from staging, not sent.
+    copied = promoted["production"].json["copied"]
+    assert copied["source"] == world.registry.url("staging")
+    assert copied["blobs_mounted"] > 0 and copied["bytes_sent"] < 100_000
+    assert promoted["staging"].json["copied"]["blobs_mounted"] == 0
 
     require_tool("skopeo")
     for repo in ("staging", "production"):
@@ -262,6 +267,13 @@ def test_gate_passes_after_promotion(world: World, promoted: dict[str, Result]) 
     promotion = promoted["production"].json["statement"]
     assert {"uri": "promotion.json", "digest": {"sha256": promotion[7:]}} in \
         predicate["inputAttestations"]
+
+    # The gate read the evidence, not the inputs and the base image archive.
+    cache = world.base / "cache" / "oci" / world.registry.host.replace(":", "_") / "production"
+    kinds = {e["annotations"].get("dev.rebuild.kind") for e in json.loads(
+        (cache / "index.json").read_bytes())["manifests"]}
+    assert "evidence" in kinds and "promotion" in kinds
+    assert not kinds & {"inputs", "image"}
 
     # The same artifact named as REPO@digest, and as a file.
     repo = f"{world.registry.host}/production/w@{world.artifact}"
