@@ -386,3 +386,30 @@ def test_a_release_changed_since_it_was_checked_is_not_copied(
         transfer(world.registry.url("staging"), world.registry.url("elsewhere"), RELEASE,
                  log=lambda _: None, expect="sha256:" + "0" * 64)
     assert catalog(world.registry) == before
+
+
+def test_gate_on_a_read_only_store(world: World, promoted: dict[str, Result]) -> None:
+    """The environment's store mounted read-only: the gate decides, and logs nothing."""
+    archive = world.base / "archive-store"
+    if not archive.exists():
+        done = world.rebuild("promote", RELEASE, "--to", "archive", "--key",
+                             world.base / "rel.key")
+        assert done.code == 0, done.stderr
+    log_before = sorted(p.relative_to(archive) for p in (archive / "log").rglob("*")) \
+        if (archive / "log").exists() else []
+    mounted = subprocess.run(["mount", "--bind", str(archive), str(archive)],
+                             capture_output=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot bind-mount here: {mounted.stderr.decode().strip()}")
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(archive)], check=True)
+        passed = gate(world, world.artifact, "--env", "archive", "--json", env=DEAD_ENGINE)
+        assert passed.code == 0, passed.stderr
+        assert passed.json["predicate"]["verificationResult"] == "PASSED"
+        never = gate(world, "sha256:" + "e" * 64, "--env", "archive")
+        assert never.code == 1, never.stderr
+    finally:
+        subprocess.run(["umount", str(archive)], check=True)
+    log_after = sorted(p.relative_to(archive) for p in (archive / "log").rglob("*")) \
+        if (archive / "log").exists() else []
+    assert log_after == log_before
