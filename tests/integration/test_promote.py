@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Result, require_tool, run_rebuild, seed_store, toml_value
+from tests.conftest import ROOT, Result, require_tool, run_rebuild, seed_store, toml_value
 from tests.registry_support import RunningRegistry, start_registry
 
 pytestmark = pytest.mark.docker
@@ -171,6 +171,12 @@ def test_staging_then_production_byte_exact_without_the_engine(
     assert predicate["manifest"] == world.manifest
     assert predicate["artifacts"] == {"usr/bin/hi": world.artifact}
     assert predicate["signer"]["name"] == "Rel Manager"
+    record = json.loads((pulled / "blobs" / "sha256" /
+                         promoted["production"].json["promotion"][7:]).read_bytes())
+    [bundle] = [layer["digest"] for layer in record["layers"]
+                if layer["annotations"]["org.opencontainers.image.title"]
+                == "promotion.sigstore.json"]
+    independent(pulled / "blobs" / "sha256" / bundle[7:], world.base / "rel.pub")
 
     # And an event of the audit log of the store it was promoted from.
     shown = run_rebuild("log", "show", RELEASE, "--json", store=world.store)
@@ -299,6 +305,19 @@ def test_gate_passes_after_promotion(world: World, promoted: dict[str, Result]) 
         input=signed.stdout.encode(), capture_output=True, check=True)
     statement = json.loads(check.stdout)
     assert statement["predicate"]["verificationResult"] == "PASSED"
+    bundle = world.base / "vsa.sigstore.json"
+    bundle.write_text(signed.stdout)
+    independent(bundle, world.base / "rel.pub")
+
+
+def independent(bundle: Path, key: Path) -> None:
+    """npm @sigstore/verify (tests/verifier) checks the bundle's signature with the key."""
+    require_tool("node")
+    checked = subprocess.run(["node", str(ROOT / "tests" / "verifier" / "verify.mjs"),
+                              str(bundle), str(key)], capture_output=True, text=True,
+                             check=False)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert json.loads(checked.stdout)["payloadType"] == "application/vnd.in-toto+json"
 
 
 def test_gate_fails_for_what_was_never_promoted(world: World,
