@@ -71,7 +71,8 @@ def promote_cmd(
     push_back(opts, directory, done.release)
     say(f"{done.release}: promoted into {env.name} ({env.location}) as {done.manifest}; "
         f"{done.copied.manifests} manifest(s) and {done.copied.blobs} blob(s), "
-        f"{done.copied.blobs_sent} blob(s) sent; promotion {done.record}")
+        f"{done.copied.blobs_sent} blob(s) sent, {done.copied.blobs_mounted} mounted; "
+        f"promotion {done.record}")
     if opts.json:
         emit(done.to_json())
 
