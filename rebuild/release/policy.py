@@ -47,6 +47,9 @@ class PolicyRules(_Strict):
     qa_keys: tuple[str, ...] = ()
     approvals: tuple[ApprovalRule, ...] = ()
     log: LogRule | None = None
+    # Whose promotions into an environment under this policy count (`rebuild promote`,
+    # `rebuild gate`, and the `requires` of a later environment).
+    promoter_keys: tuple[str, ...] = ()
 
 
 class PolicyFile(_Strict):
@@ -94,7 +97,8 @@ def load_policy(path: Path) -> Policy:
     return Policy(keys("builder_keys", rules.builder_keys), rules.reproducible, rules.sbom,
                   rules.tests, rules.verdicts, keys("qa_keys", rules.qa_keys),
                   {a.role: keys(f"approvals[{a.role}].keys", a.keys) for a in rules.approvals},
-                  variations=variations, log_key=log_key, tsa=tsa)
+                  variations=variations, log_key=log_key, tsa=tsa,
+                  promoters=keys("promoter_keys", rules.promoter_keys))
 
 
 

@@ -8,9 +8,11 @@ file, never from the store.
 from __future__ import annotations
 
 import hashlib
+import os
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +21,7 @@ from securesystemslib.signer import SSlibKey  # type: ignore[attr-defined]
 from rebuild.build.limits import BundleLimits
 from rebuild.build.variations import NAMES
 from rebuild.checks import Check
-from rebuild.errors import ClaimFailed, StoreError
+from rebuild.errors import ClaimFailed, StoreError, UsageError
 from rebuild.evidence.provenance import (
     BUILD_TYPE,
     BUILDER_ID,
@@ -57,6 +59,7 @@ if TYPE_CHECKING:  # x509 and the TSA client load only when a TSA is pinned
 
 BINDING_CHECKS = ("artifacts", "signed evidence", "release name", "release manifest")
 VERDICT_URI = "rebuild:release:"  # a QA verdict's resourceUri: this prefix, then name@version
+NOW_ENV = "REBUILD_NOW"  # evaluation_time
 PREDICATES = {"provenance": SLSA_PROVENANCE, "sbom": SBOM_PREDICATE,
               "test-result": TEST_RESULT}
 
@@ -77,6 +80,23 @@ class Policy:
     log_key: NoteVerifier | None = None  # when set, the release's records must be logged
     # When set, so must they be, each under a checkpoint timestamped by this TSA (RFC 3161).
     tsa: TsaTrust | None = None
+    promoters: tuple[SSlibKey, ...] = ()  # whose promotions into an environment count
+
+
+def evaluation_time(env: Mapping[str, str] | None = None) -> datetime:
+    """The instant a policy is evaluated at: now, or REBUILD_NOW (ISO 8601, UTC when it
+    names no zone) so that a deploy gate can be checked as of another time. It sets only the
+    time of evaluation (what has expired by then), never a time that is signed as the
+    present."""
+    text = (os.environ if env is None else env).get(NOW_ENV)
+    if not text:
+        return datetime.now(UTC)
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(f"{NOW_ENV}={text!r} is not an ISO 8601 time "
+                         "(e.g. 2027-01-31T12:00:00Z)") from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 @dataclass
@@ -315,7 +335,7 @@ def attached(store: Store, release: Descriptor, kind: str) -> list[Descriptor]:
 def statement_release(kind: str, statement: Mapping[str, Any]) -> str | None:
     """The release (name@version) a signed statement names, or None if it names none: the
     provenance by the recipe it records, the SBOM by its main component, a QA verdict by
-    its resourceUri, an approval or its withdrawal by its release."""
+    its resourceUri, an approval, its withdrawal or a promotion by its release."""
     predicate = statement.get("predicate")
     named: Any = None
     if kind == "provenance":
@@ -330,14 +350,15 @@ def statement_release(kind: str, statement: Mapping[str, Any]) -> str | None:
         uri = _get(predicate, "resourceUri")
         if isinstance(uri, str) and uri.startswith(VERDICT_URI):
             named = uri.removeprefix(VERDICT_URI)
-    elif kind in ("approval", "withdrawal"):
+    elif kind in ("approval", "withdrawal", "promotion"):
         named = _get(predicate, "release")
     return named if isinstance(named, str) else None
 
 
 def statement_manifest(kind: str, statement: Mapping[str, Any]) -> str | None:
     """The release manifest digest a signed statement names, if its format records one."""
-    manifest = _get(statement.get("predicate"), "manifest") if kind == "approval" else None
+    manifest = (_get(statement.get("predicate"), "manifest")
+                if kind in ("approval", "promotion") else None)
     return manifest if isinstance(manifest, str) else None
 
 
