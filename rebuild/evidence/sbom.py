@@ -138,7 +138,12 @@ def render_debian(packages: Sequence[DebPackage], distro: str) -> DebianPart:
 
 def serial_number(facts: BuildFacts) -> uuid.UUID:
     """A UUIDv5 of all the facts (sorted first, so that their order does not matter)."""
-    return uuid.uuid5(SERIAL_NAMESPACE, canonical_json(plain_json(sort_facts(facts))).decode())
+    plain = plain_json(sort_facts(facts))
+    # Subjects got a media type with output images; a file's (none) keeps the serial it had.
+    for subject in plain["subjects"]:
+        if subject.get("media_type") is None:
+            subject.pop("media_type", None)
+    return uuid.uuid5(SERIAL_NAMESPACE, canonical_json(plain).decode())
 
 
 def sort_facts(facts: BuildFacts) -> BuildFacts:
