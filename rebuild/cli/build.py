@@ -122,6 +122,9 @@ def _remote_build_cache(location: str, loaded: list[LoadedRecipe], opts: Options
 def _difference_line(diff: DifferenceReport) -> str:
     """`share/stamp.txt: caused by time, hostname — hint: …` (with --explain)."""
     name, blame = f"{shown(diff.difference.name)} ({', '.join(diff.differs)})", diff.blame
+    if diff.difference.a is not None and diff.difference.a.media_type is not None:
+        return (f"{name}: the image differs where its outputs do (its report names the layer "
+                "and the files)")
     if blame is None:
         return f"{name}: differs (run with --explain to find the variations responsible)"
     cause = ("differs between identical runs (randomness or a race)" if blame.inherent
@@ -153,8 +156,8 @@ def _print_outcome(outcome: BuildOutcome, signer: StatementSigner | None) -> Non
             f"{len(names)} artifact(s) differ")
         for diff in outcome.differences:
             say(f"  {_difference_line(diff)}")
-            say(f"    report: rebuild store cat {diff.report} (HTML {diff.html}, "
-                f"JSON {diff.json})")
+            more = f" (HTML {diff.html}, JSON {diff.json})" if diff.html else ""
+            say(f"    report: rebuild store cat {diff.report}{more}")
     evidence = outcome.evidence
     signed = (f"signed by {signer.description}" if evidence.signer and signer is not None
               else "NOT signed")
