@@ -221,3 +221,51 @@ def test_base_may_name_the_pinned_image() -> None:
 def test_a_recipe_without_image_output_dumps_as_before() -> None:
     assert "image_output" not in parse_recipe(RECIPE).model_dump(mode="json")
     assert recipe_with().model_dump(mode="json")["image_output"]["base"] == "scratch"
+
+
+def test_base_layers_come_from_the_archive_once(tmp_path: Path) -> None:
+    from rebuild.build.image import (
+        ImageDefinition,
+        StoredImage,
+        write_docker_archive,
+    )
+    from rebuild.build.output_image import base_layers
+
+    rootfs = tmp_path / "rootfs.tar"
+    with tarfile.open(rootfs, "w") as tar:
+        info = tarfile.TarInfo("etc/hostname")
+        info.size = 5
+        tar.addfile(info, io.BytesIO(b"base\n"))
+    defn = ImageDefinition(name="t/base", tag="x", suite="bookworm", variant="apt",
+                           source_date_epoch=EPOCH)
+    archive = write_docker_archive(rootfs, defn, tmp_path / "image.tar")
+    store = Store(tmp_path / "store")
+    store.init()
+    archive_digest, _ = store.put_file(archive.path)
+    image = StoredImage(archive.reference, archive.image_id, "sha256:" + "0" * 64,
+                        archive_digest, (), True)
+    config, layers = base_layers(store, image)
+    assert [layer.digest for layer in layers] == [archive.layer_diff_id]
+    assert store.read_json(archive.image_id) == config  # the config, stored by its id
+    # A second build reads the config and layer blobs, not the archive.
+    store.blob_path(archive_digest).chmod(0o644)
+    store.blob_path(archive_digest).unlink()
+    assert base_layers(store, image) == (config, layers)
+
+
+def test_load_of_a_release_without_image_is_refused(tmp_path: Path) -> None:
+    from rebuild.build.output_image import release_image
+    from rebuild.store.layout import KIND, REF_NAME, RELEASE_TYPE, TITLE, Descriptor
+
+    store = Store(tmp_path / "store")
+    store.init()
+    digest, size = store.put_bytes(b"x")
+    release = store.put_artifact(RELEASE_TYPE, [Descriptor("application/octet-stream", digest,
+                                                           size, {TITLE: "x"})])
+    store.add_to_index(release, {REF_NAME: "r@1", KIND: "release"})
+    with pytest.raises(UsageError, match="no \\[image_output\\]") as caught:
+        release_image(store, "r@1")
+    assert caught.value.exit_code == 2
+    with pytest.raises(Exception, match="no release q@1") as missing:
+        release_image(store, "q@1")
+    assert getattr(missing.value, "exit_code", None) == 5

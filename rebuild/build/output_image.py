@@ -200,12 +200,24 @@ def image_manifest(config: Descriptor, layers: Sequence[Descriptor],
 def base_layers(store: Store, image: StoredImage) -> tuple[dict[str, Any], list[Descriptor]]:
     """The base image's config and its layers as OCI blobs, taken from its archive in the
     store (a docker-archive of uncompressed layers, so each layer's digest is its diff id);
-    a layer the store lacks as a blob of its own is copied out of the archive once."""
+    a layer the store lacks as a blob of its own is copied out of the archive once, and the
+    config is stored too: Docker's image id is its digest, so a second build reads neither
+    the archive nor more than the config."""
+    if store.has(image.image_id):
+        config = store.read_json(image.image_id)
+        diff_ids = [str(d) for d in config["rootfs"]["diff_ids"]]
+        if all(store.has(d) for d in diff_ids):
+            return config, [Descriptor(LAYER_MEDIA, d, store.blob_path(d).stat().st_size)
+                            for d in diff_ids]
     with store.open_verified(image.archive) as archive, \
             tarfile.open(fileobj=archive, mode="r:") as tar:
         listing = json.loads(_member_bytes(tar, "manifest.json", image))
         entry = listing[0]
-        config = json.loads(_member_bytes(tar, entry["Config"], image))
+        config_bytes = _member_bytes(tar, entry["Config"], image)
+        if store.put_bytes(config_bytes)[0] != image.image_id:
+            raise StoreError(f"the archive of {image.reference} holds a config that is not "
+                             f"{image.image_id}; run `rebuild store fsck` and rebuild the image")
+        config = json.loads(config_bytes)
         diff_ids = list(config["rootfs"]["diff_ids"])
         layers = []
         for name, diff_id in zip(entry["Layers"], diff_ids, strict=True):
