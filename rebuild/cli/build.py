@@ -32,6 +32,7 @@ from rebuild.cli.common import (
     report_transfer,
     say,
     shown,
+    store_for,
 )
 
 image_app = typer.Typer(no_args_is_help=True, help="Base images built from Debian packages: "
@@ -323,11 +324,12 @@ def image_load(reference: Annotated[str, typer.Argument(
 
 
 def _load_release_image(release: str, opts: Options) -> None:
-    """`image load NAME@VERSION`: the release's image, as an OCI layout Docker loads."""
+    """`image load NAME@VERSION`: the release's image, as an OCI layout Docker loads; with
+    `--store oci://…`, from the registry through the local cache."""
     from rebuild.build.output_image import docker_tag, release_image, write_loadable
     from rebuild.build.sandbox import connect, load_image
 
-    st = Store(opts.store)
+    st = Store(store_for(opts, release))  # from a registry: its closure, verified, cached
     manifest = release_image(st, release)
     client = connect()
     tag = docker_tag(release)

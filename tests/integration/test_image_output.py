@@ -152,6 +152,12 @@ def test_push_is_byte_exact(built: tuple[Path, Path, dict], tmp_path: Path  # ty
                                  f"docker://{registry.host}/rebuild/{NAME}@sha256:{digest}"],
                                 capture_output=True, check=True, timeout=120).stdout
         assert "sha256:" + hashlib.sha256(config).hexdigest() == manifest["config"]["digest"]
+        # Docker loads it from the registry too (through a cache of verified blobs).
+        loaded = run_rebuild("image", "load", RELEASE, "--json", store=Path(registry.url()),
+                             env={"REBUILD_CACHE": str(tmp_path / "cache")})
+        assert loaded.code == 0, loaded.stderr
+        assert loaded.json["manifest"] == f"sha256:{digest}"
+        subprocess.run(["docker", "rmi", loaded.json["id"]], capture_output=True, check=False)
         # And back: a fresh store pulls the release with the image, byte-exact.
         pulled = tmp_path / "pulled"
         assert run_rebuild("store", "pull", registry.url(), RELEASE, store=pulled).code == 0
