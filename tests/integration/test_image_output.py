@@ -12,6 +12,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from cyclonedx.schema import SchemaVersion
+from cyclonedx.validation.json import JsonStrictValidator
 
 from tests.conftest import require_tool, run_rebuild, seed_store, toml_value
 from tests.registry_support import start_registry
@@ -98,9 +100,10 @@ def test_provenance_and_sbom_name_the_image_and_verify(built: tuple[Path, Path, 
     provenance = json.loads(blob(store, outcome["evidence"]["provenance"]))
     assert {"name": "oci-image", "digest": {"sha256": digest},
             "mediaType": OCI_MANIFEST} in provenance["subject"]
-    sbom = json.loads(blob(store, outcome["evidence"]["sbom"]))
-    assert any(h["content"] == digest for c in sbom["components"]
-               for h in c.get("hashes", []))
+    sbom_bytes = blob(store, outcome["evidence"]["sbom"])
+    assert JsonStrictValidator(SchemaVersion.V1_6).validate_str(sbom_bytes.decode()) is None
+    image = next(c for c in json.loads(sbom_bytes)["components"] if c["name"] == "oci-image")
+    assert (image["type"], image["hashes"][0]["content"]) == ("container", digest)
     verified = run_rebuild("verify", RELEASE, "--key", keys / "ci.pub", "--json", store=store)
     assert verified.code == 0, verified.stdout + verified.stderr
     assert verified.json["verified"] is True
