@@ -24,10 +24,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 from rebuild.build.compare import Artifact
-from rebuild.build.image import StoredImage, host_docker_architecture
+from rebuild.build.image import NAME_PATTERN, TAG_PATTERN, StoredImage, host_docker_architecture
 from rebuild.build.recipe import ImageOutput, Recipe
 from rebuild.errors import StoreError, UsageError
 from rebuild.store.layout import (
@@ -46,9 +46,6 @@ CONFIG_MEDIA = "application/vnd.oci.image.config.v1+json"
 SOURCE_ANN = "org.opencontainers.image.source"
 REVISION_ANN = "org.opencontainers.image.revision"
 VERSION_ANN = "org.opencontainers.image.version"
-TITLE_ANN = "org.opencontainers.image.title"
-_DOCKER_NAME = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
-_DOCKER_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 DIR_MODE = 0o755
 LINK_MODE = 0o777
 
@@ -58,7 +55,7 @@ class LayerMember:
     """One entry of the output layer: a directory, a file (read from `source`) or a link."""
 
     name: str  # relative to the image's root, no "./"
-    kind: str  # "dir", "file" or "link"
+    kind: Literal["dir", "file", "link"]
     mode: int
     source: Path | None = None
     size: int = 0
@@ -183,7 +180,7 @@ def image_annotations(recipe: Recipe, epoch: int) -> dict[str, str]:
     where = source.git or source.url or source.path or ""
     revision = source.rev or source.digest or ""
     out = {SOURCE_ANN: where, REVISION_ANN: revision, CREATED_ANN: created_time(epoch),
-           VERSION_ANN: recipe.recipe.version, TITLE_ANN: recipe.recipe.name}
+           VERSION_ANN: recipe.recipe.version, TITLE: recipe.recipe.name}
     return {k: v for k, v in out.items() if v}
 
 
@@ -376,5 +373,5 @@ def release_image(store: Store, release: str) -> str:
 def docker_tag(release: str) -> str | None:
     """`NAME:VERSION` for Docker, when both are valid there (a version with "+" is not)."""
     name, _, version = release.rpartition("@")
-    return f"{name}:{version}" if _DOCKER_NAME.match(name) and _DOCKER_TAG.match(version) \
-        else None
+    return f"{name}:{version}" if re.match(NAME_PATTERN, name) and \
+        re.match(TAG_PATTERN, version) else None
