@@ -269,3 +269,39 @@ def test_load_of_a_release_without_image_is_refused(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="no release q@1") as missing:
         release_image(store, "q@1")
     assert getattr(missing.value, "exit_code", None) == 5
+
+
+def test_layer_config_and_manifest_match_golden(tmp_path: Path) -> None:
+    """The exact bytes of a small image on a base: the format is a contract
+    (docs/formats.md); REBUILD_UPDATE_GOLDEN=1 rewrites the golden file after a deliberate
+    change."""
+    from rebuild.build.output_image import image_manifest
+    from rebuild.store.layout import Descriptor
+
+    artifacts = write_outputs(tmp_path, mtime=0, umask=0o022)
+    layer = layer_bytes(artifacts)
+    layer_digest = "sha256:" + hashlib.sha256(layer).hexdigest()
+    recipe = recipe_with(base="environment", path="/app", entrypoint=["/app/bin/hello"],
+                         env={"A": "1"}, workdir="/app", user="65534:65534",
+                         labels={"x": "y"})
+    assert recipe.image_output is not None
+    base = {"architecture": "amd64", "os": "linux", "config": {"Env": ["PATH=/bin"]},
+            "history": [{"created": "2023-11-14T22:13:20Z", "created_by": "rebuild"}],
+            "rootfs": {"type": "layers", "diff_ids": ["sha256:" + "b" * 64]}}
+    config = image_config(recipe.image_output, base, ["sha256:" + "b" * 64, layer_digest],
+                          EPOCH)
+    manifest = image_manifest(
+        Descriptor(CONFIG_MEDIA, "sha256:" + hashlib.sha256(config).hexdigest(), len(config)),
+        [Descriptor(LAYER_MEDIA, "sha256:" + "b" * 64, 1024),
+         Descriptor(LAYER_MEDIA, layer_digest, len(layer))],
+        image_annotations(recipe, EPOCH))
+    got = json.dumps({"layer": layer_digest, "config": json.loads(config),
+                      "manifest": json.loads(manifest),
+                      "manifest_digest": "sha256:" + hashlib.sha256(manifest).hexdigest()},
+                     indent=2, sort_keys=True) + "\n"
+    path = Path(__file__).parent / "golden" / "output-image.json"
+    if os.environ.get("REBUILD_UPDATE_GOLDEN") == "1":
+        path.write_text(got)
+    assert path.exists(), f"{path} is missing; run with REBUILD_UPDATE_GOLDEN=1 to write it"
+    assert got == path.read_text(), "the output image's bytes changed; if intended, rerun " \
+        "with REBUILD_UPDATE_GOLDEN=1 and review the diff"
