@@ -305,3 +305,17 @@ def test_layer_config_and_manifest_match_golden(tmp_path: Path) -> None:
     assert path.exists(), f"{path} is missing; run with REBUILD_UPDATE_GOLDEN=1 to write it"
     assert got == path.read_text(), "the output image's bytes changed; if intended, rerun " \
         "with REBUILD_UPDATE_GOLDEN=1 and review the diff"
+
+
+def test_a_bad_image_output_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    from tests.conftest import run_rebuild
+
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('[recipe]\nname = "r"\nversion = "1"\n[source]\npath = "."\n'
+                      '[environment]\nimage = "a/b:c@sha256:' + "0" * 64 + '"\n'
+                      'source_date_epoch = 1\n[build]\ncommand = ["true"]\noutputs = ["x"]\n'
+                      '[image_output]\nbase = "debian:12"\n')
+    result = run_rebuild("lock", recipe, store=tmp_path / "store")
+    assert result.code == 2
+    assert "[image_output] base = 'debian:12'" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -155,6 +155,12 @@ def test_push_is_byte_exact(built: tuple[Path, Path, dict], tmp_path: Path  # ty
                                  f"docker://{registry.host}/rebuild/{NAME}@sha256:{digest}"],
                                 capture_output=True, check=True, timeout=120).stdout
         assert "sha256:" + hashlib.sha256(config).hexdigest() == manifest["config"]["digest"]
+        # The release verifies from the registry: its manifest, with the image layer, is
+        # the one the signed provenance defines.
+        verified = run_rebuild("verify", RELEASE, "--key", built[1] / "ci.pub",
+                               store=Path(registry.url()),
+                               env={"REBUILD_CACHE": str(tmp_path / "cache")})
+        assert verified.code == 0, verified.stderr
         # Docker loads it from the registry too (through a cache of verified blobs).
         loaded = run_rebuild("image", "load", RELEASE, "--json", store=Path(registry.url()),
                              env={"REBUILD_CACHE": str(tmp_path / "cache")})
