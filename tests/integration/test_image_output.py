@@ -155,6 +155,17 @@ def test_push_is_byte_exact(built: tuple[Path, Path, dict], tmp_path: Path  # ty
                                  f"docker://{registry.host}/rebuild/{NAME}@sha256:{digest}"],
                                 capture_output=True, check=True, timeout=120).stdout
         assert "sha256:" + hashlib.sha256(config).hexdigest() == manifest["config"]["digest"]
+        # Docker pulls it by that digest (its own client, not rebuild's) and runs it.
+        ref = f"{registry.host}/rebuild/{NAME}@sha256:{digest}"
+        pulled_by_docker = subprocess.run(["docker", "pull", ref], capture_output=True,
+                                          text=True, timeout=300, check=False)
+        try:
+            assert pulled_by_docker.returncode == 0, pulled_by_docker.stderr
+            ran = subprocess.run(["docker", "run", "--rm", "--network", "none", ref],
+                                 capture_output=True, text=True, timeout=120, check=False)
+            assert (ran.returncode, ran.stdout) == (0, "hello from the image\n"), ran.stderr
+        finally:
+            subprocess.run(["docker", "rmi", ref], capture_output=True, check=False)
         # The release verifies from the registry: its manifest, with the image layer, is
         # the one the signed provenance defines.
         verified = run_rebuild("verify", RELEASE, "--key", built[1] / "ci.pub",
