@@ -38,8 +38,14 @@ from rebuild.build.compare import (
 from rebuild.build.explain import Blame, Explanation, explain_differences
 from rebuild.build.image import StoredImage, find_image, load_archived, stored_image
 from rebuild.build.network import network_hint
+from rebuild.build.output_image import (
+    IMAGE_ARTIFACT,
+    describe_difference,
+    image_root,
+    with_image,
+)
 from rebuild.build.plan import BuildPlan, RunPlan, plan_build, plan_run
-from rebuild.build.recipe import LoadedRecipe
+from rebuild.build.recipe import LoadedRecipe, Recipe
 from rebuild.build.sandbox import (
     RunResult,
     Sandbox,
@@ -272,12 +278,20 @@ def _twin_build(client: Any, loaded: LoadedRecipe, store: Store, *, cache_dir: P
                           status="failed", test_result=None)
                 raise BuildFailed(f"{exc}\nlogs kept in the store: attempt "
                                   f"{attempt.digest}", hint=exc.hint) from None
+            # An [image_output] image of each run's outputs joins them as an artifact.
+            files = a
+            a, b = (with_image(store, loaded.recipe, plan.source_date_epoch, run, image)
+                    for run in (a, b))
             differences = compare_artifacts(a, b)
-            explanation = (explain_differences(loaded.recipe, plan, sandbox, source_tar, a,
-                                               differences, wheels=wheels, npm=npm,
+            file_differences = tuple(d for d in differences if d.name != IMAGE_ARTIFACT)
+            explanation = (explain_differences(loaded.recipe, plan, sandbox, source_tar, files,
+                                               file_differences, wheels=wheels, npm=npm,
                                                log=log)
-                           if explain and differences else None)
-            reports = tuple(_report(store, d, plan.variations, explanation, log,
+                           if explain and file_differences else None)
+            reports = tuple(_image_report(store, d, file_differences, loaded.recipe,
+                                          plan.variations)
+                            if d.name == IMAGE_ARTIFACT and loaded.recipe.image_output else
+                            _report(store, d, plan.variations, explanation, log,
                                     plan.limits.diffoscope_memory) for d in differences)
             test = None
             if not differences and loaded.recipe.test is not None:
@@ -356,9 +370,10 @@ def release_artifacts(store: Store, release: Descriptor) -> list[Artifact]:
         path = store.blob_path(layer["digest"])
         annotations = layer.get("annotations", {})
         mode = annotations.get(MODE_ANN)
+        media = layer["mediaType"] if layer["mediaType"] == OCI_MANIFEST else None
         artifacts.append(Artifact(annotations[TITLE], layer["digest"].removeprefix("sha256:"),
                                   layer["size"], path, annotations.get(LINK_ANN),
-                                  None if mode is None else parse_mode(mode)))
+                                  None if mode is None else parse_mode(mode), media))
     return artifacts
 
 
@@ -407,7 +422,7 @@ def _run_test(sandbox: Sandbox, store: Store, loaded: LoadedRecipe, plan: BuildP
         f"{result.seconds:.1f} s)")
     log_digest, _ = store.put_bytes(result.log)
     statement = make_test_result(
-        subjects=[Subject(a.name, a.sha256) for a in artifacts], passed=passed,
+        subjects=[Subject(a.name, a.sha256, a.media_type) for a in artifacts], passed=passed,
         command=command, log_digest=log_digest, configuration=[])
     tail = "\n".join(result.log.decode(errors="replace").strip().splitlines()[-15:])
     return TestRun(passed, statement, log_digest, tail)
@@ -459,11 +474,12 @@ def _store_release(store: Store, plan: BuildPlan, artifacts: Sequence[Artifact])
         else:
             digest, size = store.put_bytes(artifact.link.encode())
         annotations = {TITLE: artifact.name}
+        media = artifact.media_type or "application/octet-stream"
         if artifact.link is not None:
             annotations[LINK_ANN] = artifact.link
         if artifact.mode is not None:
             annotations[MODE_ANN] = format_mode(artifact.mode)
-        layers.append(Descriptor("application/octet-stream", digest, size, annotations))
+        layers.append(Descriptor(media, digest, size, annotations))
     release = store.put_artifact(RELEASE_TYPE, layers, annotations=release_annotations(
         plan.release, plan.source_date_epoch))
     existing = store.find(plan.release)
@@ -484,6 +500,16 @@ def _report(store: Store, diff: Difference, variations: tuple[str, ...],
     blame = explanation.blames.get(diff.name) if explanation else None
     return DifferenceReport(diff, blame.variations if blame else variations, text, html, json,
                             blame)
+
+
+def _image_report(store: Store, diff: Difference, files: Sequence[Difference],
+                  recipe: Recipe, variations: tuple[str, ...]) -> DifferenceReport:
+    """The two runs' images differ: a report naming the layer and the files in it that
+    differ (each file has its own diffoscope report)."""
+    assert diff.a is not None and diff.b is not None and recipe.image_output is not None
+    text = describe_difference(store, f"sha256:{diff.a.sha256}", f"sha256:{diff.b.sha256}",
+                               [d.name for d in files], image_root(recipe.image_output))
+    return DifferenceReport(diff, variations, store.put_bytes(text.encode())[0])
 
 
 def _store_attempt(store: Store, plan: BuildPlan, inputs: Descriptor,

@@ -33,6 +33,9 @@ class Subject:
 
     name: str
     sha256: str
+    # An artifact that is not a file (an output image's manifest) says what it is, as an
+    # in-toto ResourceDescriptor may.
+    media_type: str | None = None
 
 
 @dataclass(frozen=True)
@@ -220,11 +223,18 @@ def _statement(subjects: Sequence[Subject], predicate_type: str,
                predicate: dict[str, Any]) -> dict[str, Any]:
     return {
         "_type": STATEMENT_TYPE,
-        "subject": [{"name": s.name, "digest": {"sha256": s.sha256}}
-                    for s in sorted(subjects, key=lambda s: s.name)],
+        "subject": [subject_json(s) for s in sorted(subjects, key=lambda s: s.name)],
         "predicateType": predicate_type,
         "predicate": predicate,
     }
+
+
+def subject_json(subject: Subject) -> dict[str, Any]:
+    """A statement's subject: name and digest, and the media type of one that is no file."""
+    out: dict[str, Any] = {"name": subject.name, "digest": {"sha256": subject.sha256}}
+    if subject.media_type is not None:
+        out["mediaType"] = subject.media_type
+    return out
 
 
 def _by_name_uri(dependency: Dependency) -> tuple[str, str]:

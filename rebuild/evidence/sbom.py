@@ -145,6 +145,10 @@ def serial_number(facts: BuildFacts) -> uuid.UUID:
     if not data["npm_packages"]:
         # Facts from before npm locks name the same serial number as they always did.
         del data["npm_packages"]
+    # Subjects got a media type with output images; a file's (none) keeps the serial it had.
+    for subject in data["subjects"]:
+        if subject.get("media_type") is None:
+            subject.pop("media_type", None)
     return uuid.uuid5(SERIAL_NAMESPACE, canonical_json(data).decode())
 
 
@@ -201,7 +205,8 @@ def _release_bom(facts: BuildFacts, debian: Sequence[Component], *,
         metadata=BomMetaData(component=release, tools=ToolRepository(components=[tool]),
                              timestamp=datetime.fromtimestamp(facts.source_date_epoch, UTC)),
     )
-    artifacts = [Component(type=ComponentType.FILE, name=s.name, bom_ref=f"artifact:{s.name}",
+    artifacts = [Component(type=ComponentType.CONTAINER if s.media_type else ComponentType.FILE,
+                           name=s.name, bom_ref=f"artifact:{s.name}",
                            hashes=[HashType(alg=HashAlgorithm.SHA_256, content=s.sha256)])
                  for s in (facts.subjects if with_artifacts else ())]
     # The tree digest is rebuild's hash of a directory, not the sha256 of the component's
@@ -223,8 +228,10 @@ def _release_bom(facts: BuildFacts, debian: Sequence[Component], *,
 
 
 def _artifact_json(subject: Subject) -> dict[str, Any]:
-    """An artifact's component, as cyclonedx renders the one `_release_bom` makes."""
-    return {"bom-ref": f"artifact:{subject.name}", "name": subject.name, "type": "file",
+    """An artifact's component, as cyclonedx renders the one `_release_bom` makes (an
+    output image's manifest is a container)."""
+    return {"bom-ref": f"artifact:{subject.name}", "name": subject.name,
+            "type": "container" if subject.media_type else "file",
             "hashes": [{"alg": "SHA-256", "content": subject.sha256}]}
 
 

@@ -30,6 +30,7 @@ from rebuild.build.compare import (
 )
 from rebuild.build.explain import Blame, explain_differences
 from rebuild.build.image import stored_image
+from rebuild.build.output_image import with_image
 from rebuild.build.plan import plan_build
 from rebuild.build.recipe import LoadedRecipe, parse_recipe, parse_toml
 from rebuild.build.sandbox import RunResult, Sandbox, connect, require_success
@@ -226,8 +227,11 @@ def _reproduce(store: Store, target: str, *, runs: int, cache_dir: Path,
             log(f"run {result.name}: exit {result.exit_code} after {result.seconds:.1f} s")
             require_success(result, "the build command")
         outputs = [collect_outputs(r.out_dir, plan.outputs, r.name, plan.limits) for r in results]
+        # The release's image (an [image_output]) is rebuilt from each run's outputs too.
         rebuilt = tuple(_report(store, r, log, plan.limits.diffoscope_memory)
-                        for r in _judge(recorded, outputs))
+                        for r in _judge(recorded, [
+                            with_image(store, inputs.recipe.recipe, inputs.source_date_epoch,
+                                       o, image) for o in outputs]))
         blames: Mapping[str, Blame] = {}
         twin = compare_artifacts(*outputs) if len(outputs) == 2 else ()
         if explain and twin:

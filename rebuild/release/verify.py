@@ -42,6 +42,7 @@ from rebuild.store.layout import (
     KIND,
     LINK_ANN,
     MODE_ANN,
+    OCI_MANIFEST,
     REF_NAME,
     RELEASE_ANN,
     RELEASE_TYPE,
@@ -392,7 +393,11 @@ def release_manifest(store: Store, provenance: Mapping[str, Any],
             size = store.blob_path(digest).stat().st_size
         except (OSError, StoreError):
             return None
-        out.append(Descriptor("application/octet-stream", digest, size, annotations))
+        # An output image's manifest is a layer of the OCI manifest type (so gc and push
+        # follow it to the image's blobs); the signed subject says so.
+        media = OCI_MANIFEST if _get(subject, "mediaType") == OCI_MANIFEST else \
+            "application/octet-stream"
+        out.append(Descriptor(media, digest, size, annotations))
     out.sort(key=lambda d: (d.annotations or {})[TITLE])
     return artifact_manifest(RELEASE_TYPE, out, annotations=release_annotations(name, epoch))
 
