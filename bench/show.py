@@ -97,9 +97,9 @@ class BulkStore(Store):
 
     def write_index(self) -> int:
         with self._locked():
-            entries = [*self.index(), *self.pending]
+            self._recover()
+            entries = [*self._index_file(), *self.pending]
             self._write_index(entries)
-            self._journal.unlink(missing_ok=True)  # folded into the index.json just written
         self.pending = []
         return len(entries)
 
