@@ -26,7 +26,6 @@ blobs younger than a grace period stay too. Temporary files are named by their o
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import fcntl
 import hashlib
@@ -1241,6 +1240,8 @@ def _hash_stream(f: IO[bytes]) -> str:
 def _sync_file_system(directory: Path, files: Sequence[Path]) -> None:
     """Make `files` (all on the file system of `directory`) durable: one syncfs(2), or an
     fsync each where the C library has no syncfs."""
+    import ctypes  # only writers need it: readers (`show`) do not load it
+
     syncfs = getattr(ctypes.CDLL(None, use_errno=True), "syncfs", None)
     if syncfs is not None:
         fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
