@@ -196,10 +196,13 @@ def remove_tree(path: Path) -> bool:
         shutil.rmtree(path, ignore_errors=True)
         return not path.exists()
     try:
-        from concurrent.futures import ThreadPoolExecutor
+        with os.scandir(fd) as listing:
+            empty = next(listing, None) is None
+        if not empty:  # an empty one (a `show`'s runtime directory) needs no threads
+            from concurrent.futures import ThreadPoolExecutor
 
-        with ThreadPoolExecutor(UNLINKERS, thread_name_prefix="rebuild-rm") as pool:
-            _remove_contents(fd, pool)
+            with ThreadPoolExecutor(UNLINKERS, thread_name_prefix="rebuild-rm") as pool:
+                _remove_contents(fd, pool)
     except RuntimeError:  # at interpreter exit no thread can start: one at a time
         _remove_contents(fd, None)
     finally:

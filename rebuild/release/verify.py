@@ -19,7 +19,7 @@ from securesystemslib.signer import SSlibKey  # type: ignore[attr-defined]
 from rebuild.build.limits import BundleLimits
 from rebuild.build.variations import NAMES
 from rebuild.checks import Check
-from rebuild.errors import ClaimFailed, StoreError
+from rebuild.errors import ClaimFailed, StoreError, UsageError
 from rebuild.evidence.provenance import (
     BUILD_TYPE,
     BUILDER_ID,
@@ -27,7 +27,13 @@ from rebuild.evidence.provenance import (
     SLSA_PROVENANCE,
     TEST_RESULT,
 )
-from rebuild.evidence.sign import KeylessIdentity, UntrustedSigner, verify_bundle, verify_signed
+from rebuild.evidence.sign import (
+    KeylessIdentity,
+    UntrustedSigner,
+    load_public_key,
+    verify_bundle,
+    verify_signed,
+)
 from rebuild.store.layout import (
     BUNDLE_MEDIA,
     KIND,
@@ -102,6 +108,16 @@ class Report:
         return {"target": self.target, "release": self.release, "verified": self.ok,
                 "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail}
                            for c in self.checks]}
+
+
+def keys_policy(keys: Sequence[Path], keyless: Sequence[KeylessIdentity] = ()) -> Policy:
+    """The default policy: the given keys and keyless identities are trusted builders;
+    reproducible, with an SBOM. Here, not in rebuild.release.policy, so that `verify --key`
+    does not load pydantic, which only a policy file needs."""
+    if not keys and not keyless:
+        raise UsageError("say whom to trust: --key PREFIX.pub, --certificate-identity ID "
+                         "--certificate-oidc-issuer URL (keyless), or --policy FILE.toml")
+    return Policy(tuple(load_public_key(k) for k in keys), keyless=tuple(keyless))
 
 
 def resolve_release(store: Store, target: str) -> Descriptor:
