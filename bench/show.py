@@ -460,7 +460,7 @@ def store_scale(ctx: Context) -> Section:
         for number in range(have + 1, min(level, SIGNED_RELEASES) + 1):
             synthetic.write(number)
         if level > SIGNED_RELEASES:
-            bulk.pending += renamed_copies(store.index(), range(
+            bulk.pending += renamed_copies([*store.index(), *bulk.pending], range(
                 max(have, SIGNED_RELEASES) + 1, level + 1), SIGNED_RELEASES)
         entries = bulk.write_index() if bulk.pending or previous is None else len(store.index())
         seeding[level] = time.perf_counter() - started
