@@ -441,6 +441,17 @@ def test_a_writer_killed_mid_append_is_redone_by_the_next_reader(
     assert reopened.index() == [first, second] and reopened.fsck() == []
 
 
+def test_fsck_and_gc_redo_an_append_a_killed_writer_left_torn(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    _named(store, "x@1")
+    _killed_mid_append(store.root, "y@1", 9)
+    assert store.fsck() == []
+    _killed_mid_append(store.root, "z@1", 9)
+    assert store.gc(grace_seconds=0).removed == ()
+    assert [e.annotations[REF_NAME] for e in store.index() if e.annotations] == [
+        "x@1", "y@1", "z@1"]
+
+
 def test_a_writer_killed_mid_append_is_redone_by_the_next_writer(tmp_path: Path) -> None:
     store = make_store(tmp_path)
     first = _named(store, "x@1")

@@ -586,6 +586,11 @@ class Store:
         """Under the exclusive lock: redo the append a write-ahead record names, if index.json
         does not hold it exactly (cut back to the record's length, then written again); then
         fold an older rebuild's journal. Returns how many journal lines were folded."""
+        self._recover_append()
+        return self._fold()
+
+    def _recover_append(self) -> None:
+        """Under the exclusive lock: the write-ahead record's part of `_recover`."""
         record = self._wal.read_bytes() if self._wal.exists() else b""
         # A record without its newline: its writer died before it touched index.json.
         if record.endswith(b"\n"):
@@ -593,7 +598,6 @@ class Store:
             self._redo_append(entry, inode, length)
         if record:
             self._clear_wal(durable=True)
-        return self._fold()
 
     def _redo_append(self, entry: bytes, inode: int, length: int) -> None:
         path = self.root / "index.json"
@@ -979,6 +983,8 @@ class Store:
     def fsck(self) -> list[Problem]:
         """Check every blob's hash, the index, and that every reference is present."""
         self.require()
+        with self._locked():  # an append a killed writer left torn is no corruption
+            self._recover_append()
         problems: list[Problem] = []
         present: set[str] = set()
         corrupt: set[str] = set()
@@ -1017,6 +1023,7 @@ class Store:
         # (a writer of an older rebuild, another tool).
         cutoff = time.time() - grace_seconds
         with self._locked():
+            self._recover_append()
             blobs = sorted(self.blobs.iterdir())
             refusal = self._index_problems(len(blobs))
             keep, problems = self._closure(self.index()) if not refusal else (set(), [])
