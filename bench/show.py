@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
+import itertools
 import json
 import os
 import shlex
@@ -12,7 +13,7 @@ import shutil
 import tarfile
 import time
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,10 +53,12 @@ from rebuild.release.report import release_story
 from rebuild.release.verify import Policy
 from rebuild.store.layout import (
     ATTEMPT_TYPE,
+    EMPTY_DIGEST,
     EPOCH_ANN,
     IMAGE_ID_ANN,
     INPUTS_TYPE,
     KIND,
+    OCI_EMPTY,
     OCI_MANIFEST,
     REF_NAME,
     RELEASE_ANN,
@@ -567,4 +570,93 @@ def store_scale(ctx: Context) -> Section:
             "\"`index.json`, appended in place\").",
         ),
         data={"sizes": {str(k): v for k, v in sizes.items()}, "build_growth": round(growth, 4)},
+    )
+
+
+INDEX_LEVELS = (0, 40_000, 400_000)  # index entries: a release is about four
+INDEX_WRITES = 20  # index writes per timed sample
+
+
+def index_writes(ctx: Context) -> Section:
+    """Issue 8, the store's share of a build: naming entries in index.json (in place, after
+    a write-ahead record; the query cache updated) and looking them up, in stores whose
+    index.json holds 0, 40,000 and 400,000 entries. Wall and CPU seconds of the calling
+    process, which unlike a whole build's wall time hardly move with other people's load."""
+    directory = ctx.work / "index"
+    stores: dict[int, Path] = {}
+    first: dict[str, list[float]] = {}
+    for level in INDEX_LEVELS:
+        st = Store(directory / f"store-{level}")
+        st.init()
+        st.put_bytes(b"{}")
+        with st._locked():  # one write of the whole index, as a store grows to it
+            st._write_index([Descriptor(OCI_EMPTY, EMPTY_DIGEST, 2, {
+                REF_NAME: f"filler-{i}@1", KIND: "release"} if i % 4 == 0 else {
+                KIND: "evidence", SUBJECT: f"sha256:{i // 4:064x}"}) for i in range(level)])
+        started = time.perf_counter()
+        if Store(st.root).find("filler-0@1") is None and level:
+            raise BenchError(f"{st.root}: the query cache does not find filler-0@1")
+        first[f"first_{level}"] = [time.perf_counter() - started]
+        stores[level] = st.root
+    names = itertools.count()
+
+    def writes(level: int, clock: Callable[[], float]) -> float:
+        st = Store(stores[level])
+        started = clock()
+        for _ in range(INDEX_WRITES):
+            st.add_to_index(Descriptor(OCI_EMPTY, EMPTY_DIGEST, 2),
+                            {REF_NAME: f"new-{next(names)}@1", KIND: "release"})
+        return (clock() - started) / INDEX_WRITES
+
+    def lookups(level: int) -> float:
+        st = Store(stores[level])
+        started = time.perf_counter()
+        for _ in range(INDEX_WRITES):
+            if st.find("filler-0@1" if level else "new-0@1") is None:
+                raise BenchError("a lookup found nothing")
+            st.referrers(f"sha256:{0:064x}")
+        return (time.perf_counter() - started) / INDEX_WRITES
+
+    contenders = [c for level in INDEX_LEVELS for c in (
+        Contender(f"write_{level}", f"write, {level:,}",
+                  functools.partial(writes, level, time.perf_counter)),
+        Contender(f"cpu_{level}", f"write cpu, {level:,}",
+                  functools.partial(writes, level, time.process_time)),
+        Contender(f"lookup_{level}", f"lookup, {level:,}", functools.partial(lookups, level)))]
+    samples = measure(contenders, ctx.reps, say, ctx.loads) | first
+    labels: dict[str, str] = {}
+    for level in INDEX_LEVELS:
+        labels |= {f"write_{level}": f"{level:,} entries: one add_to_index, wall",
+                   f"cpu_{level}": f"{level:,} entries: one add_to_index, CPU of the process",
+                   f"lookup_{level}": f"{level:,} entries: find + referrers, wall"}
+    for level in INDEX_LEVELS:
+        labels[f"first_{level}"] = (f"  {level:,} entries: the first lookup after index.json "
+                                    "was written whole (builds the query cache; once)")
+    rows = timings(samples, labels, informational=tuple(f"first_{n}" for n in INDEX_LEVELS))
+    by_key = {t.key: t for t in rows}
+    base_wall, base_cpu = by_key["write_0"].median, by_key["cpu_0"].median
+    verdicts = (
+        *(f"one index write, {level:,} entries: {by_key[f'write_{level}'].median * 1000:.2f} ms "
+          f"wall ({by_key[f'write_{level}'].median / base_wall - 1:+.0%}), "
+          f"{by_key[f'cpu_{level}'].median * 1000:.2f} ms CPU "
+          f"({by_key[f'cpu_{level}'].median / base_cpu - 1:+.0%}) against an empty index"
+          for level in INDEX_LEVELS),
+        f"1-minute load during the rounds: {min(ctx.loads):.2f}–{max(ctx.loads):.2f} (2 "
+        "cores, shared)",
+    )
+    return Section(
+        name="index_writes",
+        title="Naming entries in index.json at 0, 40,000 and 400,000 entries (issue 8)",
+        method=(f"N={ctx.reps} interleaved rounds after one warm-up; each sample is the mean "
+                f"of {INDEX_WRITES} calls of Store.add_to_index (a new entry each: the "
+                "write-ahead record and index.json fsynced, the query cache updated) or of "
+                "find + referrers, in this process."),
+        timings=rows,
+        verdicts=verdicts,
+        commands=(("write", "rebuild.store.layout.Store(STORE).add_to_index(...)"),),
+        notes=("index.json of each store written once, whole, with release and evidence "
+               "entries (as a store of 10,000 and 100,000 releases has about 40,000 and "
+               "400,000); the first lookup then builds the query cache once.",),
+        data={"sizes": {str(n): (stores[n] / "index.json").stat().st_size
+                        for n in INDEX_LEVELS}},
     )
