@@ -673,3 +673,25 @@ def test_staged_outputs_are_stored_in_one_pass_leased_and_named_only_on_commit(
         [new] = collect_outputs(out, ["d/new"], "a", stage=staging)
     assert not store.blob_path(f"sha256:{new.sha256}").exists()
     assert list((store.root / ".tmp").iterdir()) == []
+
+
+def test_a_query_cache_of_the_previous_rebuild_is_kept_when_it_held_no_journal(
+        tmp_path: Path) -> None:
+    """Upgrading costs a large store no rebuild of its cache: the previous rebuild's
+    signature ("index.json's, then 0:0 for no journal") names the same rows."""
+    import sqlite3
+
+    store = make_store(tmp_path)
+    first = _named(store, "x@1")
+    assert store.find("x@1") == first
+    cache = store.root / ".cache" / "query.sqlite"
+    with sqlite3.connect(cache) as db:
+        db.execute("UPDATE meta SET signature = ?", (store._signature() + " 0:0",))
+        (kept,) = db.execute("SELECT rowid FROM entries WHERE ref_name = 'x@1'").fetchone()
+    assert Store(store.root).find("x@1") == first
+    with sqlite3.connect(cache) as db:
+        assert db.execute("SELECT rowid FROM entries WHERE ref_name = 'x@1'").fetchone() == (
+            kept,)
+        db.execute("UPDATE meta SET signature = ?", (store._signature() + " 7:120",))
+    assert Store(store.root).find("x@1") == first  # journal lines: rebuilt from index.json
+    assert store.fsck() == []

@@ -754,10 +754,18 @@ class Store:
     def _appended(self, cached: str | None) -> list[Descriptor] | None:
         """The entries appended to index.json since the cache recorded `cached` (same inode,
         grown), or None when the cache must be rebuilt: index.json replaced, or what follows
-        the cached length is not a run of appended entries closed by INDEX_TAIL."""
+        the cached length is not a run of appended entries closed by INDEX_TAIL, or the cache
+        of an older rebuild holds journal lines."""
         path = self.root / "index.json"
+        # The previous rebuild added its journal's state: "0:0" when there was none, and
+        # then its rows are index.json's, as this rebuild's are.
+        cached, _, journal = (cached or "").partition(" ")
+        if journal not in ("", "0:0"):
+            return None
+        if cached == self._signature():
+            return []
         try:
-            old_inode, old_size, _ = (int(n) for n in (cached or "").split(":"))
+            old_inode, old_size, _ = (int(n) for n in cached.split(":"))
             with path.open("rb") as f:
                 st = os.fstat(f.fileno())
                 at = old_size - len(INDEX_TAIL)
