@@ -7,13 +7,13 @@ safe: blobs are immutable and identical content has one name, and `index.json` i
 under an exclusive lock on the store directory.
 
 `index.json` names every entry at every moment, and a write costs the same in a store of
-100,000 releases as in an empty one (docs/formats.md, "index.json"): index.json is canonical
-JSON, so it ends with INDEX_TAIL, and a new entry is written in place over that ending,
-followed by it again, in one write. A write-ahead record (`index.wal`: the entry, and
-index.json's inode and length before the append) is made durable first, so that whoever
-next uses the store (a reader or a writer, under the exclusive lock) redoes an append a
-killed writer left torn. Whole rewrites (folding the journal an older rebuild kept, an
-index.json another tool wrote) stay atomic.
+100,000 releases as in an empty one (docs/formats.md, "`index.json`, appended in place"):
+index.json is canonical JSON, so it ends with INDEX_TAIL, and a new entry is written in
+place over that ending, followed by it again, in one write. A write-ahead record
+(`index.wal`: the entry, and index.json's inode and length before the append) is made
+durable first, so that whoever next uses the store (a reader or a writer, under the
+exclusive lock) redoes an append a killed writer left torn. Whole rewrites (folding the
+journal an older rebuild kept, an index.json another tool wrote) stay atomic.
 
 `gc` cannot lose data: it follows manifests from `index.json` down by media type only (an
 artifact's bytes are never parsed), refuses a missing or empty index and a sweep that would
@@ -83,7 +83,8 @@ CHUNK = 1 << 20
 # The journal of entries not yet in index.json that rebuild kept before index.json was
 # appended to in place: folded into index.json the first time such a store is used.
 JOURNAL = "index.journal"
-# The write-ahead record of the append in progress (docs/formats.md, "index.json").
+# The write-ahead record of the append in progress (docs/formats.md, "`index.json`,
+# appended in place").
 WAL = "index.wal"
 # How canonical JSON ends an OCI image index (keys sorted: "manifests" before the other two):
 # an append writes its entry over this and this again after it.
@@ -467,7 +468,7 @@ class Store:
     def add_to_index(self, desc: Descriptor, annotations: Mapping[str, str]) -> Descriptor:
         """Name a stored manifest in the index; an identical entry is not named twice. The
         entry is written into index.json in place, in one write whatever the store's size
-        (docs/formats.md, "index.json")."""
+        (docs/formats.md, "`index.json`, appended in place")."""
         entry = Descriptor(desc.media_type, desc.digest, desc.size, dict(annotations),
                            desc.artifact_type)
         self.init()
