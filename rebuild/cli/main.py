@@ -23,6 +23,7 @@ from rebuild.errors import ExitCode, RebuildError
 if TYPE_CHECKING:
     pass
 
+from rebuild.cli import coerce
 from rebuild.cli.common import OPTIONS, JsonOpt, KeyOpt, StoreOpt, emit, say
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -114,6 +115,7 @@ def main() -> None:
     """Run the CLI: every failure is one message and an exit code from design.md's table;
     a traceback only with --debug."""
     runtime.install_interrupt_handlers()
+    coerce.install()
     try:
         if isinstance(app, typer.Typer) and not app.registered_commands + app.registered_groups:
             register_commands(app, sys.argv[1:])

@@ -29,13 +29,12 @@ from rebuild.evidence.provenance import (
     SLSA_PROVENANCE,
     TEST_RESULT,
 )
-from rebuild.evidence.sign import KeylessIdentity, UntrustedSigner, verify_bundle, verify_signed
-from rebuild.release.bundle import open_bundle
-from rebuild.store.auditlog import (
-    check_events,
-    release_events,
-    release_log_checks,
-    trusted_time_check,
+from rebuild.evidence.sign import (
+    KeylessIdentity,
+    UntrustedSigner,
+    load_public_key,
+    verify_bundle,
+    verify_signed,
 )
 from rebuild.store.layout import (
     BUNDLE_MEDIA,
@@ -53,10 +52,10 @@ from rebuild.store.layout import (
     canonical_json,
     release_annotations,
 )
-from rebuild.store.tlog import NoteVerifier
 
 if TYPE_CHECKING:  # x509 and the TSA client load only when a TSA is pinned
     from rebuild.store.timestamp import TsaTrust
+    from rebuild.store.tlog import NoteVerifier
 
 BINDING_CHECKS = ("artifacts", "signed evidence", "release name", "release manifest")
 VERDICT_URI = "rebuild:release:"  # a QA verdict's resourceUri: this prefix, then name@version
@@ -130,6 +129,16 @@ class Report:
         return {"target": self.target, "release": self.release, "verified": self.ok,
                 "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail}
                            for c in self.checks]}
+
+
+def keys_policy(keys: Sequence[Path], keyless: Sequence[KeylessIdentity] = ()) -> Policy:
+    """The default policy: the given keys and keyless identities are trusted builders;
+    reproducible, with an SBOM. Here, not in rebuild.release.policy, so that `verify --key`
+    does not load pydantic, which only a policy file needs."""
+    if not keys and not keyless:
+        raise UsageError("say whom to trust: --key PREFIX.pub, --certificate-identity ID "
+                         "--certificate-oidc-issuer URL (keyless), or --policy FILE.toml")
+    return Policy(tuple(load_public_key(k) for k in keys), keyless=tuple(keyless))
 
 
 def resolve_release(store: Store, target: str) -> Descriptor:
@@ -235,6 +244,9 @@ def verify_release(store: Store, target: str, policy: Policy) -> Report:
                    f"approved by {names}" if approvals
                    else f"no {role} approval by a trusted key")
     if policy.log_key is not None or policy.tsa is not None:
+        # The log's code loads only for a policy that requires the log (`show` < 200 ms).
+        from rebuild.store.auditlog import release_log_checks
+
         referrers = [((e.annotations or {}).get(KIND, ""), e.digest)
                      for e in store.referrers(release.digest)]
         for check in release_log_checks(store, release.digest, referrers, policy.log_key,
@@ -254,6 +266,8 @@ def verify_bundle_file(path: Path, policy: Policy,
     """Verify an exported bundle (`rebuild export`) offline: every byte of the archive, each
     failure naming its file (rebuild.export), then `verify_release` on the layout inside.
     What extracting it may write is bounded by `limits` (defaults: rebuild.limits)."""
+
+    from rebuild.release.bundle import open_bundle
 
     with tempfile.TemporaryDirectory(prefix="rebuild-verify-") as tmp:
         bundle = open_bundle(path, Path(tmp), limits or BundleLimits())
@@ -279,6 +293,8 @@ def verify_bundle_file(path: Path, policy: Policy,
 def _check_bundled_log(store: Store, report: Report) -> None:
     """Without a pinned log key the proofs still show each event is in the tree its
     checkpoint names; only the checkpoint's signature stays unchecked, and says so."""
+    from rebuild.store.auditlog import check_events, release_events, trusted_time_check
+
     try:
         events = release_events(store, "")
     except (ClaimFailed, ValueError, OSError) as exc:
