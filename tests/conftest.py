@@ -21,9 +21,12 @@ ROOT = Path(__file__).resolve().parent.parent
 # Containers started by this test session carry this prefix in their session label.
 SESSION_PREFIX = f"pytest-{os.getpid()}-"
 os.environ["REBUILD_SESSION_PREFIX"] = SESSION_PREFIX
-# Base images are cached in a store of their own across test sessions; `rebuild image build`
-# rebuilds them whenever the definition or the Debian mirror changes.
-IMAGE_STORE = ROOT / ".rebuild" / "test-images"
+# Base images are cached in a store of their own across test sessions and checkouts of this
+# machine's user (REBUILD_TEST_IMAGES to choose another); `rebuild image build` rebuilds them
+# whenever the definition or the Debian mirror changes, so the cache never hides a change.
+IMAGE_STORE = Path(os.environ.get("REBUILD_TEST_IMAGES") or
+                   Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+                   / "rebuild" / "test-images")
 
 
 def require_tool(name: str) -> None:
