@@ -50,7 +50,7 @@ from inputs import fetch_warm
 from outputs import outputs_20k
 from registry import registry_transfer
 from reproduce import reproduce_vs_build
-from show import show_10k, store_scale
+from show import index_writes, show_10k, store_scale
 from twin import twin_overhead
 
 from rebuild import __version__
@@ -58,7 +58,8 @@ from rebuild import __version__
 SectionFn = Callable[[Context], Section]
 SECTIONS: tuple[SectionFn, ...] = (twin_overhead, reproduce_vs_build, fetch_warm,
                                    evidence_share, outputs_20k, show_10k, store_scale,
-                                   dashboard_10k, corpus, gnu_hello, registry_transfer)
+                                   index_writes, dashboard_10k, corpus, gnu_hello,
+                                   registry_transfer)
 
 
 def git_revision() -> str:

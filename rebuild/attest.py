@@ -29,6 +29,7 @@ from rebuild.evidence.provenance import (
     Subject,
     digest_set,
     make_provenance,
+    subject_json,
 )
 from rebuild.evidence.sbom import DebianPart, make_sbom, render_debian
 from rebuild.evidence.sign import KeySigner, StatementSigner
@@ -92,11 +93,12 @@ def gather_facts(loaded: LoadedRecipe, inputs: Inputs, image: StoredImage, plan:
         py_packages=tuple(PyPackage(r.name, r.version, tuple(sorted(r.hashes)))
                           for r in requirements),
         source_date_epoch=plan.source_date_epoch,
+        npm_packages=tuple(n.package for n in inputs.npm),
         variations={run.name: run.describe() for run in plan.runs},
         # With two engines, each run's record names the engine it ran on.
         runs={run.name: {**run.record(), **({"engine": dict(engines[run.name])}
                                            if engines else {})} for run in plan.runs},
-        subjects=tuple(Subject(a.name, a.sha256) for a in artifacts),
+        subjects=tuple(Subject(a.name, a.sha256, a.media_type) for a in artifacts),
         comparison={"reproducible": reproducible, "record": record},
         logs=logs,
         builder_version=__version__,
@@ -107,8 +109,7 @@ def gather_facts(loaded: LoadedRecipe, inputs: Inputs, image: StoredImage, plan:
 def sbom_statement(facts: BuildFacts, sbom: bytes) -> dict[str, Any]:
     """The SBOM wrapped in an in-toto statement, so it is signed like every other claim."""
     return {"_type": STATEMENT_TYPE,
-            "subject": [{"name": s.name, "digest": {"sha256": s.sha256}}
-                        for s in sorted(facts.subjects, key=lambda s: s.name)],
+            "subject": [subject_json(s) for s in sorted(facts.subjects, key=lambda s: s.name)],
             "predicateType": SBOM_PREDICATE,
             "predicate": json.loads(sbom)}
 

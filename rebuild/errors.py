@@ -20,9 +20,14 @@ class ExitCode(IntEnum):
 
 
 class RebuildError(Exception):
-    """Base of every error rebuild reports to its user."""
+    """Base of every error rebuild reports to its user; `hint`, when set, says what to
+    change (the CLI shows it on a line of its own, and in --json)."""
 
     exit_code: ExitCode = ExitCode.USAGE
+
+    def __init__(self, *args: object, hint: str | None = None) -> None:
+        super().__init__(*args)
+        self.hint = hint
 
 
 class ClaimFailed(RebuildError):

@@ -18,17 +18,19 @@ import os
 import re
 import shutil
 import signal
-import socket
 import stat
 import tempfile
 import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from rebuild.errors import EnvironmentProblem
+
+if TYPE_CHECKING:  # the thread pool loads only when a tree is removed (`show` < 200 ms)
+    from concurrent.futures import ThreadPoolExecutor
 
 RUNTIME_ENV = "REBUILD_RUNTIME_DIR"
 _TOKEN = re.compile(r"^([0-9a-f]{12})-([0-9a-f]{12})-([0-9]+)-([0-9]+)-([0-9]+)$")
@@ -82,7 +84,7 @@ def current_owner() -> Owner:
 @functools.cache
 def _owner_of(pid: int) -> Owner:
     machine = _read("/etc/machine-id") or _read("/var/lib/dbus/machine-id")
-    machine = machine or "host:" + socket.gethostname()
+    machine = machine or "host:" + os.uname().nodename
     boot = _read("/proc/sys/kernel/random/boot_id").replace("-", "")
     if not boot:
         raise EnvironmentProblem("cannot read /proc/sys/kernel/random/boot_id: rebuild needs "
@@ -194,8 +196,13 @@ def remove_tree(path: Path) -> bool:
         shutil.rmtree(path, ignore_errors=True)
         return not path.exists()
     try:
-        with ThreadPoolExecutor(UNLINKERS, thread_name_prefix="rebuild-rm") as pool:
-            _remove_contents(fd, pool)
+        with os.scandir(fd) as listing:
+            empty = next(listing, None) is None
+        if not empty:  # an empty one (a `show`'s runtime directory) needs no threads
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(UNLINKERS, thread_name_prefix="rebuild-rm") as pool:
+                _remove_contents(fd, pool)
     except RuntimeError:  # at interpreter exit no thread can start: one at a time
         _remove_contents(fd, None)
     finally:

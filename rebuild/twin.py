@@ -37,8 +37,15 @@ from rebuild.build.compare import (
 )
 from rebuild.build.explain import Blame, Explanation, explain_differences
 from rebuild.build.image import StoredImage, find_image, load_archived, stored_image
+from rebuild.build.network import network_hint
+from rebuild.build.output_image import (
+    IMAGE_ARTIFACT,
+    describe_difference,
+    image_root,
+    with_image,
+)
 from rebuild.build.plan import BuildPlan, RunPlan, plan_build, plan_run
-from rebuild.build.recipe import LoadedRecipe
+from rebuild.build.recipe import LoadedRecipe, Recipe
 from rebuild.build.sandbox import (
     RunResult,
     Sandbox,
@@ -52,7 +59,17 @@ from rebuild.build.sandbox import (
 from rebuild.errors import BuildFailed, ClaimFailed, StoreError, UsageError
 from rebuild.evidence.provenance import Subject, make_test_result
 from rebuild.evidence.sign import StatementSigner
-from rebuild.inputs.fetch import TREE_ANN, Inputs, export_wheels, fetch_inputs, parse_lock
+from rebuild.inputs.fetch import (
+    NPM_LOCK_MEDIA,
+    NPM_LOCK_NAME,
+    NPM_MEDIA,
+    TREE_ANN,
+    Inputs,
+    export_npm_cache,
+    export_wheels,
+    fetch_inputs,
+    parse_lock,
+)
 from rebuild.store.auditlog import log_build
 from rebuild.store.layout import (
     ATTEMPT_TYPE,
@@ -205,12 +222,14 @@ def _twin_build(client: Any, loaded: LoadedRecipe, store: Store, *, cache_dir: P
                 signer: StatementSigner | None, log: Log, debug: Log, explain: bool,
                 keep: Path | None, clock: Stopwatch, client_b: Any = None) -> BuildOutcome:
     fetched = fetch_inputs(loaded, store, log=log)
-    plan = plan_build(loaded.recipe, fetched.source_date_epoch, wheels=fetched.wheel_files)
+    plan = plan_build(loaded.recipe, fetched.source_date_epoch, wheels=fetched.wheel_files,
+                      npm=fetched.npm_lock is not None)
     image = archived_image(store, plan.image)
     refuse_release_conflict(store, loaded, {
         loaded.digest, fetched.source.archive, image.manifest, *([fetched.python_lock]
                                                                  if fetched.python_lock else []),
-        *(w.blob for w in fetched.wheels)})
+        *(w.blob for w in fetched.wheels),
+        *([fetched.npm_lock] if fetched.npm_lock else []), *(n.blob for n in fetched.npm)})
     inputs = _store_inputs(store, loaded, fetched, image)
     log(f"{plan.release}: twin build, run b varies {len(plan.variations)} of 12: "
         f"{', '.join(plan.variations) or 'nothing'}")
@@ -229,9 +248,11 @@ def _twin_build(client: Any, loaded: LoadedRecipe, store: Store, *, cache_dir: P
             source_tar = sandbox.workspace / "source.tar"
             store.copy_out(fetched.source.archive, source_tar)
             wheels = export_wheels(store, fetched, sandbox.workspace / "wheels")
+            npm = (export_npm_cache(store, fetched.npm, sandbox.workspace / "npm")
+                   if fetched.npm_lock is not None else None)
             clock.lap("fetch")
             sbom_part = prepare_sbom(image, signer)  # while the runs wait on the engine
-            futures = [pool.submit(sandbox.run, run, source_tar, wheels=wheels)
+            futures = [pool.submit(sandbox.run, run, source_tar, wheels=wheels, npm=npm)
                        for run in plan.runs]
             results = [f.result() for f in futures]
             clock.lap("runs")
@@ -256,17 +277,26 @@ def _twin_build(client: Any, loaded: LoadedRecipe, store: Store, *, cache_dir: P
                           evidence=None, bundles={}, statements={}, signer=None,
                           status="failed", test_result=None)
                 raise BuildFailed(f"{exc}\nlogs kept in the store: attempt "
-                                  f"{attempt.digest}") from None
+                                  f"{attempt.digest}", hint=exc.hint) from None
+            # An [image_output] image of each run's outputs joins them as an artifact.
+            files = a
+            a, b = (with_image(store, loaded.recipe, plan.source_date_epoch, run, image)
+                    for run in (a, b))
             differences = compare_artifacts(a, b)
-            explanation = (explain_differences(loaded.recipe, plan, sandbox, source_tar, a,
-                                               differences, wheels=wheels, log=log)
-                           if explain and differences else None)
-            reports = tuple(_report(store, d, plan.variations, explanation, log,
+            file_differences = tuple(d for d in differences if d.name != IMAGE_ARTIFACT)
+            explanation = (explain_differences(loaded.recipe, plan, sandbox, source_tar, files,
+                                               file_differences, wheels=wheels, npm=npm,
+                                               log=log)
+                           if explain and file_differences else None)
+            reports = tuple(_image_report(store, d, file_differences, loaded.recipe,
+                                          plan.variations)
+                            if d.name == IMAGE_ARTIFACT and loaded.recipe.image_output else
+                            _report(store, d, plan.variations, explanation, log,
                                     plan.limits.diffoscope_memory) for d in differences)
             test = None
             if not differences and loaded.recipe.test is not None:
                 test = _run_test(sandbox, store, loaded, plan, source_tar, wheels, results[0],
-                                 a, log)
+                                 a, log, npm=npm)
         # The run directories are gone before the store is synced: a syncfs would otherwise
         # write back both runs' outputs too, and removing thousands of written-back files on
         # a busy disk took longer than the build.
@@ -299,7 +329,8 @@ def _twin_build(client: Any, loaded: LoadedRecipe, store: Store, *, cache_dir: P
     clock.lap("evidence")
     if test is not None and not test.passed:
         raise BuildFailed(f"the test command failed; the release is not recorded as good\n"
-                          f"{test.tail}\nevidence: attempt {attempt.digest}")
+                          f"{test.tail}\nevidence: attempt {attempt.digest}",
+                          hint=network_hint(test.tail))
     return BuildOutcome(plan.release, not differences, a, tuple(zip(plan.runs, results,
                                                                     strict=True)),
                         reports, attempt.digest, inputs.digest,
@@ -339,9 +370,10 @@ def release_artifacts(store: Store, release: Descriptor) -> list[Artifact]:
         path = store.blob_path(layer["digest"])
         annotations = layer.get("annotations", {})
         mode = annotations.get(MODE_ANN)
+        media = layer["mediaType"] if layer["mediaType"] == OCI_MANIFEST else None
         artifacts.append(Artifact(annotations[TITLE], layer["digest"].removeprefix("sha256:"),
                                   layer["size"], path, annotations.get(LINK_ANN),
-                                  None if mode is None else parse_mode(mode)))
+                                  None if mode is None else parse_mode(mode), media))
     return artifacts
 
 
@@ -377,20 +409,20 @@ class TestRun:
 
 def _run_test(sandbox: Sandbox, store: Store, loaded: LoadedRecipe, plan: BuildPlan,
               source_tar: Path, wheels: Path | None, built: RunResult,
-              artifacts: Sequence[Artifact], log: Log) -> TestRun:
+              artifacts: Sequence[Artifact], log: Log, *, npm: Path | None = None) -> TestRun:
     """Run the recipe's [test] command in a fresh baseline sandbox, over run a's outputs,
     with the same locked Python packages as the build."""
     assert loaded.recipe.test is not None
     command = loaded.recipe.test.command
     run = plan_run(loaded.recipe, "test", (), plan.source_date_epoch, command=command,
-                   wheels=plan.runs[0].wheels)
-    result = sandbox.run(run, source_tar, outputs=built.out_dir, wheels=wheels)
+                   wheels=plan.runs[0].wheels, npm=plan.runs[0].npm)
+    result = sandbox.run(run, source_tar, outputs=built.out_dir, wheels=wheels, npm=npm)
     passed = result.exit_code == 0 and not result.timed_out
     log(f"test: {'passed' if passed else 'FAILED'} (exit {result.exit_code}, "
         f"{result.seconds:.1f} s)")
     log_digest, _ = store.put_bytes(result.log)
     statement = make_test_result(
-        subjects=[Subject(a.name, a.sha256) for a in artifacts], passed=passed,
+        subjects=[Subject(a.name, a.sha256, a.media_type) for a in artifacts], passed=passed,
         command=command, log_digest=log_digest, configuration=[])
     tail = "\n".join(result.log.decode(errors="replace").strip().splitlines()[-15:])
     return TestRun(passed, statement, log_digest, tail)
@@ -417,6 +449,13 @@ def _store_inputs(store: Store, loaded: LoadedRecipe, inputs: Inputs,
                                  {TITLE: "python.lock.txt"}))
     layers += [Descriptor("application/zip", w.blob, store.blob_path(w.blob).stat().st_size,
                           {TITLE: f"wheels/{w.filename}"}) for w in inputs.wheels]
+    # The npm lock and its tarballs, with what reproduce needs to lay out npm's cache again.
+    if inputs.npm_lock is not None:
+        layers.append(Descriptor(NPM_LOCK_MEDIA, inputs.npm_lock,
+                                 store.blob_path(inputs.npm_lock).stat().st_size,
+                                 {TITLE: NPM_LOCK_NAME}))
+    layers += [Descriptor(NPM_MEDIA, n.blob, store.blob_path(n.blob).stat().st_size,
+                          n.layer_annotations()) for n in inputs.npm]
     return store.put_artifact(INPUTS_TYPE, layers,
                               annotations={RELEASE_ANN: loaded.recipe.release,
                                            EPOCH_ANN: str(inputs.source_date_epoch)})
@@ -435,11 +474,12 @@ def _store_release(store: Store, plan: BuildPlan, artifacts: Sequence[Artifact])
         else:
             digest, size = store.put_bytes(artifact.link.encode())
         annotations = {TITLE: artifact.name}
+        media = artifact.media_type or "application/octet-stream"
         if artifact.link is not None:
             annotations[LINK_ANN] = artifact.link
         if artifact.mode is not None:
             annotations[MODE_ANN] = format_mode(artifact.mode)
-        layers.append(Descriptor("application/octet-stream", digest, size, annotations))
+        layers.append(Descriptor(media, digest, size, annotations))
     release = store.put_artifact(RELEASE_TYPE, layers, annotations=release_annotations(
         plan.release, plan.source_date_epoch))
     existing = store.find(plan.release)
@@ -460,6 +500,16 @@ def _report(store: Store, diff: Difference, variations: tuple[str, ...],
     blame = explanation.blames.get(diff.name) if explanation else None
     return DifferenceReport(diff, blame.variations if blame else variations, text, html, json,
                             blame)
+
+
+def _image_report(store: Store, diff: Difference, files: Sequence[Difference],
+                  recipe: Recipe, variations: tuple[str, ...]) -> DifferenceReport:
+    """The two runs' images differ: a report naming the layer and the files in it that
+    differ (each file has its own diffoscope report)."""
+    assert diff.a is not None and diff.b is not None and recipe.image_output is not None
+    text = describe_difference(store, f"sha256:{diff.a.sha256}", f"sha256:{diff.b.sha256}",
+                               [d.name for d in files], image_root(recipe.image_output))
+    return DifferenceReport(diff, variations, store.put_bytes(text.encode())[0])
 
 
 def _store_attempt(store: Store, plan: BuildPlan, inputs: Descriptor,

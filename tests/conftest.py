@@ -21,9 +21,12 @@ ROOT = Path(__file__).resolve().parent.parent
 # Containers started by this test session carry this prefix in their session label.
 SESSION_PREFIX = f"pytest-{os.getpid()}-"
 os.environ["REBUILD_SESSION_PREFIX"] = SESSION_PREFIX
-# Base images are cached in a store of their own across test sessions; `rebuild image build`
-# rebuilds them whenever the definition or the Debian mirror changes.
-IMAGE_STORE = ROOT / ".rebuild" / "test-images"
+# Base images are cached in a store of their own across test sessions and checkouts of this
+# machine's user (REBUILD_TEST_IMAGES to choose another); `rebuild image build` rebuilds them
+# whenever the definition or the Debian mirror changes, so the cache never hides a change.
+IMAGE_STORE = Path(os.environ.get("REBUILD_TEST_IMAGES") or
+                   Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+                   / "rebuild" / "test-images")
 
 
 def require_tool(name: str) -> None:
@@ -78,6 +81,13 @@ def c_image() -> str:
     return build_image("debian-c.toml")
 
 
+@pytest.fixture(scope="session")
+def node_image() -> str:
+    """rebuild/debian-node: Debian's nodejs and npm (recipes with an npm_lock)."""
+    require_tool("docker")
+    return build_image("debian-node.toml")
+
+
 def toml_value(value: object) -> str:
     return json.dumps(value) if not isinstance(value, dict) else (
         "{ " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in value.items()) + " }")
@@ -127,7 +137,8 @@ def seed_store(target: Path, source: Path = IMAGE_STORE) -> None:
 def store(tmp_path: Path, request: pytest.FixtureRequest) -> Path:
     """A fresh store for the test; with the base images archived when the test uses one."""
     path = tmp_path / "store"
-    images = [f for f in ("minimal_image", "c_image") if f in request.fixturenames]
+    images = [f for f in ("minimal_image", "c_image", "node_image")
+              if f in request.fixturenames]
     for fixture in images:
         request.getfixturevalue(fixture)
     if images:

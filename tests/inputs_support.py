@@ -169,7 +169,8 @@ def git_repo(path: Path, files: dict[str, str], commit_time: int) -> str:
 def write_recipe(path: Path, source: dict[str, str], script: str = "true", *,
                  image: str = FAKE_IMAGE, outputs: tuple[str, ...] = ("r",),
                  epoch: int | str = 1700000000, python_lock: str | None = None,
-                 vary: tuple[str, ...] = ("all",), name: str = "t") -> Path:
+                 vary: tuple[str, ...] = ("all",), name: str = "t",
+                 npm_lock: str | None = None) -> Path:
     """A recipe with any kind of source; `image` is a fake pin unless a test builds."""
     lines = [f'[recipe]\nname = "{name}"\nversion = "1.0.0"\n\n[source]']
     lines += [f"{key} = {json.dumps(value)}" for key, value in source.items()]
@@ -177,6 +178,8 @@ def write_recipe(path: Path, source: dict[str, str], script: str = "true", *,
               f"source_date_epoch = {json.dumps(epoch)}"]
     if python_lock is not None:
         lines.append(f"python_lock = {json.dumps(python_lock)}")
+    if npm_lock is not None:
+        lines.append(f"npm_lock = {json.dumps(npm_lock)}")
     lines += ["", "[build]", f"command = {json.dumps(['sh', '-c', script])}",
               f"outputs = {json.dumps(list(outputs))}", "timeout = 300", 'memory = "1g"', "",
               "[check]", f"vary = {json.dumps(list(vary))}", ""]

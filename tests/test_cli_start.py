@@ -58,3 +58,32 @@ def test_help_and_an_unknown_command_still_list_every_command(tmp_path: Path) ->
     _, proc = imported(tmp_path, "shoe", "x@1")
     assert proc.returncode == 2
     assert "No such command 'shoe'" in proc.stderr
+
+
+@pytest.mark.parametrize("command", ["show", "verify"])
+def test_show_and_verify_load_no_pydantic_and_nothing_they_do_not_use(
+        tmp_path: Path, command: str) -> None:
+    """typer's own coercion would load pydantic for every option: rebuild.cli.coerce converts
+    the plain ones, and the audit log, the bundle reader and the policy file's model load only
+    when they are used."""
+    keygen = subprocess.run([sys.executable, "-m", "rebuild", "keygen", "--out",
+                             str(tmp_path / "ci")], capture_output=True, text=True, check=False)
+    assert keygen.returncode == 0, keygen.stderr
+    modules, proc = imported(tmp_path, command, "nothing@1.0.0", "--key", "ci.pub", "--json")
+    assert proc.returncode == 5, proc.stderr[-500:]  # the key read, then the store missing
+    assert not {m for m in modules if m.split(".")[0] in {
+        "pydantic", "jinja2", "docker", "requests", "tarfile", "concurrent"}}
+    assert not modules & {"rebuild.store.auditlog", "rebuild.release.bundle",
+                          "rebuild.release.policy", "rebuild.build.recipe"}
+
+
+def test_an_option_typer_must_coerce_itself_still_does(tmp_path: Path) -> None:
+    """A number given as text goes to typer's coercion: its range check and message hold."""
+    _, proc = imported(tmp_path, "verify", "nothing@1.0.0", "--key", "ci.pub",
+                       "--max-extract-ratio", "0")
+    assert proc.returncode == 2 and "--max-extract-ratio" in proc.stderr
+    _, proc = imported(tmp_path, "verify", "nothing@1.0.0", "--key", "ci.pub",
+                       "--max-extract-ratio", "many")
+    assert proc.returncode == 2 and "--max-extract-ratio" in proc.stderr
+    _, proc = imported(tmp_path, "store", "gc", "--grace", "-1")
+    assert proc.returncode == 2 and "--grace" in proc.stderr

@@ -256,8 +256,11 @@ def test_sbom_metadata_has_fixed_time_and_derived_serial() -> None:
     sbom = sbom_json()
     assert sbom["specVersion"] == "1.6"
     assert sbom["metadata"]["timestamp"] == "2023-11-14T22:13:20+00:00"
-    expected = uuid.uuid5(SERIAL_NAMESPACE, canonical_json(
-        json.loads(json.dumps(dataclasses.asdict(sort_facts(FACTS))))).decode())
+    facts = json.loads(json.dumps(dataclasses.asdict(sort_facts(FACTS))))
+    assert facts.pop("npm_packages") == []  # left out when empty: serials as before npm locks
+    for subject in facts["subjects"]:  # a file's media type (none) is left out
+        assert subject.pop("media_type") is None
+    expected = uuid.uuid5(SERIAL_NAMESPACE, canonical_json(facts).decode())
     assert sbom["serialNumber"] == f"urn:uuid:{expected}" == f"urn:uuid:{serial_number(FACTS)}"
     other = dataclasses.replace(FACTS, version="1.0.1", release="hello-c@1.0.1")
     assert serial_number(other) != serial_number(FACTS)
@@ -349,10 +352,26 @@ def many_artifacts(n: int) -> BuildFacts:
                                                          for name in names))
 
 
-@pytest.mark.parametrize("facts", [many_artifacts(60), dataclasses.replace(FACTS, subjects=())],
-                         ids=["many-artifacts", "no-artifacts"])
+WITH_IMAGE = dataclasses.replace(FACTS, subjects=(*FACTS.subjects, Subject(
+    "oci-image", sha("image"), "application/vnd.oci.image.manifest.v1+json")))
+
+
+@pytest.mark.parametrize("facts", [many_artifacts(60), dataclasses.replace(FACTS, subjects=()),
+                                   WITH_IMAGE, shuffled(WITH_IMAGE)],
+                         ids=["many-artifacts", "no-artifacts", "image", "image-shuffled"])
 def test_sbom_merging_artifacts_matches_the_library(facts: BuildFacts) -> None:
     assert made_ahead(facts) == reference_sbom(facts)
+
+
+def test_an_output_image_is_a_container_component_and_a_typed_subject() -> None:
+    sbom = json.loads(make_sbom(WITH_IMAGE))
+    image = next(c for c in sbom["components"] if c["name"] == "oci-image")
+    assert image["type"] == "container"
+    assert image["hashes"] == [{"alg": "SHA-256", "content": sha("image")}]
+    subjects = make_provenance(WITH_IMAGE)["subject"]
+    assert {"name": "oci-image", "digest": {"sha256": sha("image")},
+            "mediaType": "application/vnd.oci.image.manifest.v1+json"} in subjects
+    assert all("mediaType" not in s for s in subjects if s["name"] != "oci-image")
 
 
 def test_sbom_is_linear_in_the_artifacts() -> None:

@@ -66,6 +66,9 @@ class Artifact:
     # Permission bits (st_mode & 0o7777) of a file; None for a link, or when a record made
     # before modes were recorded does not say.
     mode: int | None = None
+    # Set for an artifact that is not a file of /out: an output image's manifest
+    # (rebuild.build.output_image), stored as a release layer of this media type.
+    media_type: str | None = None
 
     @property
     def type(self) -> str:
@@ -78,6 +81,8 @@ class Artifact:
             out["link"] = self.link
         if self.mode is not None:
             out["mode"] = format_mode(self.mode)
+        if self.media_type is not None:
+            out["media_type"] = self.media_type
         return out
 
 

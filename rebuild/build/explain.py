@@ -347,13 +347,15 @@ def run_search(enabled: Sequence[str], differing: Sequence[str],
 
 def explain_differences(recipe: Recipe, plan: BuildPlan, sandbox: Sandbox, source_tar: Path,
                         baseline: Sequence[Artifact], differences: Sequence[Difference], *,
-                        wheels: Path | None = None, width: int | None = None,
+                        wheels: Path | None = None, npm: Path | None = None,
+                        width: int | None = None,
                         log: Log = lambda _: None) -> Explanation:
     """Run the search of the module docstring and return a verdict per differing output.
 
-    `baseline` is run A's outputs; `wheels` is what the twin runs got (a python_lock's
-    wheels), so that every extra run installs the same; `width` is how many runs go at once
-    (default: `probe_width` of this machine and the recipe's memory).
+    `baseline` is run A's outputs; `wheels` and `npm` are what the twin runs got (a
+    python_lock's wheels, an npm_lock's cache), so that every extra run installs the same;
+    `width` is how many runs go at once (default: `probe_width` of this machine and the
+    recipe's memory).
     """
     started = time.monotonic()
     enabled = plan.variations
@@ -373,8 +375,8 @@ def explain_differences(recipe: Recipe, plan: BuildPlan, sandbox: Sandbox, sourc
     def probe(variations: tuple[str, ...]) -> Probe:
         name = "x-" + ("+".join(variations) or "rerun")
         run = plan_run(recipe, name, variations, plan.source_date_epoch,
-                       wheels=plan.runs[0].wheels)
-        result = sandbox.run(run, source_tar, wheels=wheels)
+                       wheels=plan.runs[0].wheels, npm=plan.runs[0].npm)
+        result = sandbox.run(run, source_tar, wheels=wheels, npm=npm)
         try:
             if result.exit_code != 0 or result.timed_out:
                 return Probe(variations, None, result.exit_code, result.seconds)

@@ -55,10 +55,10 @@ VARIANTS: tuple[str, ...] = get_args(Variant)
 
 # Docker's reference grammar (distribution/reference): path components separated by "/".
 _NAME_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-ImageName = Annotated[
-    str, StringConstraints(pattern=rf"^{_NAME_COMPONENT}(?:/{_NAME_COMPONENT})*$")
-]
-ImageTag = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")]
+NAME_PATTERN = rf"^{_NAME_COMPONENT}(?:/{_NAME_COMPONENT})*$"
+TAG_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"
+ImageName = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+ImageTag = Annotated[str, StringConstraints(pattern=TAG_PATTERN)]
 Suite = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
 Mirror = Annotated[str, StringConstraints(pattern=r"^(https?|file)://[^\s'\"]+$")]
 # A Debian package name, optionally with ":arch" and "=version" as mmdebstrap --include takes.

@@ -34,6 +34,19 @@ INSTALL_WHEELS = (
     f"PIP_CONFIG_FILE=/dev/null {VENV_DIR}/bin/pip install --quiet --no-cache-dir "
     f"--disable-pip-version-check --no-index --find-links {WHEELS_DIR} --require-hashes "
     f"-r {WHEELS_DIR}/{WHEELS_LOCK_NAME}")
+# A build with an npm_lock: npm's content-addressed cache of the lock's tarballs is mounted
+# here (read-only) and copied to NPM_CACHE on the tmpfs (npm writes its logs and index
+# there), the same path in every run; npm is pointed at it and kept offline by environment.
+NPM_DIR = "/usr/lib/rebuild/npm"
+NPM_CACHE = "/tmp/rebuild-npm-cache"
+COPY_NPM_CACHE = f"mkdir -p {NPM_CACHE} && cp -R {NPM_DIR}/. {NPM_CACHE}/"
+NPM_ENV = {
+    "npm_config_cache": NPM_CACHE,
+    "npm_config_offline": "true",
+    "npm_config_audit": "false",
+    "npm_config_fund": "false",
+    "npm_config_update_notifier": "false",
+}
 
 
 @dataclass(frozen=True)
@@ -51,6 +64,7 @@ class RunPlan:
     pids_limit: int = 1024
     # Wheel files to install into a venv before the command (None: no python_lock, no venv).
     wheels: tuple[str, ...] | None = None
+    npm: bool = False  # an npm_lock: its offline cache is copied into place first
     max_log_size: int = DEFAULT_LIMITS.max_log_size  # bytes of the log kept: head and tail
 
     @property
@@ -63,6 +77,8 @@ class RunPlan:
         steps = ['umask "$0"']
         if self.wheels is not None:  # a python_lock: its venv, with exactly the locked wheels
             steps += [CREATE_VENV, INSTALL_WHEELS] if self.wheels else [CREATE_VENV]
+        if self.npm:
+            steps.append(COPY_NPM_CACHE)
         script = " && ".join([*steps, START_CLOCK, 'shift', 'exec "$@"'])
         return ("/bin/sh", "-c", script, self.settings.umask, str(self.settings.clock),
                 *self.command)
@@ -145,11 +161,13 @@ def run_environment(settings: RunSettings, source_date_epoch: int,
 
 def plan_run(recipe: Recipe, name: str, variations: tuple[str, ...],
              source_date_epoch: int, command: tuple[str, ...] | None = None, *,
-             wheels: tuple[str, ...] | None = None) -> RunPlan:
+             wheels: tuple[str, ...] | None = None, npm: bool = False) -> RunPlan:
     settings = apply_variations(RunSettings(), variations)
     env = run_environment(settings, source_date_epoch, recipe.build.env)
     if wheels is not None:
         env.update(PATH=f"{VENV_DIR}/bin:{env['PATH']}", VIRTUAL_ENV=VENV_DIR)
+    if npm:
+        env.update(NPM_ENV)
     return RunPlan(
         name=name,
         variations=variations,
@@ -160,15 +178,17 @@ def plan_run(recipe: Recipe, name: str, variations: tuple[str, ...],
         timeout=recipe.build.timeout,
         memory=recipe.build.memory,
         wheels=wheels,
+        npm=npm,
         max_log_size=recipe.bounds.max_log_size,
     )
 
 
 def plan_build(recipe: Recipe, source_date_epoch: int, *,
-               wheels: tuple[str, ...] | None = None) -> BuildPlan:
+               wheels: tuple[str, ...] | None = None, npm: bool = False) -> BuildPlan:
     """Run A is the baseline; run B differs in every variation the recipe enables.
 
-    `wheels` (from `Inputs.wheel_files`): both runs install them into a venv first.
+    `wheels` (from `Inputs.wheel_files`): both runs install them into a venv first. `npm`
+    (`Inputs.npm_lock` is set): both runs get the offline npm cache.
     """
     variations = recipe.variations
     return BuildPlan(
@@ -177,7 +197,7 @@ def plan_build(recipe: Recipe, source_date_epoch: int, *,
         outputs=recipe.build.outputs,
         source_date_epoch=source_date_epoch,
         variations=variations,
-        runs=(plan_run(recipe, "a", (), source_date_epoch, wheels=wheels),
-              plan_run(recipe, "b", variations, source_date_epoch, wheels=wheels)),
+        runs=(plan_run(recipe, "a", (), source_date_epoch, wheels=wheels, npm=npm),
+              plan_run(recipe, "b", variations, source_date_epoch, wheels=wheels, npm=npm)),
         limits=recipe.bounds,
     )

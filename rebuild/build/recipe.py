@@ -106,7 +106,21 @@ class Source(_Strict):
 class Environment(_Strict):
     image: str
     python_lock: str | None = None
+    # Inside the source tree (where `npm ci` reads it), not beside the recipe: the lock the
+    # build installs from is the one fetch downloads for.
+    npm_lock: str | None = None
     source_date_epoch: int | Literal["git"]
+
+    @field_validator("npm_lock")
+    @classmethod
+    def _in_source(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        parts = PurePosixPath(value).parts
+        if not parts or value.startswith("/") or ".." in parts or "\\" in value:
+            raise ValueError(f"npm_lock {value!r} must be a path inside the source tree, "
+                             "relative to its root, e.g. npm_lock = \"package-lock.json\"")
+        return value
 
     @field_validator("image")
     @classmethod
@@ -224,6 +238,39 @@ class LimitsTable(_Strict):
         return Limits(**{name: int(getattr(self, name)) for name in Limits.__dataclass_fields__})
 
 
+class ImageOutput(_Strict):
+    """`[image_output]`: the outputs as an OCI image (rebuild.build.output_image)."""
+
+    # "scratch" (nothing under the outputs) or "environment" (the pinned [environment]
+    # image); the pinned reference itself is accepted as a synonym of "environment".
+    base: str
+    path: str = "/"  # where the outputs go: output NAME is PATH/NAME in the image
+    entrypoint: tuple[str, ...] = ()
+    cmd: tuple[str, ...] = ()
+    env: dict[str, str] = Field(default_factory=dict)
+    workdir: str | None = None
+    user: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("path", "workdir")
+    @classmethod
+    def _absolute(cls, value: str | None) -> str | None:
+        if value is not None and (not value.startswith("/") or ".." in
+                                  PurePosixPath(value).parts or "\0" in value):
+            raise ValueError(f"{value!r} must be an absolute path in the image without "
+                             "\"..\", e.g. \"/app\"")
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, env: dict[str, str]) -> dict[str, str]:
+        for key, value in env.items():
+            if not key or "=" in key or "\0" in key or "\0" in value:
+                raise ValueError(f"{key!r} = {value!r}: a variable's name must be non-empty "
+                                 "without \"=\" or NUL, and its value without NUL")
+        return env
+
+
 class Recipe(_Strict):
     recipe: RecipeInfo
     source: Source
@@ -232,6 +279,7 @@ class Recipe(_Strict):
     test: Test | None = None
     check: Check = Field(default_factory=Check)
     limits: LimitsTable | None = None
+    image_output: ImageOutput | None = None
 
     @model_serializer(mode="wrap")
     def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -239,6 +287,8 @@ class Recipe(_Strict):
         data: dict[str, Any] = handler(self)
         if self.limits is None:
             data.pop("limits", None)
+        if self.image_output is None:
+            data.pop("image_output", None)
         return data
 
     @model_validator(mode="after")
@@ -246,6 +296,12 @@ class Recipe(_Strict):
         if self.environment.source_date_epoch == "git" and self.source.kind != "git":
             raise ValueError("source_date_epoch = \"git\" needs a git source; "
                              "write an integer instead")
+        image = self.image_output
+        if image is not None and image.base not in ("scratch", "environment",
+                                                    self.environment.image):
+            raise ValueError(f"[image_output] base = {image.base!r}: write \"scratch\" (the "
+                             "outputs alone) or \"environment\" (on the pinned [environment] "
+                             "image); no other image is an input of the build")
         return self
 
     @property

@@ -47,7 +47,16 @@ import urllib3.exceptions
 
 from rebuild import runtime
 from rebuild.build.limits import HeadTail
-from rebuild.build.plan import CLOCK_DIR, FAKETIME_LIB, LOCALE_DIR, OUT_DIR, WHEELS_DIR, RunPlan
+from rebuild.build.network import network_hint
+from rebuild.build.plan import (
+    CLOCK_DIR,
+    FAKETIME_LIB,
+    LOCALE_DIR,
+    NPM_DIR,
+    OUT_DIR,
+    WHEELS_DIR,
+    RunPlan,
+)
 from rebuild.build.variations import BY_NAME
 from rebuild.errors import BuildFailed, EnvironmentProblem
 
@@ -312,15 +321,16 @@ class Sandbox:
     # -- runs -----------------------------------------------------------------------------
 
     def run(self, plan: RunPlan, source_tar: Path, *, outputs: Path | None = None,
-            wheels: Path | None = None) -> RunResult:
+            wheels: Path | None = None, npm: Path | None = None) -> RunResult:
         """Run one plan on a fresh copy of the source; outputs stay in `RunResult.out_dir`.
 
         With `outputs` (a finished run's /out), that is mounted read-only at /out instead:
         how a recipe's tests see the artifacts they check. `wheels` (the wheels and the lock
-        of a python_lock) is mounted read-only at WHEELS_DIR for the plan's venv.
+        of a python_lock) is mounted read-only at WHEELS_DIR for the plan's venv; `npm` (an
+        npm_lock's offline cache) at NPM_DIR.
         """
         with self._in_flight(plan.name):
-            prepared = self.prepare(plan, source_tar, outputs=outputs, wheels=wheels)
+            prepared = self.prepare(plan, source_tar, outputs=outputs, wheels=wheels, npm=npm)
             try:
                 return self._run_prepared(plan, prepared)
             except requests.exceptions.RequestException as exc:
@@ -373,7 +383,7 @@ class Sandbox:
         return True
 
     def prepare(self, plan: RunPlan, source_tar: Path, *, outputs: Path | None = None,
-                wheels: Path | None = None) -> PreparedRun:
+                wheels: Path | None = None, npm: Path | None = None) -> PreparedRun:
         """A run's directories (a fresh source copy, /out, the disorderfs mount) and its
         container arguments; `release` undoes the mount."""
         settings = plan.settings
@@ -409,6 +419,9 @@ class Sandbox:
         if wheels is not None:
             kwargs["volumes"][str(_link_tree(wheels, private / "wheels"))] = {
                 "bind": WHEELS_DIR, "mode": "ro"}
+        if npm is not None:
+            kwargs["volumes"][str(_link_tree(npm, private / "npm"))] = {
+                "bind": NPM_DIR, "mode": "ro"}
         if plan.name in self.engines:
             # Strict: an engine that does not see a source path refuses the container
             # (docker's volumes would create an empty directory there instead).
@@ -568,4 +581,4 @@ def require_success(result: RunResult, what: str) -> None:
     if result.exit_code != 0:
         tail = result.log.decode(errors="replace").strip().splitlines()[-15:]
         raise BuildFailed(f"{what} (run {result.name}) exited with {result.exit_code}:\n  "
-                          + "\n  ".join(tail))
+                          + "\n  ".join(tail), hint=network_hint(result.log))

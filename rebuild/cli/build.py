@@ -32,6 +32,7 @@ from rebuild.cli.common import (
     report_transfer,
     say,
     shown,
+    store_for,
 )
 
 image_app = typer.Typer(no_args_is_help=True, help="Base images built from Debian packages: "
@@ -122,6 +123,9 @@ def _remote_build_cache(location: str, loaded: list[LoadedRecipe], opts: Options
 def _difference_line(diff: DifferenceReport) -> str:
     """`share/stamp.txt: caused by time, hostname — hint: …` (with --explain)."""
     name, blame = f"{shown(diff.difference.name)} ({', '.join(diff.differs)})", diff.blame
+    if diff.difference.a is not None and diff.difference.a.media_type is not None:
+        return (f"{name}: the image differs where its outputs do (its report names the layer "
+                "and the files)")
     if blame is None:
         return f"{name}: differs (run with --explain to find the variations responsible)"
     cause = ("differs between identical runs (randomness or a race)" if blame.inherent
@@ -142,6 +146,8 @@ def _print_outcome(outcome: BuildOutcome, signer: StatementSigner | None) -> Non
             "identical in both runs")
         for artifact in outcome.artifacts:
             what = (f"-> {artifact.link}" if artifact.link is not None
+                    else f"OCI image manifest, {artifact.size} bytes"
+                    if artifact.media_type is not None
                     else f"{artifact.size} bytes, mode {format_mode(artifact.mode or 0)}")
             say(f"  {shown(artifact.name)}  sha256:{artifact.sha256}  {what}")
     else:
@@ -151,8 +157,8 @@ def _print_outcome(outcome: BuildOutcome, signer: StatementSigner | None) -> Non
             f"{len(names)} artifact(s) differ")
         for diff in outcome.differences:
             say(f"  {_difference_line(diff)}")
-            say(f"    report: rebuild store cat {diff.report} (HTML {diff.html}, "
-                f"JSON {diff.json})")
+            more = f" (HTML {diff.html}, JSON {diff.json})" if diff.html else ""
+            say(f"    report: rebuild store cat {diff.report}{more}")
     evidence = outcome.evidence
     signed = (f"signed by {signer.description}" if evidence.signer and signer is not None
               else "NOT signed")
@@ -190,7 +196,7 @@ def fetch(
     store: StoreOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Fetch every input (source, wheels) into the store, verifying hashes."""
+    """Fetch every input (source, wheels, npm packages) into the store, verifying hashes."""
     from rebuild.build.recipe import load_recipe
     from rebuild.inputs.fetch import fetch_inputs
 
@@ -211,6 +217,10 @@ def fetch(
             fetched = sum(w.blob in new for w in inputs.wheels)
             say(f"{recipe.recipe.release}: {len(inputs.wheels)} wheel(s): {fetched} downloaded, "
                 f"{len(inputs.wheels) - fetched} already in the store")
+        if inputs.npm_lock is not None:
+            fetched = sum(n.blob in new for n in inputs.npm)
+            say(f"{recipe.recipe.release}: {len(inputs.npm)} npm package(s): {fetched} "
+                f"downloaded, {len(inputs.npm) - fetched} already in the store")
         reports.append({
             "recipe": str(recipe.path), "release": recipe.recipe.release,
             "source": {"kind": recipe.recipe.source.kind, "uri": source.uri,
@@ -219,6 +229,8 @@ def fetch(
             "source_date_epoch": inputs.source_date_epoch,
             "python_lock": inputs.python_lock,
             "wheels": [{**w.to_json(), "downloaded": w.blob in new} for w in inputs.wheels],
+            "npm_lock": inputs.npm_lock,
+            "npm": [{**n.to_json(), "downloaded": n.blob in new} for n in inputs.npm],
             "downloaded": sorted(new)})
     if opts.json:
         emit({"recipes": reports, "store": str(opts.store)})
@@ -287,13 +299,21 @@ def image_pull(source: Location, reference: ImageRef, store: StoreOpt = None,
 
 
 @image_app.command("load")
-def image_load(reference: ImageRef, store: StoreOpt = None, json_out: JsonOpt = False) -> None:
-    """Load an archived image into Docker; it must come back with its recorded id."""
+def image_load(reference: Annotated[str, typer.Argument(
+        metavar="IMAGE_REF|RELEASE", help="NAME:TAG@sha256:ID, as a recipe pins it, or "
+        "NAME@VERSION, a release whose recipe declares [image_output].")],
+        store: StoreOpt = None, json_out: JsonOpt = False) -> None:
+    """Load an archived base image, or a release's image, into Docker; it must come back
+    with its recorded id."""
     from rebuild.build.image import find_image, load_archived, stored_image
     from rebuild.build.sandbox import connect, load_image
     from rebuild.store.transfer import image_closure_name
 
     opts = command_options(store, json_out)
+    named = reference.rpartition("@")[0]
+    if named and ":" not in named:
+        _load_release_image(reference, opts)
+        return
     image_closure_name(reference)  # exit 2 for what is not NAME:TAG@sha256:ID
     st = Store(opts.store)
     st.require()
@@ -307,3 +327,25 @@ def image_load(reference: ImageRef, store: StoreOpt = None, json_out: JsonOpt = 
     if opts.json:
         emit({"image": image.reference, "id": image.image_id, "manifest": image.manifest})
     say(f"loaded {image.reference}: id {image.image_id}, as recorded")
+
+
+def _load_release_image(release: str, opts: Options) -> None:
+    """`image load NAME@VERSION`: the release's image, as an OCI layout Docker loads; with
+    `--store oci://…`, from the registry through the local cache."""
+    from rebuild.build.output_image import docker_tag, release_image, write_loadable
+    from rebuild.build.sandbox import connect, load_image
+
+    st = Store(store_for(opts, release))  # from a registry: its closure, verified, cached
+    manifest = release_image(st, release)
+    client = connect()
+    tag = docker_tag(release)
+    with st.temporary_directory() as tmp:
+        config = write_loadable(st, manifest, tag, tmp / "image.tar")
+        loaded = load_image(client, tmp / "image.tar")
+    if loaded != config:
+        raise StoreError(f"Docker loaded the image of {release} as {loaded}, not {config} (the "
+                         "digest of its config); run `rebuild store fsck`")
+    if opts.json:
+        emit({"release": release, "image": tag, "id": config, "manifest": manifest})
+    say(f"loaded the image of {release}{f' as {tag}' if tag else ''}: id {config}, manifest "
+        f"{manifest}")

@@ -23,7 +23,8 @@ from rebuild.errors import ExitCode, RebuildError
 if TYPE_CHECKING:
     pass
 
-from rebuild.cli.common import OPTIONS, JsonOpt, KeyOpt, StoreOpt, say
+from rebuild.cli import coerce
+from rebuild.cli.common import OPTIONS, JsonOpt, KeyOpt, StoreOpt, emit, say
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Reproducible, hermetic builds: twin runs in sandboxed containers, "
@@ -68,7 +69,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "keygen": ("keys", "keygen"), "reproduce": ("release", "reproduce_cmd"),
     "verify": ("release", "verify"), "show": ("release", "show"),
     "export": ("release", "export_cmd"), "approve": ("release", "approve_cmd"),
-    "withdraw": ("release", "withdraw_cmd"), "dashboard": ("dashboard", "dashboard_cmd"),
+    "withdraw": ("release", "withdraw_cmd"), "promote": ("promote", "promote_cmd"),
+    "gate": ("promote", "gate_cmd"), "dashboard": ("dashboard", "dashboard_cmd"),
     "serve": ("dashboard", "serve_cmd")}
 GROUPS: dict[str, tuple[str, str]] = {
     "image": ("build", "image_app"), "store": ("store", "store_app"), "log": ("log", "log_app")}
@@ -114,6 +116,7 @@ def main() -> None:
     """Run the CLI: every failure is one message and an exit code from design.md's table;
     a traceback only with --debug."""
     runtime.install_interrupt_handlers()
+    coerce.install()
     try:
         if isinstance(app, typer.Typer) and not app.registered_commands + app.registered_groups:
             register_commands(app, sys.argv[1:])
@@ -122,7 +125,7 @@ def main() -> None:
             _exit_interrupted()
         sys.exit(code if isinstance(code, int) else 0)
     except RebuildError as exc:
-        _fail(str(exc), exc.exit_code)
+        _fail(str(exc), exc.exit_code, hint=exc.hint)
     except KeyboardInterrupt:
         _exit_interrupted()
     except ClickException as exc:
@@ -138,12 +141,16 @@ def main() -> None:
               "rebuild: rerun with --debug for the traceback and report it", ExitCode.ENVIRONMENT)
 
 
-def _fail(message: str, code: int) -> NoReturn:
+def _fail(message: str, code: int, *, hint: str | None = None) -> NoReturn:
     if OPTIONS.debug:
         import traceback  # only with --debug: linecache and tokenize cost every start
 
         traceback.print_exc()
     say(f"error: {message}")
+    if hint is not None:
+        say(f"hint: {hint}")
+        if OPTIONS.json:  # the one JSON document of a failure that has something to say
+            emit({"error": message, "exit_code": int(code), "hint": hint})
     sys.exit(code)
 
 

@@ -158,8 +158,7 @@ def verify(
     from dataclasses import replace
 
     from rebuild.evidence.sign import load_keyless_identity
-    from rebuild.release.policy import keys_policy, load_policy
-    from rebuild.release.verify import verify_bundle_file, verify_release
+    from rebuild.release.verify import keys_policy, verify_bundle_file, verify_release
 
     opts = command_options(store, json_out)
     keys = key or ([OPTIONS.key] if OPTIONS.key else [])
@@ -169,8 +168,12 @@ def verify(
                          "unless the signer used Sigstore's public-good instance)")
     keyless = ([load_keyless_identity(identity, issuer, trust_config)]
                if identity is not None and issuer is not None else [])
-    rules = (replace(load_policy(policy), keyless=tuple(keyless)) if policy
-             else keys_policy(keys, keyless))
+    if policy:
+        from rebuild.release.policy import load_policy  # pydantic: only for a policy file
+
+        rules = replace(load_policy(policy), keyless=tuple(keyless))
+    else:
+        rules = keys_policy(keys, keyless)
     if log_key is not None:
         rules = replace(rules, log_key=log_verifier(log_key))
     if tsa_cert is not None:
@@ -277,7 +280,8 @@ def approve_cmd(
     from datetime import UTC, datetime
 
     from rebuild.release.approve import approve
-    from rebuild.release.policy import keys_policy, load_policy
+    from rebuild.release.policy import load_policy
+    from rebuild.release.verify import keys_policy
 
     opts = command_options(store, json_out, key)
     if opts.key is None:

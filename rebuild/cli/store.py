@@ -96,14 +96,14 @@ def store_gc(
 
 @store_app.command("compact")
 def store_compact(store: StoreOpt = None, json_out: JsonOpt = False) -> None:
-    """Fold the index journal into index.json, so that any OCI tool reading index.json alone
-    finds every entry (gc does this too)."""
+    """Fold the index journal an older rebuild kept into index.json (any use of the store
+    does this too; index.json names every entry written by this rebuild)."""
     opts = command_options(store, json_out)
     folded = Store(opts.store).compact()
     if opts.json:
         emit({"store": str(opts.store), "folded": folded})
     say(f"store {opts.store}: {folded} journaled entr{'y' if folded == 1 else 'ies'} folded "
-        "into index.json")
+        "into index.json; index.json names every entry")
 
 
 def _reap_orphans() -> Reaped:

@@ -9,6 +9,7 @@ docs/build-type.md.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import shlex
 from collections.abc import Mapping, Sequence
@@ -32,6 +33,9 @@ class Subject:
 
     name: str
     sha256: str
+    # An artifact that is not a file (an output image's manifest) says what it is, as an
+    # in-toto ResourceDescriptor may.
+    media_type: str | None = None
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,29 @@ class PyPackage:
     sha256: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class NpmPackage:
+    """One tarball of an npm lock: where the lock says it comes from and its sha512."""
+
+    name: str  # "is-odd", "@scope/name"
+    version: str
+    resolved: str  # the registry tarball address from the lock
+    sha512: str  # hex
+
+    @property
+    def filename(self) -> str:
+        """The tarball's title in the store: `npm/<name>-<version>.tgz` (a scope kept)."""
+        return f"npm/{self.name}-{self.version}.tgz"
+
+    @property
+    def integrity(self) -> str:
+        return "sha512-" + base64.b64encode(bytes.fromhex(self.sha512)).decode()
+
+    def to_json(self) -> dict[str, str]:
+        return {"name": self.name, "version": self.version, "resolved": self.resolved,
+                "sha512": self.sha512}
+
+
 @dataclass(frozen=True, kw_only=True)
 class BuildFacts:
     """Everything the evidence of one release says, gathered by the caller after the build."""
@@ -90,6 +117,8 @@ class BuildFacts:
     invocation_id: str  # deterministic, e.g. the attempt manifest's digest
     # The purl `distro` qualifier of the image's Debian packages (bookworm is debian-12).
     debian_distro: str = "debian-12"
+    # The tarballs of the recipe's npm_lock (resolvedDependencies and the SBOM's pkg:npm).
+    npm_packages: tuple[NpmPackage, ...] = ()
 
 
 def make_provenance(facts: BuildFacts) -> dict[str, Any]:
@@ -107,7 +136,8 @@ def make_provenance(facts: BuildFacts) -> dict[str, Any]:
     }
     if facts.change is not None:
         external["change"] = facts.change
-    dependencies = [facts.source, facts.image, *sorted(facts.wheels, key=_by_name_uri)]
+    dependencies = [facts.source, facts.image, *sorted(facts.wheels, key=_by_name_uri),
+                    *sorted((npm_dependency(p) for p in facts.npm_packages), key=_by_name_uri)]
     byproducts = [{
         "name": "comparison.json",
         "digest": digest_set(facts.comparison["record"]),
@@ -193,12 +223,34 @@ def _statement(subjects: Sequence[Subject], predicate_type: str,
                predicate: dict[str, Any]) -> dict[str, Any]:
     return {
         "_type": STATEMENT_TYPE,
-        "subject": [{"name": s.name, "digest": {"sha256": s.sha256}}
-                    for s in sorted(subjects, key=lambda s: s.name)],
+        "subject": [subject_json(s) for s in sorted(subjects, key=lambda s: s.name)],
         "predicateType": predicate_type,
         "predicate": predicate,
     }
 
 
+def subject_json(subject: Subject) -> dict[str, Any]:
+    """A statement's subject: name and digest, and the media type of one that is no file."""
+    out: dict[str, Any] = {"name": subject.name, "digest": {"sha256": subject.sha256}}
+    if subject.media_type is not None:
+        out["mediaType"] = subject.media_type
+    return out
+
+
 def _by_name_uri(dependency: Dependency) -> tuple[str, str]:
     return dependency.name, dependency.uri
+
+
+def npm_dependency(package: NpmPackage) -> Dependency:
+    """An npm tarball as a resolvedDependencies entry: its purl, sha512 and where it came from."""
+    return Dependency(package.filename, npm_purl(package.name, package.version),
+                      {"sha512": package.sha512}, {"url": package.resolved})
+
+
+def npm_purl(name: str, version: str) -> str:
+    """`pkg:npm/NAME@VERSION`; a scope is the namespace, its `@` percent-encoded (purl-spec)."""
+    from packageurl import PackageURL
+
+    scope, _, base = name.rpartition("/")
+    return str(PackageURL(type="npm", namespace=scope or None, name=base,
+                          version=version).to_string())

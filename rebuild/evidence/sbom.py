@@ -9,9 +9,9 @@ JSON bytes. The same facts give the same bytes, whatever order the caller listed
 - the inputs are sorted before they are used.
 
 Components: the release (metadata.component), each artifact (a file with its sha256), the
-source, every Python package of the lock, the base image and every Debian package in it.
-Graph: release -> artifacts; artifact -> source, Python packages, image; image -> Debian
-packages.
+source, every Python package of the lock, every npm package of the npm lock (`pkg:npm`, its
+sha512), the base image and every Debian package in it. Graph: release -> artifacts;
+artifact -> source, Python and npm packages, image; image -> Debian packages.
 
 The Debian packages are most of the document and most of the time it takes (purls and the
 library's serializer). Their share depends on the image's package list only, so
@@ -38,8 +38,10 @@ from rebuild.evidence.provenance import (
     BuildFacts,
     DebPackage,
     Dependency,
+    NpmPackage,
     PyPackage,
     Subject,
+    npm_purl,
     plain_json,
 )
 from rebuild.store.layout import canonical_json
@@ -91,7 +93,8 @@ def make_sbom(facts: BuildFacts, debian: DebianPart | None = None) -> bytes:
     # Every artifact depends on the same components: the source, the Python packages, the
     # image (the library lists a dependency's refs in string order).
     inputs = sorted(["source", IMAGE_REF, *(pypi_purl(p).to_string()
-                                            for p in facts.py_packages)])
+                                            for p in facts.py_packages),
+                     *(npm_purl(p.name, p.version) for p in facts.npm_packages)])
     release: dict[str, Any] = {"ref": facts.release}
     if artifacts:
         release["dependsOn"] = sorted(a["bom-ref"] for a in artifacts)
@@ -138,7 +141,15 @@ def render_debian(packages: Sequence[DebPackage], distro: str) -> DebianPart:
 
 def serial_number(facts: BuildFacts) -> uuid.UUID:
     """A UUIDv5 of all the facts (sorted first, so that their order does not matter)."""
-    return uuid.uuid5(SERIAL_NAMESPACE, canonical_json(plain_json(sort_facts(facts))).decode())
+    data = plain_json(sort_facts(facts))
+    if not data["npm_packages"]:
+        # Facts from before npm locks name the same serial number as they always did.
+        del data["npm_packages"]
+    # Subjects got a media type with output images; a file's (none) keeps the serial it had.
+    for subject in data["subjects"]:
+        if subject.get("media_type") is None:
+            subject.pop("media_type", None)
+    return uuid.uuid5(SERIAL_NAMESPACE, canonical_json(data).decode())
 
 
 def sort_facts(facts: BuildFacts) -> BuildFacts:
@@ -151,6 +162,8 @@ def sort_facts(facts: BuildFacts) -> BuildFacts:
         py_packages=tuple(sorted(
             (dataclasses.replace(p, sha256=tuple(sorted(p.sha256))) for p in facts.py_packages),
             key=lambda p: (p.name, p.version))),
+        npm_packages=tuple(sorted(facts.npm_packages,
+                                  key=lambda p: (p.name, p.version, p.sha512))),
     )
 
 
@@ -192,7 +205,8 @@ def _release_bom(facts: BuildFacts, debian: Sequence[Component], *,
         metadata=BomMetaData(component=release, tools=ToolRepository(components=[tool]),
                              timestamp=datetime.fromtimestamp(facts.source_date_epoch, UTC)),
     )
-    artifacts = [Component(type=ComponentType.FILE, name=s.name, bom_ref=f"artifact:{s.name}",
+    artifacts = [Component(type=ComponentType.CONTAINER if s.media_type else ComponentType.FILE,
+                           name=s.name, bom_ref=f"artifact:{s.name}",
                            hashes=[HashType(alg=HashAlgorithm.SHA_256, content=s.sha256)])
                  for s in (facts.subjects if with_artifacts else ())]
     # The tree digest is rebuild's hash of a directory, not the sha256 of the component's
@@ -203,18 +217,21 @@ def _release_bom(facts: BuildFacts, debian: Sequence[Component], *,
     image = Component(type=ComponentType.CONTAINER, name=facts.image.name, bom_ref=IMAGE_REF,
                       properties=_properties(facts.image, "rebuild:image-id"))
     python = [_python_component(p) for p in facts.py_packages]
+    npm = [_npm_component(p) for p in facts.npm_packages]
 
-    bom.components.update([*artifacts, source, *python, image, *debian])
+    bom.components.update([*artifacts, source, *python, *npm, image, *debian])
     bom.register_dependency(release, artifacts)
     for artifact in artifacts:
-        bom.register_dependency(artifact, [source, *python, image])
+        bom.register_dependency(artifact, [source, *python, *npm, image])
     bom.register_dependency(image, debian)
     return bom
 
 
 def _artifact_json(subject: Subject) -> dict[str, Any]:
-    """An artifact's component, as cyclonedx renders the one `_release_bom` makes."""
-    return {"bom-ref": f"artifact:{subject.name}", "name": subject.name, "type": "file",
+    """An artifact's component, as cyclonedx renders the one `_release_bom` makes (an
+    output image's manifest is a container)."""
+    return {"bom-ref": f"artifact:{subject.name}", "name": subject.name,
+            "type": "container" if subject.media_type else "file",
             "hashes": [{"alg": "SHA-256", "content": subject.sha256}]}
 
 
@@ -246,6 +263,19 @@ def _python_component(package: PyPackage) -> Component:
                      purl=purl, bom_ref=purl.to_string(),
                      hashes=[HashType(alg=HashAlgorithm.SHA_256, content=h)
                              for h in package.sha256])
+
+
+def _npm_component(package: NpmPackage) -> Component:
+    from cyclonedx.model import HashAlgorithm, HashType
+    from cyclonedx.model.component import Component, ComponentType
+    from packageurl import PackageURL
+
+    purl = PackageURL.from_string(npm_purl(package.name, package.version))
+    # The scope stays in the name (`@scope/name`), not in `group`: `make_sbom` merges
+    # components in an order that assumes none has a group (_component_order).
+    return Component(type=ComponentType.LIBRARY, name=package.name,
+                     version=package.version, purl=purl, bom_ref=purl.to_string(),
+                     hashes=[HashType(alg=HashAlgorithm.SHA_512, content=package.sha512)])
 
 
 def _debian_component(package: DebPackage, distro: str) -> Component:

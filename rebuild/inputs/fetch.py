@@ -26,8 +26,10 @@ artifacts named in index.json (kind `fetch`): one per url, per git commit, and p
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import lzma
+import math
 import os
 import posixpath
 import re
@@ -43,7 +45,7 @@ import urllib.parse
 import urllib.request
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
@@ -52,7 +54,9 @@ from rebuild.build.limits import DEFAULT as DEFAULT_LIMITS
 from rebuild.build.limits import Limits, show_size
 from rebuild.build.plan import WHEELS_LOCK_NAME
 from rebuild.build.recipe import LoadedRecipe, Source
-from rebuild.errors import EnvironmentProblem, UsageError
+from rebuild.errors import EnvironmentProblem, StoreError, UsageError
+from rebuild.evidence.provenance import NpmPackage
+from rebuild.inputs.npm import cache_path, parse_npm_lock
 from rebuild.store.layout import KIND, TITLE, Descriptor, Store, canonical_json, sha256_file
 
 Log = Callable[[str], None]
@@ -77,6 +81,14 @@ WHEEL_NAME_ANN = "dev.rebuild.wheel.name"
 WHEEL_VERSION_ANN = "dev.rebuild.wheel.version"
 WHEEL_MEDIA = "application/zip"
 LOCK_MEDIA = "text/plain; charset=utf-8"
+NPM_TYPE = "application/vnd.rebuild.npm.v1+json"
+NPM_LOCK_ANN = "dev.rebuild.npm-lock"
+NPM_NAME_ANN = "dev.rebuild.npm.name"
+NPM_VERSION_ANN = "dev.rebuild.npm.version"
+NPM_SHA512_ANN = "dev.rebuild.npm.sha512"
+NPM_MEDIA = "application/gzip"
+NPM_LOCK_MEDIA = "application/json"
+NPM_LOCK_NAME = "npm.lock.json"  # its title among a release's inputs
 
 PROGRESS_MIN = 1 << 20  # bytes: smaller downloads get no progress lines
 PROGRESS_EVERY = 2.0  # seconds between progress lines
@@ -113,6 +125,22 @@ class Wheel:
 
 
 @dataclass(frozen=True)
+class NpmTarball:
+    """One package of an npm_lock, in the store."""
+
+    package: NpmPackage
+    blob: str  # sha256:<hex> in the store
+
+    def to_json(self) -> dict[str, str]:
+        return {**self.package.to_json(), "blob": self.blob}
+
+    def layer_annotations(self) -> dict[str, str]:
+        p = self.package
+        return {TITLE: p.filename, NPM_NAME_ANN: p.name, NPM_VERSION_ANN: p.version,
+                NPM_SHA512_ANN: p.sha512, URL_ANN: p.resolved}
+
+
+@dataclass(frozen=True)
 class Inputs:
     """Everything a build may use besides its image, each in the store and verified."""
 
@@ -120,6 +148,8 @@ class Inputs:
     source_date_epoch: int
     wheels: tuple[Wheel, ...] = ()
     python_lock: str | None = None  # blob digest of the lock file
+    npm_lock: str | None = None  # blob digest of the npm lock (package-lock.json)
+    npm: tuple[NpmTarball, ...] = ()
     # Blobs this fetch brought over the network (the rest were found in the store).
     downloaded: frozenset[str] = field(default=frozenset(), compare=False)
 
@@ -348,7 +378,7 @@ def fetch_url(url: str, sha256: str, store: Store, *, where: str, log: Log,
 
 
 def _download(url: str, dest: Path, *, where: str, log: Log,
-              limits: Limits = DEFAULT_LIMITS) -> tuple[str, int]:
+              limits: Limits = DEFAULT_LIMITS, what: str = "[source] url") -> tuple[str, int]:
     """Stream `url` into `dest`; returns (sha256 hex, size). Progress lines for large files.
 
     Bounded in time as a whole (`limits.download_timeout`: a server that sends a byte now
@@ -382,10 +412,10 @@ def _download(url: str, dest: Path, *, where: str, log: Log,
                     of = f" of {total / 2**20:.1f}" if total else ""
                     log(f"  {url}: {size / 2**20:.1f}{of} MiB")
     except urllib.error.HTTPError as exc:
-        raise UsageError(f"{where}: [source] url {url}: the server answered {exc.code} "
+        raise UsageError(f"{where}: {what} {url}: the server answered {exc.code} "
                          f"{exc.reason}; fix the address") from None
     except _TooLarge as exc:
-        raise UsageError(f"{where}: [source] url {url} is over "
+        raise UsageError(f"{where}: {what} {url} is over "
                          f"{show_size(limits.max_download_size)} ({exc.args[0]} bytes so far; "
                          "limit [limits] max_download_size); nothing was stored. Raise the "
                          "limit if the file really is that large") from None
@@ -912,6 +942,150 @@ def export_recorded_wheels(store: Store, layers: Mapping[str, Descriptor],
     return tuple(files), dest
 
 
+# -- npm locks and tarballs -------------------------------------------------------------------
+
+
+def read_source_file(store: Store, archive: str, name: str, *, where: str) -> bytes:
+    """A regular file of a source, read from its canonical tar in the store."""
+    with tarfile.open(store.blob_path(archive)) as tar:
+        try:
+            member = tar.getmember(name)
+        except KeyError:
+            member = None
+        file = tar.extractfile(member) if member is not None and member.isreg() else None
+        if file is None:
+            raise UsageError(f"{where}: {name} is not a file of the source tree; npm_lock is "
+                             "relative to the source's root (where package.json is)")
+        with file:
+            return file.read()
+
+
+def fetch_npm(loaded: LoadedRecipe, store: Store, source: SourceInput, *,
+              log: Log = lambda _: None, downloaded: set[str] | None = None
+              ) -> tuple[str | None, tuple[NpmTarball, ...]]:
+    """(blob of the lock, its tarballs): every package of the recipe's npm_lock, downloaded
+    from the lock's `resolved` address and checked against its sha512 `integrity`.
+
+    The lock is read from the fetched source (npm_lock is a path inside it): the lock the
+    build's `npm ci` reads is the one whose packages are fetched. Every download is checked
+    before any enters the store: a refused one leaves nothing.
+    """
+    downloaded = set() if downloaded is None else downloaded
+    name = loaded.recipe.environment.npm_lock
+    if name is None:
+        return None, ()
+    where = f"{loaded.path}: environment.npm_lock"
+    data = read_source_file(store, source.archive, name, where=where)
+    packages = parse_npm_lock(data, source=f"{where}: {name}")
+    lock_digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    cached = _find_fetch(store, NPM_LOCK_ANN, lock_digest)
+    if cached is not None:
+        tarballs = tuple(_npm_from_layer(layer) for layer in cached[1]
+                         if layer.digest != lock_digest)
+        log(f"{name}: {len(tarballs)} npm package(s) found in the store, none downloaded")
+        return lock_digest, tarballs
+    known = _known_npm(store)
+    missing = [p for p in packages if p.sha512 not in known]
+    limits = loaded.recipe.bounds
+    # One deadline for all of a lock's tarballs, as pip has for a python_lock's wheels: a
+    # lock of many packages cannot take download_timeout for each.
+    deadline = time.monotonic() + limits.download_timeout
+    with tempfile.TemporaryDirectory(prefix="rebuild-npm-") as tmp:
+        checked = []
+        for number, package in enumerate(missing):
+            part = Path(tmp) / f"{number}.tgz"
+            label = f"npm package {package.name}@{package.version}:"
+            left = math.ceil(deadline - time.monotonic())
+            if left <= 0:
+                raise EnvironmentProblem(f"{where}: downloading the npm packages took over "
+                                         f"{limits.download_timeout} s (limit [limits] "
+                                         "download_timeout); nothing was stored. Check the "
+                                         "registry and the network, or raise the limit")
+            _download(package.resolved, part, where=where, log=log, what=label,
+                      limits=dataclasses.replace(limits, download_timeout=left))
+            actual = _sha512_file(part)
+            if actual != package.sha512:
+                raise UsageError(f"{where}: npm package {package.name}@{package.version}: "
+                                 f"{package.resolved} does not match the lock's integrity: "
+                                 f"expected sha512 {package.sha512}, downloaded {actual}; "
+                                 "nothing was stored. The tarball changed where it is "
+                                 "published, or the lock is wrong")
+            checked.append((package, part))
+        for package, part in checked:
+            blob, _ = store.put_file(part)
+            downloaded.add(blob)
+            known[package.sha512] = blob
+    tarballs = tuple(NpmTarball(p, known[p.sha512]) for p in packages)
+    log(f"{name}: {len(tarballs)} npm package(s): {len(missing)} downloaded, "
+        f"{len(tarballs) - len(missing)} found in the store")
+    store.put_bytes(data)
+    layers = [_layer(store, NPM_LOCK_MEDIA, lock_digest, {TITLE: NPM_LOCK_NAME})]
+    layers += [_layer(store, NPM_MEDIA, t.blob, t.layer_annotations()) for t in tarballs]
+    _remember(store, NPM_TYPE, layers, {NPM_LOCK_ANN: lock_digest})
+    return lock_digest, tarballs
+
+
+def _sha512_file(path: Path) -> str:
+    hasher = hashlib.sha512()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            hasher.update(chunk)
+    return hasher.hexdigest()
+
+
+def _known_npm(store: Store) -> dict[str, str]:
+    """sha512 hex -> blob of every npm tarball the store already holds (from other locks)."""
+    known: dict[str, str] = {}
+    for entry in store.entries(FETCH_KIND):
+        if NPM_LOCK_ANN not in (entry.annotations or {}):
+            continue
+        for layer in _manifest_layers(store, entry.digest):
+            sha512 = (layer.annotations or {}).get(NPM_SHA512_ANN)
+            if sha512 is not None and store.has(layer.digest):
+                known[sha512] = layer.digest
+    return known
+
+
+def _npm_from_layer(layer: Descriptor) -> NpmTarball:
+    ann = layer.annotations or {}
+    try:
+        package = NpmPackage(ann[NPM_NAME_ANN], ann[NPM_VERSION_ANN], ann[URL_ANN],
+                             ann[NPM_SHA512_ANN])
+    except KeyError as exc:
+        raise StoreError(f"npm tarball {layer.digest}: its record lacks {exc.args[0]}; "
+                         "run `rebuild store fsck`") from None
+    return NpmTarball(package, layer.digest)
+
+
+def export_npm_cache(store: Store, tarballs: Sequence[NpmTarball], dest: Path) -> Path:
+    """npm's offline cache of `tarballs` (rebuild.inputs.npm: content by sha512) at `dest`,
+    each tarball copied out of the store and checked against its sha512 again.
+    World-readable: the runs' users differ."""
+    dest.mkdir()
+    dest.chmod(0o755)
+    for tarball in tarballs:
+        target = dest / cache_path(tarball.package.sha512)
+        for parent in reversed(target.relative_to(dest).parents[:-1]):
+            (dest / parent).mkdir(exist_ok=True)
+            (dest / parent).chmod(0o755)
+        store.copy_out(tarball.blob, target)
+        target.chmod(0o644)
+        if _sha512_file(target) != tarball.package.sha512:
+            raise StoreError(f"npm tarball {tarball.blob} ({tarball.package.name}@"
+                             f"{tarball.package.version}) does not have the sha512 recorded "
+                             "for it; run `rebuild store fsck`")
+    return dest
+
+
+def recorded_npm(layers: Mapping[str, Descriptor]) -> tuple[NpmTarball, ...] | None:
+    """The npm tarballs of a stored inputs manifest (layers by title), or None when the
+    build had no npm_lock."""
+    if NPM_LOCK_NAME not in layers:
+        return None
+    return tuple(_npm_from_layer(layer) for title, layer in sorted(layers.items())
+                 if title.startswith("npm/"))
+
+
 # -- the store's record of what was fetched ----------------------------------------------------
 
 
@@ -954,4 +1128,5 @@ def fetch_inputs(loaded: LoadedRecipe, store: Store, *, log: Log = lambda _: Non
     downloaded: set[str] = set()
     source, epoch = fetch_source(loaded, store, log=log, downloaded=downloaded)
     lock, wheels = fetch_wheels(loaded, store, log=log, downloaded=downloaded)
-    return Inputs(source, epoch, wheels, lock, frozenset(downloaded))
+    npm_lock, npm = fetch_npm(loaded, store, source, log=log, downloaded=downloaded)
+    return Inputs(source, epoch, wheels, lock, npm_lock, npm, frozenset(downloaded))

@@ -16,7 +16,7 @@ from securesystemslib.signer import SSlibKey  # type: ignore[attr-defined]
 from rebuild.build.recipe import format_validation_error, parse_toml
 from rebuild.build.variations import select_variations
 from rebuild.errors import RebuildError, UsageError
-from rebuild.evidence.sign import KeylessIdentity, load_public_key
+from rebuild.evidence.sign import load_public_key
 from rebuild.release.verify import Policy
 
 
@@ -47,6 +47,9 @@ class PolicyRules(_Strict):
     qa_keys: tuple[str, ...] = ()
     approvals: tuple[ApprovalRule, ...] = ()
     log: LogRule | None = None
+    # Whose promotions into an environment under this policy count (`rebuild promote`,
+    # `rebuild gate`, and the `requires` of a later environment).
+    promoter_keys: tuple[str, ...] = ()
 
 
 class PolicyFile(_Strict):
@@ -94,14 +97,5 @@ def load_policy(path: Path) -> Policy:
     return Policy(keys("builder_keys", rules.builder_keys), rules.reproducible, rules.sbom,
                   rules.tests, rules.verdicts, keys("qa_keys", rules.qa_keys),
                   {a.role: keys(f"approvals[{a.role}].keys", a.keys) for a in rules.approvals},
-                  variations=variations, log_key=log_key, tsa=tsa)
-
-
-
-def keys_policy(keys: Sequence[Path], keyless: Sequence[KeylessIdentity] = ()) -> Policy:
-    """The default policy: the given keys and keyless identities are trusted builders;
-    reproducible, with an SBOM."""
-    if not keys and not keyless:
-        raise UsageError("say whom to trust: --key PREFIX.pub, --certificate-identity ID "
-                         "--certificate-oidc-issuer URL (keyless), or --policy FILE.toml")
-    return Policy(tuple(load_public_key(k) for k in keys), keyless=tuple(keyless))
+                  variations=variations, log_key=log_key, tsa=tsa,
+                  promoters=keys("promoter_keys", rules.promoter_keys))

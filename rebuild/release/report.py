@@ -504,8 +504,10 @@ def _from_what(story: Story) -> list[tuple[str, str]]:
     if inputs.get("python_lock"):
         rows.append(("Python lock", str(inputs["python_lock"])))
     wheels = sum(1 for d in dependencies if str(d.get("name")).startswith("wheels/"))
+    npm = sum(1 for d in dependencies if str(d.get("uri")).startswith("pkg:npm/"))
     sbom = story.get("sbom")
-    counted = f"{len(dependencies)} resolved (source, base image, {wheels} wheel(s))"
+    counted = (f"{len(dependencies)} resolved (source, base image, {wheels} wheel(s)"
+               + (f", {npm} npm package(s)" if npm else "") + ")")
     if sbom:
         counted += (f"; SBOM: {sbom['components']} components ({sbom['debian']} Debian, "
                     f"{sbom['python']} Python, {sbom['other']} other) {sbom['digest']}")

@@ -1,10 +1,11 @@
 """Reproduce: rebuild a stored release from its recorded inputs alone, and judge it.
 
-Everything comes out of the store: the recipe's bytes, the source tar, the wheels, the base
-image (loaded back into Docker from its archive when the engine has forgotten it). Nothing is
-fetched, so this works with no network and no registry. The verdict compares every rebuilt
-artifact with the recorded digest; with a key it is signed as a SLSA verification summary and
-attached to the release, so a release can collect verdicts from independent rebuilders.
+Everything comes out of the store: the recipe's bytes, the source tar, the wheels and npm
+tarballs, the base image (loaded back into Docker from its archive when the engine has
+forgotten it). Nothing is fetched, so this works with no network and no registry. The
+verdict compares every rebuilt artifact with the recorded digest; with a key it is signed as
+a SLSA verification summary and attached to the release, so a release can collect verdicts
+from independent rebuilders.
 """
 
 from __future__ import annotations
@@ -29,13 +30,14 @@ from rebuild.build.compare import (
 )
 from rebuild.build.explain import Blame, explain_differences
 from rebuild.build.image import stored_image
+from rebuild.build.output_image import with_image
 from rebuild.build.plan import plan_build
 from rebuild.build.recipe import LoadedRecipe, parse_recipe, parse_toml
 from rebuild.build.sandbox import RunResult, Sandbox, connect, require_success
 from rebuild.errors import ClaimFailed, StoreError
 from rebuild.evidence.provenance import STATEMENT_TYPE
 from rebuild.evidence.sign import StatementSigner
-from rebuild.inputs.fetch import export_recorded_wheels
+from rebuild.inputs.fetch import export_npm_cache, export_recorded_wheels, recorded_npm
 from rebuild.release.verify import VERDICT_URI, resolve_release
 from rebuild.store.layout import (
     EPOCH_ANN,
@@ -208,25 +210,33 @@ def _reproduce(store: Store, target: str, *, runs: int, cache_dir: Path,
             Sandbox(client, cache_dir=cache_dir, debug=debug) as sandbox:
         wheel_files, wheels = export_recorded_wheels(store, inputs.layers,
                                                      sandbox.workspace / "wheels")
-        plan = plan_build(inputs.recipe.recipe, inputs.source_date_epoch, wheels=wheel_files)
+        tarballs = recorded_npm(inputs.layers)
+        npm = (None if tarballs is None else
+               export_npm_cache(store, tarballs, sandbox.workspace / "npm"))
+        plan = plan_build(inputs.recipe.recipe, inputs.source_date_epoch, wheels=wheel_files,
+                          npm=npm is not None)
         chosen = plan.runs[:runs]
         log(f"{name}: rebuilding from the store alone ({len(chosen)} run(s))")
         ensure_loaded(client, store, image, log)
         source_tar = sandbox.workspace / "source.tar"
         store.copy_out(inputs.source, source_tar)
-        results = [f.result() for f in [pool.submit(sandbox.run, run, source_tar, wheels=wheels)
+        results = [f.result() for f in [pool.submit(sandbox.run, run, source_tar,
+                                                    wheels=wheels, npm=npm)
                                          for run in chosen]]
         for result in results:
             log(f"run {result.name}: exit {result.exit_code} after {result.seconds:.1f} s")
             require_success(result, "the build command")
         outputs = [collect_outputs(r.out_dir, plan.outputs, r.name, plan.limits) for r in results]
+        # The release's image (an [image_output]) is rebuilt from each run's outputs too.
         rebuilt = tuple(_report(store, r, log, plan.limits.diffoscope_memory)
-                        for r in _judge(recorded, outputs))
+                        for r in _judge(recorded, [
+                            with_image(store, inputs.recipe.recipe, inputs.source_date_epoch,
+                                       o, image) for o in outputs]))
         blames: Mapping[str, Blame] = {}
         twin = compare_artifacts(*outputs) if len(outputs) == 2 else ()
         if explain and twin:
             blames = explain_differences(inputs.recipe.recipe, plan, sandbox, source_tar,
-                                         outputs[0], twin, wheels=wheels,
+                                         outputs[0], twin, wheels=wheels, npm=npm,
                                          log=log).blames
     verdict = Verdict(name, release.digest, rebuilt, tuple(results), None, blames)
     if signer is not None:

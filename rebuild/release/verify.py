@@ -8,9 +8,11 @@ file, never from the store.
 from __future__ import annotations
 
 import hashlib
+import os
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +21,7 @@ from securesystemslib.signer import SSlibKey  # type: ignore[attr-defined]
 from rebuild.build.limits import BundleLimits
 from rebuild.build.variations import NAMES
 from rebuild.checks import Check
-from rebuild.errors import ClaimFailed, StoreError
+from rebuild.errors import ClaimFailed, StoreError, UsageError
 from rebuild.evidence.provenance import (
     BUILD_TYPE,
     BUILDER_ID,
@@ -27,19 +29,19 @@ from rebuild.evidence.provenance import (
     SLSA_PROVENANCE,
     TEST_RESULT,
 )
-from rebuild.evidence.sign import KeylessIdentity, UntrustedSigner, verify_bundle, verify_signed
-from rebuild.release.bundle import open_bundle
-from rebuild.store.auditlog import (
-    check_events,
-    release_events,
-    release_log_checks,
-    trusted_time_check,
+from rebuild.evidence.sign import (
+    KeylessIdentity,
+    UntrustedSigner,
+    load_public_key,
+    verify_bundle,
+    verify_signed,
 )
 from rebuild.store.layout import (
     BUNDLE_MEDIA,
     KIND,
     LINK_ANN,
     MODE_ANN,
+    OCI_MANIFEST,
     REF_NAME,
     RELEASE_ANN,
     RELEASE_TYPE,
@@ -50,13 +52,14 @@ from rebuild.store.layout import (
     canonical_json,
     release_annotations,
 )
-from rebuild.store.tlog import NoteVerifier
 
 if TYPE_CHECKING:  # x509 and the TSA client load only when a TSA is pinned
     from rebuild.store.timestamp import TsaTrust
+    from rebuild.store.tlog import NoteVerifier
 
 BINDING_CHECKS = ("artifacts", "signed evidence", "release name", "release manifest")
 VERDICT_URI = "rebuild:release:"  # a QA verdict's resourceUri: this prefix, then name@version
+NOW_ENV = "REBUILD_NOW"  # evaluation_time
 PREDICATES = {"provenance": SLSA_PROVENANCE, "sbom": SBOM_PREDICATE,
               "test-result": TEST_RESULT}
 
@@ -77,6 +80,23 @@ class Policy:
     log_key: NoteVerifier | None = None  # when set, the release's records must be logged
     # When set, so must they be, each under a checkpoint timestamped by this TSA (RFC 3161).
     tsa: TsaTrust | None = None
+    promoters: tuple[SSlibKey, ...] = ()  # whose promotions into an environment count
+
+
+def evaluation_time(env: Mapping[str, str] | None = None) -> datetime:
+    """The instant a policy is evaluated at: now, or REBUILD_NOW (ISO 8601, UTC when it
+    names no zone) so that a deploy gate can be checked as of another time. It sets only the
+    time of evaluation (what has expired by then), never a time that is signed as the
+    present."""
+    text = (os.environ if env is None else env).get(NOW_ENV)
+    if not text:
+        return datetime.now(UTC)
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(f"{NOW_ENV}={text!r} is not an ISO 8601 time "
+                         "(e.g. 2027-01-31T12:00:00Z)") from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 @dataclass
@@ -109,6 +129,16 @@ class Report:
         return {"target": self.target, "release": self.release, "verified": self.ok,
                 "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail}
                            for c in self.checks]}
+
+
+def keys_policy(keys: Sequence[Path], keyless: Sequence[KeylessIdentity] = ()) -> Policy:
+    """The default policy: the given keys and keyless identities are trusted builders;
+    reproducible, with an SBOM. Here, not in rebuild.release.policy, so that `verify --key`
+    does not load pydantic, which only a policy file needs."""
+    if not keys and not keyless:
+        raise UsageError("say whom to trust: --key PREFIX.pub, --certificate-identity ID "
+                         "--certificate-oidc-issuer URL (keyless), or --policy FILE.toml")
+    return Policy(tuple(load_public_key(k) for k in keys), keyless=tuple(keyless))
 
 
 def resolve_release(store: Store, target: str) -> Descriptor:
@@ -214,6 +244,9 @@ def verify_release(store: Store, target: str, policy: Policy) -> Report:
                    f"approved by {names}" if approvals
                    else f"no {role} approval by a trusted key")
     if policy.log_key is not None or policy.tsa is not None:
+        # The log's code loads only for a policy that requires the log (`show` < 200 ms).
+        from rebuild.store.auditlog import release_log_checks
+
         referrers = [((e.annotations or {}).get(KIND, ""), e.digest)
                      for e in store.referrers(release.digest)]
         for check in release_log_checks(store, release.digest, referrers, policy.log_key,
@@ -233,6 +266,8 @@ def verify_bundle_file(path: Path, policy: Policy,
     """Verify an exported bundle (`rebuild export`) offline: every byte of the archive, each
     failure naming its file (rebuild.export), then `verify_release` on the layout inside.
     What extracting it may write is bounded by `limits` (defaults: rebuild.limits)."""
+
+    from rebuild.release.bundle import open_bundle
 
     with tempfile.TemporaryDirectory(prefix="rebuild-verify-") as tmp:
         bundle = open_bundle(path, Path(tmp), limits or BundleLimits())
@@ -258,6 +293,8 @@ def verify_bundle_file(path: Path, policy: Policy,
 def _check_bundled_log(store: Store, report: Report) -> None:
     """Without a pinned log key the proofs still show each event is in the tree its
     checkpoint names; only the checkpoint's signature stays unchecked, and says so."""
+    from rebuild.store.auditlog import check_events, release_events, trusted_time_check
+
     try:
         events = release_events(store, "")
     except (ClaimFailed, ValueError, OSError) as exc:
@@ -315,7 +352,7 @@ def attached(store: Store, release: Descriptor, kind: str) -> list[Descriptor]:
 def statement_release(kind: str, statement: Mapping[str, Any]) -> str | None:
     """The release (name@version) a signed statement names, or None if it names none: the
     provenance by the recipe it records, the SBOM by its main component, a QA verdict by
-    its resourceUri, an approval or its withdrawal by its release."""
+    its resourceUri, an approval, its withdrawal or a promotion by its release."""
     predicate = statement.get("predicate")
     named: Any = None
     if kind == "provenance":
@@ -330,14 +367,15 @@ def statement_release(kind: str, statement: Mapping[str, Any]) -> str | None:
         uri = _get(predicate, "resourceUri")
         if isinstance(uri, str) and uri.startswith(VERDICT_URI):
             named = uri.removeprefix(VERDICT_URI)
-    elif kind in ("approval", "withdrawal"):
+    elif kind in ("approval", "withdrawal", "promotion"):
         named = _get(predicate, "release")
     return named if isinstance(named, str) else None
 
 
 def statement_manifest(kind: str, statement: Mapping[str, Any]) -> str | None:
     """The release manifest digest a signed statement names, if its format records one."""
-    manifest = _get(statement.get("predicate"), "manifest") if kind == "approval" else None
+    manifest = (_get(statement.get("predicate"), "manifest")
+                if kind in ("approval", "promotion") else None)
     return manifest if isinstance(manifest, str) else None
 
 
@@ -371,7 +409,11 @@ def release_manifest(store: Store, provenance: Mapping[str, Any],
             size = store.blob_path(digest).stat().st_size
         except (OSError, StoreError):
             return None
-        out.append(Descriptor("application/octet-stream", digest, size, annotations))
+        # An output image's manifest is a layer of the OCI manifest type (so gc and push
+        # follow it to the image's blobs); the signed subject says so.
+        media = OCI_MANIFEST if _get(subject, "mediaType") == OCI_MANIFEST else \
+            "application/octet-stream"
+        out.append(Descriptor(media, digest, size, annotations))
     out.sort(key=lambda d: (d.annotations or {})[TITLE])
     return artifact_manifest(RELEASE_TYPE, out, annotations=release_annotations(name, epoch))
 

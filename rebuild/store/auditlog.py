@@ -40,7 +40,7 @@ LOG_KEY_ENV = "REBUILD_LOG_KEY"
 DEFAULT_ORIGIN = "rebuild.local/audit-log"
 ENTRY_VERSION = 1
 # The records whose subject is a release and that must each be logged when a policy asks.
-LOGGED_KINDS = ("evidence", "verdict", "approval", "withdrawal")
+LOGGED_KINDS = ("evidence", "verdict", "approval", "withdrawal", "promotion", "gate")
 # Timestamped checkpoints: `checkpoints/<N>` (the checkpoint of N entries, as it was signed)
 # and `checkpoints/<N>.tsr` (the TSA's DER TimeStampResp over its sha256); rebuild.timestamp.
 STAMP_DIR = "checkpoints"
@@ -396,7 +396,8 @@ def log_build(store: Store, *, release: str, attempt: str, manifest: str | None,
 def log_statement(store: Store, *, kind: str, release: str, manifest: str, record: str,
                   statement: Mapping[str, Any], statement_digest: str, bundle: str,
                   signer: str | None) -> int:
-    """A signed decision attached to a release: a QA verdict, an approval, a withdrawal."""
+    """A signed decision attached to a release: a QA verdict, an approval, a withdrawal, a
+    promotion into an environment, a deploy gate's summary."""
     predicate = statement.get("predicate", {})
     corrects = None
     if kind == "verdict":
@@ -407,6 +408,14 @@ def log_statement(store: Store, *, kind: str, release: str, manifest: str, recor
         name = str(predicate.get("signer", {}).get("name", ""))
         meaning = str(predicate.get("reason", ""))
         corrects = int(predicate.get("withdraws", {}).get("entry"))
+    elif kind == "promotion":
+        event, role = "promotion", "promoter"
+        name = str(predicate.get("signer", {}).get("name", "")) or _actor_name()
+        meaning = (f"{predicate.get('from', {}).get('repository', '')} -> "
+                   f"{predicate.get('to', {}).get('environment', '')}")
+    elif kind == "gate":
+        event, role, name = "gate", "gate", _actor_name()
+        meaning = gate_meaning(predicate)
     else:
         event, role = kind, str(predicate.get("role", ""))
         name = str(predicate.get("signer", {}).get("name", "")) or _actor_name()
@@ -415,6 +424,24 @@ def log_statement(store: Store, *, kind: str, release: str, manifest: str, recor
                        statements={kind: {"statement": statement_digest, "bundle": bundle}},
                        actor=Actor(signer, name, role), meaning=meaning,
                        time=datetime.now(UTC), corrects=corrects)
+    return _append(store, [entry])[0]
+
+
+def gate_meaning(predicate: Mapping[str, Any]) -> str:
+    """A deploy gate's decision as its log entry says it: the result and where."""
+    return (f"{predicate.get('verificationResult', '')} "
+            f"{predicate.get('resourceUri', '')}").strip()
+
+
+def log_gate(store: Store, *, release: str, manifest: str, summary: Mapping[str, Any],
+             summary_digest: str) -> int:
+    """A deploy gate's decision that nobody signed (no --key): logged with the digest of its
+    summary, which the store keeps, and the machine's user as the actor."""
+    entry = make_entry(event="gate", release=release, manifest=manifest, records=[],
+                       statements={"gate": {"statement": summary_digest}},
+                       actor=Actor(None, _actor_name(), "gate"),
+                       meaning=gate_meaning(summary.get("predicate", {})),
+                       time=datetime.now(UTC))
     return _append(store, [entry])[0]
 
 

@@ -282,6 +282,22 @@ class Registry:
             return False
         raise self._fail(response, f"blob {digest} in {repo}")
 
+    def mount_blob(self, repo: str, digest: str, source_repo: str) -> bool:
+        """Link a blob the registry already holds in `source_repo` into `repo` without
+        sending its bytes (cross-repository mount); False when the registry would rather
+        take an upload (its session is cancelled: the caller uploads)."""
+        start = self.request("POST", self._url(
+            repo, f"blobs/uploads/?mount={quote(digest)}&from={quote(source_repo)}"), repo,
+            push=True, headers={"Content-Length": "0"})
+        status, location = start.status_code, start.headers.get("Location")
+        start.close()
+        if status == 201:
+            return True
+        if status == 202 and location:
+            self.request("DELETE", urljoin(start.url, location), repo, push=True).close()
+            return False
+        raise self._fail(start, f"mounting blob {digest} into {repo}")
+
     def push_blob(self, repo: str, digest: str, size: int, source: Readable,
                   progress: Callable[[int], None] | None = None) -> None:
         """Upload a blob read from `source`: in one PUT when small, else in chunks, holding at

@@ -95,13 +95,14 @@ class Transferred:
     bytes_sent: int = 0
     manifests_sent: int = 0
     referrers: list[str] = field(default_factory=list)
+    blobs_mounted: int = 0  # linked from another repository of the same registry, not sent
 
     def to_json(self) -> dict[str, Any]:
         return {"release": self.release, "digest": self.digest, "source": self.source,
                 "destination": self.destination, "manifests": self.manifests,
                 "blobs": self.blobs, "blobs_sent": self.blobs_sent,
                 "bytes_sent": self.bytes_sent, "manifests_sent": self.manifests_sent,
-                "referrers": self.referrers}
+                "blobs_mounted": self.blobs_mounted, "referrers": self.referrers}
 
 
 def split_release(release: str) -> tuple[str, str]:
@@ -181,7 +182,10 @@ def local_closure(store: Store, release: str) -> Closure:
     return Closure(release, root, tuple(records), manifests, blobs, frozenset(as_blob))
 
 
-def remote_closure(registry: Registry, release: str, log: Log) -> Closure:
+def remote_closure(registry: Registry, release: str, log: Log,
+                   skip: frozenset[str] = frozenset()) -> Closure:
+    """`skip`: kinds of record left out (with all they reach), e.g. a reader that checks
+    the evidence and needs neither the inputs nor the base image archive."""
     name, version = split_release(release)
     repo = registry.remote.release_repository(name)
     found = registry.get_manifest(repo, version)
@@ -226,7 +230,8 @@ def remote_closure(registry: Registry, release: str, log: Log) -> Closure:
     own = [e for e in entries.values() if e.digest == digest]
     if own:
         root = own[0]
-    records = tuple(e for e in entries.values() if e.digest != digest)
+    records = tuple(e for e in entries.values() if e.digest != digest
+                    and (e.annotations or {}).get(KIND) not in skip)
     manifests, blobs, as_blob = _walk(
         [(digest, media), *((e.digest, e.media_type) for e in records)], read)
     return Closure(release, root, records, manifests, blobs, frozenset(as_blob))
@@ -355,7 +360,9 @@ def closure_manifest(closure: Closure) -> bytes:
 
 
 def push_closure(closure: Closure, open_blob: Opener, registry: Registry, result: Transferred,
-                 log: Log) -> None:
+                 log: Log, mount_from: str | None = None) -> None:
+    """Push a closure; `mount_from`: a repository of the same registry holding its blobs
+    (a copy between two repositories of one registry mounts them instead of sending them)."""
     name, version = split_release(closure.release)
     repo = registry.remote.release_repository(name)
     tagged = registry.get_manifest(repo, version)
@@ -369,6 +376,9 @@ def push_closure(closure: Closure, open_blob: Opener, registry: Registry, result
             continue
         if digest == _sha256(empty_config):
             registry.push_blob(repo, digest, size, _BytesReader(empty_config))
+            continue
+        if mount_from is not None and registry.mount_blob(repo, digest, mount_from):
+            result.blobs_mounted += 1
             continue
         with open_blob(digest, size, 0) as chunks:
             reader = _VerifyingReader(chunks, digest, size)
@@ -597,24 +607,34 @@ def _remote_opener(registry: Registry, repo: str) -> Opener:
     return open_blob
 
 
-def transfer(source: str, destination: str, release: str, *, log: Log) -> Transferred:
-    """Copy `release` with its closure from one store (a directory or oci://…) to another."""
+def transfer(source: str, destination: str, release: str, *, log: Log,
+             expect: str | None = None, skip: frozenset[str] = frozenset()) -> Transferred:
+    """Copy `release` with its closure from one store (a directory or oci://…) to another.
+    `expect`: the release manifest digest the caller checked; when the source now holds
+    another, nothing is copied (exit 1). `skip`: from a registry, kinds of record left out
+    (`remote_closure`)."""
     split_release(release)
     with contextlib.ExitStack() as stack:
         if is_remote(source):
             src_registry = _connect(parse_remote(source), stack)
-            closure = remote_closure(src_registry, release, log)
+            closure = remote_closure(src_registry, release, log, skip)
             opener = _remote_opener(src_registry, src_registry.remote.release_repository(
                 release.rpartition("@")[0]))
         else:
             src_store = Store(Path(source))
             closure = local_closure(src_store, release)
             opener = _local_opener(src_store)
+        if expect is not None and closure.root.digest != expect:
+            raise ClaimFailed(f"{source} now holds {release} as {closure.root.digest}, not "
+                              f"the {expect} that was checked; nothing was copied")
         result = Transferred(release, closure.root.digest, source, destination,
                              manifests=len(closure.manifests), blobs=len(closure.blobs))
         if is_remote(destination):
             dest_registry = _connect(parse_remote(destination), stack)
-            push_closure(closure, opener, dest_registry, result, log)
+            mount_from = None
+            if is_remote(source) and src_registry.remote.base == dest_registry.remote.base:
+                mount_from = src_registry.remote.release_repository(release.rpartition("@")[0])
+            push_closure(closure, opener, dest_registry, result, log, mount_from)
         else:
             pull_closure(closure, opener, Store(Path(destination)), result, log)
         return result

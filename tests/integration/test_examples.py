@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,22 @@ def test_example_is_reproducible(name: str, artifacts: list[str], c_image: str,
     result = run_rebuild("build", copy_recipe(name, tmp_path), "--json", store=store)
     assert result.code == 0, result.stderr
     assert [a["name"] for a in result.json["artifacts"]] == artifacts
+
+
+def test_image_example_is_reproducible_and_runs(c_image: str, tmp_path: Path,
+                                                store: Path) -> None:
+    result = run_rebuild("build", copy_recipe("hello-image", tmp_path), "--json", store=store)
+    assert result.code == 0, result.stderr
+    assert [a["name"] for a in result.json["artifacts"]] == [
+        "bin/hello", "oci-image", "share/hello/greeting.txt"]
+    loaded = run_rebuild("image", "load", "hello-image@1.0.0", "--json", store=store)
+    assert loaded.code == 0, loaded.stderr
+    try:
+        ran = subprocess.run(["docker", "run", "--rm", "--network", "none", loaded.json["id"]],
+                             capture_output=True, text=True, timeout=120, check=False)
+        assert (ran.returncode, ran.stdout) == (0, "hello from a reproducible image\n")
+    finally:
+        subprocess.run(["docker", "rmi", loaded.json["id"]], capture_output=True, check=False)
 
 
 def test_stamped_example_is_caught(c_image: str, tmp_path: Path, store: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -9,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import RecipeWriter, run_rebuild
+from rebuild.store.layout import EMPTY_DIGEST, KIND, OCI_EMPTY, REF_NAME, Descriptor, Store
+from tests.conftest import RecipeWriter, require_tool, run_rebuild
 
 pytestmark = pytest.mark.docker
 
@@ -46,6 +48,32 @@ def test_release_is_an_oci_artifact_with_titled_layers(minimal_image: str,
 
     ls = run_rebuild("store", "ls", "--json", store=store)
     assert [e["name"] for e in ls.json["entries"] if e["kind"] == "release"] == ["t@1.0.0"]
+
+
+def test_index_json_names_a_release_as_soon_as_it_is_built_in_a_large_store(
+        minimal_image: str, write_recipe: RecipeWriter, store: Path) -> None:
+    """No `store compact`, no journal: an OCI tool reading index.json alone (skopeo) finds the
+    release right after its build, which appended to index.json in place."""
+    require_tool("skopeo")
+    st = Store(store)
+    st.init()
+    st.put_bytes(b"{}")
+    with st._locked():  # 2 MB of other entries: a store far past a few hundred releases
+        st._write_index([*st._index_file(), *(
+            Descriptor(OCI_EMPTY, EMPTY_DIGEST, 2, {REF_NAME: f"filler-{i}@1", KIND: "filler"})
+            for i in range(12_000))])
+    inode = (store / "index.json").stat().st_ino
+    result = run_rebuild("build", write_recipe(minimal_image, CAREFUL, ["r", "usr/bin/*"]),
+                         "--json", store=store)
+    assert result.code == 0, result.stderr
+    assert (store / "index.json").stat().st_ino == inode  # appended to, not rewritten
+    index = json.loads((store / "index.json").read_bytes())
+    [release] = [m for m in index["manifests"] if m["annotations"].get(REF_NAME) == "t@1.0.0"]
+    raw = subprocess.run(["skopeo", "inspect", "--raw", f"oci:{store}:t@1.0.0"], check=True,
+                         capture_output=True).stdout
+    assert "sha256:" + hashlib.sha256(raw).hexdigest() == release["digest"]
+    assert not (store / "index.journal").exists()
+    assert (store / "index.wal").read_bytes() == b""
 
 
 def test_building_again_adds_nothing(minimal_image: str, write_recipe: RecipeWriter,
