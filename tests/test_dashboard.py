@@ -72,7 +72,7 @@ def test_overview_groups_counts_pending_and_expiring_waivers() -> None:
                                                      "requirement": "REQ-9"}}
     unsigned = {"signature": "untrusted", "predicate": {"expires": "2026-06-10"}}
     later = {"signature": "verified", "predicate": {"expires": "2026-09-01"}}
-    promoted = {"signature": "verified", "predicate": {"to": "staging"}}
+    promoted = {"signature": "verified", "environment": "staging", "result": "PASSED"}
     shown = overview([
         summary("a@1", "verified", pending=("quality",), waivers=(waiver, unsigned, later)),
         summary("b@1", "approved", promotions=(promoted,)),

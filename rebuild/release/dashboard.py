@@ -23,7 +23,7 @@ from typing import Any
 from rebuild.errors import ClaimFailed, StoreError
 from rebuild.evidence.provenance import SLSA_PROVENANCE
 from rebuild.evidence.sign import UntrustedSigner, verify_bundle, verify_signed
-from rebuild.release.verify import Policy, statement_release
+from rebuild.release.verify import Policy, signed_statements, statement_release
 from rebuild.store.layout import (
     KIND,
     RELEASE_ANN,
@@ -57,6 +57,7 @@ def policy_digest(policy: Policy) -> str:
     rules = {"builders": ids(policy.builder_keys), "qa": ids(policy.qa_keys),
              "approvals": {role: ids(keys) for role, keys in sorted(policy.approvals.items())},
              "keyless": sorted(str(k) for k in policy.keyless),
+             "promoters": ids(policy.promoters),
              "reproducible": policy.reproducible, "sbom": policy.sbom, "tests": policy.tests,
              "verdicts": policy.verdicts, "variations": list(policy.variations),
              "log": None if policy.log_key is None else repr(policy.log_key),
@@ -197,11 +198,27 @@ def release_waivers(store: Store, release: Descriptor, keys: Sequence[Any]
             for entry in _attached(store, release, "waiver")]
 
 
-def release_promotions(store: Store, release: Descriptor, keys: Sequence[Any]
+def release_promotions(store: Store, release: Descriptor, name: str,
+                       artifacts: Mapping[str, str], keys: Sequence[Any]
                        ) -> list[dict[str, Any]]:
-    """The promotions attached to the release, marked like waivers."""
-    return [_signed_record(store, entry, "promotion", PROMOTION_PREDICATE, keys, release)
-            for entry in _attached(store, release, "promotion")]
+    """The promotions attached to the release (`rebuild promote`): those `verify` finds
+    signed by a trusted key about exactly this release (`signed_statements`), then one
+    NOT VERIFIED row for each other promotion record attached."""
+    verified = signed_statements(store, release, "promotion", keys, artifacts, name)
+    rows: list[dict[str, Any]] = []
+    for keyid, statement in verified:
+        predicate = statement.get("predicate") or {}
+        to: Mapping[str, Any] = predicate["to"] if isinstance(predicate.get("to"),
+                                                               Mapping) else {}
+        rows.append({"signature": "verified", "signer": keyid,
+                     "environment": str(to.get("environment")),
+                     "repository": str(to.get("repository")),
+                     "result": str((predicate.get("policy") or {}).get("result")),
+                     "time": str(predicate.get("time"))})
+    others = len(_attached(store, release, "promotion")) - len(verified)
+    rows += [{"signature": "not verified", "signer": None, "environment": None,
+              "repository": None, "result": None, "time": None}] * max(0, others)
+    return rows
 
 
 def _attached(store: Store, release: Descriptor, kind: str) -> list[Descriptor]:
@@ -314,10 +331,9 @@ def overview(summaries: Sequence[Mapping[str, Any]], refused: Sequence[Mapping[s
                 "attempt": a["attempt"]})
     promoted: dict[str, list[dict[str, Any]]] = {}
     for s in summaries:
-        for p in s["promotions"]:
-            if p["signature"] == "verified":
-                env = str(p["predicate"].get("to", "unknown"))
-                promoted.setdefault(env, []).append({"release": s["release"], "page": s["page"]})
+        for env in sorted({p["environment"] for p in s["promotions"]
+                           if p["signature"] == "verified" and p["result"] == "PASSED"}):
+            promoted.setdefault(env, []).append({"release": s["release"], "page": s["page"]})
     pending = {role: [{"release": s["release"], "page": s["page"]} for s in summaries
                       if role in s["pending_roles"]] for role in roles}
     horizon = today + timedelta(days=EXPIRING_DAYS)

@@ -211,7 +211,10 @@ def _render_release(store: Store, entry: Descriptor, events: Sequence[tuple[int,
     summary = dashboard.summarize_release(
         story, policy, time=release_time,
         waivers=dashboard.release_waivers(store, entry, trusted),
-        promotions=dashboard.release_promotions(store, entry, trusted))
+        promotions=dashboard.release_promotions(
+            store, entry, str(story["release"]),
+            {a["name"]: a["sha256"] for a in story["artifacts"]},
+            [*trusted, *policy.promoters]))
     page = render_page("dashboard-release.html.j2", view=report_view(story), summary=summary,
                        trace=dashboard.trace_matrix(story), timeline=timeline,
                        notes=release_notes(story, summary), version=__version__, root="../")

@@ -96,8 +96,11 @@ def releases(minimal_image: str, tmp_path_factory: pytest.TempPathFactory
     for who in ("ci", "quality"):
         assert run_rebuild("keygen", "--out", work / who).code == 0
     policy = work / "policy.toml"
-    policy.write_text('[policy]\nbuilder_keys = ["ci.pub"]\n\n[[policy.approvals]]\n'
-                      'role = "quality"\nkeys = ["quality.pub"]\n')
+    policy.write_text('[policy]\nbuilder_keys = ["ci.pub"]\npromoter_keys = ["ci.pub"]\n\n'
+                      '[[policy.approvals]]\nrole = "quality"\nkeys = ["quality.pub"]\n')
+    environments = work / "environments.toml"
+    environments.write_text('[[environment]]\nname = "staging"\nrepository = "staging-store"\n'
+                            'policy = "policy.toml"\n')
     builds = [("pending", SCRIPT, ["REQ-1", HOSTILE_REQUIREMENT], True, 0),
               ("approved", SCRIPT, ["REQ-2"], True, 0),
               ("unsigned", SCRIPT, None, False, 0),
@@ -112,6 +115,9 @@ def releases(minimal_image: str, tmp_path_factory: pytest.TempPathFactory
                            "Quinn Quality", "--key", work / "quality.key", "--trust",
                            work / "ci.pub", store=store)
     assert approved.code == 0, approved.stderr
+    promoted = run_rebuild("promote", "approved@1.0.0", "--to", "staging", "--environments",
+                           environments, "--key", work / "ci.key", store=store)
+    assert promoted.code == 0, promoted.stderr
     site = work / "site"
     result = run_rebuild("dashboard", "-o", site, "--policy", policy, "--json", store=store)
     assert result.code == 0, result.stderr
@@ -153,6 +159,10 @@ def test_overview_in_chromium_groups_counts_and_charts(releases: dict[str, Path]
     pending = dom.find("tr", data_role="quality")
     assert len(pending) == 1 and "pending@1.0.0" in pending[0][2]
     assert "approved@1.0.0" not in pending[0][2]
+    staging = dom.find("section", data_environment="staging")
+    assert len(staging) == 1
+    assert [a["data-release"] for a, up, _ in dom.find("li")
+            if staging[0][0] in up] == ["approved@1.0.0"]
     for metric in METRICS:
         figures = dom.find("figure", data_metric=metric)
         assert len(figures) == 1, metric
@@ -183,6 +193,8 @@ def test_release_page_escapes_and_marks_signatures(releases: dict[str, Path]) ->
     assert not [a for a, _, t in dom.find("script") if "pwned" in t]
     marks = [a["data-signature"] for a, _, _ in dom.find("span") if "data-signature" in a]
     assert marks and set(marks) == {"verified"}, marks
+    assert [a["data-environment"] for a, _, _ in dom.find("tr")
+            if "data-environment" in a] == ["staging"]
     screenshot(page, OUTPUT / "release.png")
 
     pending = Dom(dump_dom(release_page(site, "pending@1.0.0")))
