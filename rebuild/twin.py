@@ -38,7 +38,7 @@ from rebuild.build.compare import (
 from rebuild.build.explain import Blame, Explanation, explain_differences
 from rebuild.build.image import StoredImage, find_image, load_archived, stored_image
 from rebuild.build.plan import BuildPlan, RunPlan, plan_build, plan_run
-from rebuild.build.recipe import LoadedRecipe
+from rebuild.build.recipe import LoadedRecipe, Test
 from rebuild.build.sandbox import (
     RunResult,
     Sandbox,
@@ -264,7 +264,7 @@ def _twin_build(client: Any, loaded: LoadedRecipe, store: Store, *, cache_dir: P
             reports = tuple(_report(store, d, plan.variations, explanation, log,
                                     plan.limits.diffoscope_memory) for d in differences)
             test = None
-            if not differences and loaded.recipe.test is not None:
+            if not differences and isinstance(loaded.recipe.test, Test):
                 test = _run_test(sandbox, store, loaded, plan, source_tar, wheels, results[0],
                                  a, log)
         # The run directories are gone before the store is synced: a syncfs would otherwise
@@ -380,7 +380,7 @@ def _run_test(sandbox: Sandbox, store: Store, loaded: LoadedRecipe, plan: BuildP
               artifacts: Sequence[Artifact], log: Log) -> TestRun:
     """Run the recipe's [test] command in a fresh baseline sandbox, over run a's outputs,
     with the same locked Python packages as the build."""
-    assert loaded.recipe.test is not None
+    assert isinstance(loaded.recipe.test, Test)
     command = loaded.recipe.test.command
     run = plan_run(loaded.recipe, "test", (), plan.source_date_epoch, command=command,
                    wheels=plan.runs[0].wheels)

@@ -88,6 +88,8 @@ class BuildFacts:
     builder_id: str = BUILDER_ID
     builder_version: str  # rebuild.__version__
     invocation_id: str  # deterministic, e.g. the attempt manifest's digest
+    # The recipe's [change] (id, risk, requirements, hazards, summary), when it has one.
+    change_record: Mapping[str, Any] | None = None
     # The purl `distro` qualifier of the image's Debian packages (bookworm is debian-12).
     debian_distro: str = "debian-12"
 
@@ -107,6 +109,10 @@ def make_provenance(facts: BuildFacts) -> dict[str, Any]:
     }
     if facts.change is not None:
         external["change"] = facts.change
+    if facts.change_record is not None:
+        # Also in the recipe's content above; here as its own parameter, so a verifier reads
+        # the risk that selects its policy tier without knowing the recipe format.
+        external["changeRecord"] = plain_json(facts.change_record)
     dependencies = [facts.source, facts.image, *sorted(facts.wheels, key=_by_name_uri)]
     byproducts = [{
         "name": "comparison.json",

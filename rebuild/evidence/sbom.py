@@ -138,7 +138,11 @@ def render_debian(packages: Sequence[DebPackage], distro: str) -> DebianPart:
 
 def serial_number(facts: BuildFacts) -> uuid.UUID:
     """A UUIDv5 of all the facts (sorted first, so that their order does not matter)."""
-    return uuid.uuid5(SERIAL_NAMESPACE, canonical_json(plain_json(sort_facts(facts))).decode())
+    data = plain_json(sort_facts(facts))
+    if data["change_record"] is None:
+        # Facts made before [change] existed keep their serial number (it is in the recipe).
+        del data["change_record"]
+    return uuid.uuid5(SERIAL_NAMESPACE, canonical_json(data).decode())
 
 
 def sort_facts(facts: BuildFacts) -> BuildFacts:
