@@ -47,7 +47,15 @@ import urllib3.exceptions
 
 from rebuild import runtime
 from rebuild.build.limits import HeadTail
-from rebuild.build.plan import CLOCK_DIR, FAKETIME_LIB, LOCALE_DIR, OUT_DIR, WHEELS_DIR, RunPlan
+from rebuild.build.plan import (
+    CLOCK_DIR,
+    FAKETIME_LIB,
+    LOCALE_DIR,
+    OUT_DIR,
+    RESULTS_DIR,
+    WHEELS_DIR,
+    RunPlan,
+)
 from rebuild.build.variations import BY_NAME
 from rebuild.errors import BuildFailed, EnvironmentProblem
 
@@ -66,6 +74,7 @@ class PreparedRun:
     out: Path
     mount: Path | None  # the disorderfs mount over the source, when file_order varies
     kwargs: dict[str, Any]  # the container's create arguments
+    results: Path | None = None  # the host directory mounted at /results (a test suite's)
 
 
 @dataclass(frozen=True)
@@ -89,6 +98,9 @@ class RunResult:
     out_dir: Path
     timed_out: bool
     seconds: float
+    # A test suite's /results, on the host: read it before the sandbox closes (which removes
+    # it), and without following links (the run's user wrote it).
+    results_dir: Path | None = None
 
 
 def connect(host: str | None = None) -> Any:
@@ -312,15 +324,18 @@ class Sandbox:
     # -- runs -----------------------------------------------------------------------------
 
     def run(self, plan: RunPlan, source_tar: Path, *, outputs: Path | None = None,
-            wheels: Path | None = None) -> RunResult:
+            wheels: Path | None = None, results: bool = False) -> RunResult:
         """Run one plan on a fresh copy of the source; outputs stay in `RunResult.out_dir`.
 
         With `outputs` (a finished run's /out), that is mounted read-only at /out instead:
         how a recipe's tests see the artifacts they check. `wheels` (the wheels and the lock
-        of a python_lock) is mounted read-only at WHEELS_DIR for the plan's venv.
+        of a python_lock) is mounted read-only at WHEELS_DIR for the plan's venv. `results`: an
+        empty directory the run's user may write is mounted at RESULTS_DIR (a `[[test]]`
+        suite's JUnit XML), kept in `RunResult.results_dir`.
         """
         with self._in_flight(plan.name):
-            prepared = self.prepare(plan, source_tar, outputs=outputs, wheels=wheels)
+            prepared = self.prepare(plan, source_tar, outputs=outputs, wheels=wheels,
+                                    results=results)
             try:
                 return self._run_prepared(plan, prepared)
             except requests.exceptions.RequestException as exc:
@@ -363,7 +378,7 @@ class Sandbox:
             with suppress(requests.exceptions.RequestException):
                 _remove(container)
         return RunResult(plan.name, exit_code, log, prepared.out, timed_out,
-                         time.monotonic() - started)
+                         time.monotonic() - started, prepared.results)
 
     def _engine_answers(self, client: Any) -> bool:
         try:
@@ -373,7 +388,7 @@ class Sandbox:
         return True
 
     def prepare(self, plan: RunPlan, source_tar: Path, *, outputs: Path | None = None,
-                wheels: Path | None = None) -> PreparedRun:
+                wheels: Path | None = None, results: bool = False) -> PreparedRun:
         """A run's directories (a fresh source copy, /out, the disorderfs mount) and its
         container arguments; `release` undoes the mount."""
         settings = plan.settings
@@ -409,13 +424,20 @@ class Sandbox:
         if wheels is not None:
             kwargs["volumes"][str(_link_tree(wheels, private / "wheels"))] = {
                 "bind": WHEELS_DIR, "mode": "ro"}
+        results_dir = None
+        if results:
+            results_dir = private / "results"
+            results_dir.mkdir()
+            os.chown(results_dir, settings.uid, settings.gid)
+            results_dir.chmod(0o755)
+            kwargs["volumes"][str(results_dir)] = {"bind": RESULTS_DIR, "mode": "rw"}
         if plan.name in self.engines:
             # Strict: an engine that does not see a source path refuses the container
             # (docker's volumes would create an empty directory there instead).
             kwargs["mounts"] = [docker.types.Mount(spec["bind"], source, type="bind",
                                                    read_only=spec["mode"] == "ro")
                                 for source, spec in kwargs.pop("volumes").items()]
-        return PreparedRun(run_dir, out, mount, kwargs)
+        return PreparedRun(run_dir, out, mount, kwargs, results_dir)
 
     def release(self, prepared: PreparedRun) -> None:
         if prepared.mount is not None:

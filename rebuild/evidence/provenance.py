@@ -138,7 +138,7 @@ def make_provenance(facts: BuildFacts) -> dict[str, Any]:
             "byproducts": byproducts,
         },
     }
-    return _statement(facts.subjects, SLSA_PROVENANCE, predicate)
+    return make_statement(facts.subjects, SLSA_PROVENANCE, predicate)
 
 
 def make_test_result(*, subjects: Sequence[Subject], passed: bool, command: Sequence[str],
@@ -162,7 +162,7 @@ def make_test_result(*, subjects: Sequence[Subject], passed: bool, command: Sequ
     }
     if url is not None:
         predicate["url"] = url
-    return _statement(subjects, TEST_RESULT, predicate)
+    return make_statement(subjects, TEST_RESULT, predicate)
 
 
 def resource_descriptor(dependency: Dependency) -> dict[str, Any]:
@@ -195,8 +195,9 @@ def digest_set(digest: str) -> dict[str, str]:
     return {algorithm: value}
 
 
-def _statement(subjects: Sequence[Subject], predicate_type: str,
-               predicate: dict[str, Any]) -> dict[str, Any]:
+def make_statement(subjects: Sequence[Subject], predicate_type: str,
+                   predicate: dict[str, Any]) -> dict[str, Any]:
+    """An in-toto Statement v1 about `subjects` (sorted by name)."""
     return {
         "_type": STATEMENT_TYPE,
         "subject": [{"name": s.name, "digest": {"sha256": s.sha256}}

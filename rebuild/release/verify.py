@@ -56,6 +56,7 @@ if TYPE_CHECKING:  # x509 and the TSA client load only when a TSA is pinned
     from rebuild.store.timestamp import TsaTrust
 
 BINDING_CHECKS = ("artifacts", "signed evidence", "release name", "release manifest")
+SUITE_PREFIX = "test-result/"  # a [[test]] suite's statement: test-result/<suite>
 VERDICT_URI = "rebuild:release:"  # a QA verdict's resourceUri: this prefix, then name@version
 PREDICATES = {"provenance": SLSA_PROVENANCE, "sbom": SBOM_PREDICATE,
               "test-result": TEST_RESULT}
@@ -146,7 +147,9 @@ def verify_release(store: Store, target: str, policy: Policy) -> Report:
     for entry in evidence:
         layers = {layer["annotations"][TITLE]: layer
                   for layer in store.read_json(entry.digest)["layers"]}
-        for kind in PREDICATES:
+        suites = sorted(t.removesuffix(".sigstore.json") for t in layers
+                        if t.startswith(SUITE_PREFIX) and t.endswith(".sigstore.json"))
+        for kind in [*PREDICATES, *suites]:
             bundle = layers.get(f"{kind}.sigstore.json")
             if bundle is None or bundle["mediaType"] != BUNDLE_MEDIA or kind in verified:
                 continue
@@ -157,8 +160,13 @@ def verify_release(store: Store, target: str, policy: Policy) -> Report:
                 continue
             if statement is None:
                 continue
+            if kind.startswith(SUITE_PREFIX) and _get(statement, "predicate", "suite") != \
+                    kind.removeprefix(SUITE_PREFIX):
+                # A suite's statement under another suite's title counts for neither.
+                elsewhere.append(f"the signed {kind} is about another suite")
+                continue
             named = statement_release(kind, statement)
-            if kind != "test-result" and named != wanted:
+            if not kind.startswith("test-result") and named != wanted:
                 # Signed, but about another release (its evidence attached or relabelled
                 # here): true of that release, so it neither counts nor fails by itself.
                 elsewhere.append(f"the signed {kind} names {named or 'no release'}")
@@ -190,8 +198,15 @@ def verify_release(store: Store, target: str, policy: Policy) -> Report:
         report.add("sbom", "sbom" in verified, "an SBOM signed by a trusted key"
                    if "sbom" in verified else "no SBOM signed by a trusted key")
     if policy.tests:
-        result = verified.get("test-result", {}).get("predicate", {}).get("result")
-        report.add("tests", result == "PASSED", f"test result: {result or 'none'}")
+        results = {kind: _get(st, "predicate", "result") for kind, st in verified.items()
+                   if kind.startswith("test-result")}
+        all_passed = bool(results) and all(r == "PASSED" for r in results.values())
+        if any(kind.startswith(SUITE_PREFIX) for kind in results):
+            shown = "test results: " + ", ".join(f"{k.removeprefix(SUITE_PREFIX)} {r}"
+                                                 for k, r in sorted(results.items()))
+        else:  # the single [test]
+            shown = f"test result: {results.get('test-result') or 'none'}"
+        report.add("tests", all_passed, shown)
     name = str(wanted)
     if policy.verdicts:
         passed = signed_statements(store, release, "verdict", policy.qa_keys, artifacts, name)
@@ -451,10 +466,11 @@ def _check_bundle(store: Store, kind: str, digest: str, policy: Policy,
         report.add(f"signature: {kind}", False, str(exc))
         return None
     statement = verified.statement
-    if statement.get("predicateType") != PREDICATES[kind]:
+    expected = TEST_RESULT if kind.startswith(SUITE_PREFIX) else PREDICATES[kind]
+    if statement.get("predicateType") != expected:
         report.add(f"signature: {kind}", False,
                    f"predicateType is {statement.get('predicateType')!r}, "
-                   f"expected {PREDICATES[kind]!r}")
+                   f"expected {expected!r}")
         return None
     report.add(f"signature: {kind}", True, f"signed keyless by trusted {verified.identity}"
                if verified.identity else f"signed by trusted key {verified.keyid[:16]}…")
