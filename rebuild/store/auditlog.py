@@ -40,7 +40,7 @@ LOG_KEY_ENV = "REBUILD_LOG_KEY"
 DEFAULT_ORIGIN = "rebuild.local/audit-log"
 ENTRY_VERSION = 1
 # The records whose subject is a release and that must each be logged when a policy asks.
-LOGGED_KINDS = ("evidence", "verdict", "approval", "withdrawal")
+LOGGED_KINDS = ("evidence", "verdict", "approval", "withdrawal", "waiver")
 # Timestamped checkpoints: `checkpoints/<N>` (the checkpoint of N entries, as it was signed)
 # and `checkpoints/<N>.tsr` (the TSA's DER TimeStampResp over its sha256); rebuild.timestamp.
 STAMP_DIR = "checkpoints"
