@@ -37,9 +37,10 @@ def _md_cell(text: Any) -> str:
 
 def _badge_class(word: str) -> str:
     """The colour of a status word: ok, bad, or warn for anything not known to be either."""
-    return ("ok" if word in ("PASSED", "ok", "verified", "reproducible", "same") else
+    return ("ok" if word in ("PASSED", "ok", "verified", "reproducible", "same",
+                             "covered") else
             "bad" if word in ("FAILED", "FAIL", "invalid", "not-reproducible", "failed",
-                              "test-failed") else "warn")
+                              "test-failed", "UNCOVERED") else "warn")
 
 
 def _is_code_word(word: str) -> bool:

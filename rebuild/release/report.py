@@ -26,6 +26,7 @@ from securesystemslib.signer import SSlibKey  # type: ignore[attr-defined]
 
 from rebuild.errors import ClaimFailed, StoreError
 from rebuild.evidence.sign import KeylessIdentity, verify_bundle, verify_signed
+from rebuild.release.trace import trace_matrix
 from rebuild.release.verify import (
     Policy,
     Report,
@@ -99,7 +100,12 @@ def release_story(store: Store, release: str, policy: Policy) -> Story:
     epoch = told.get("source_date_epoch") if told else None
     if epoch is None and not bound and inputs:
         epoch = inputs.get("source_date_epoch")
+    # The trace matrix only from statements the verification counted (never unsigned ones).
+    matrix = (trace_matrix(str(name), entry.digest, report.statements)
+              if bound and report is not None else None)
+    shows_trace = matrix is not None and (matrix.change is not None or bool(matrix.rows))
     return {
+        **({"trace": matrix.to_json()} if shows_trace and matrix is not None else {}),
         "format": STORY_FORMAT,
         "release": name,
         "facts_verified": bound,
@@ -578,6 +584,9 @@ def render_text(story: Story) -> str:
         ("Who approved", [(f"approval ({_signature_text(a['signature'])})", _approval_text(a))
                           for a in story["approvals"]] or [("", "no approval yet")]),
     ]
+    if story.get("trace"):
+        sections.insert(4, ("Trace matrix (requirement: status, test cases)",
+                            _trace_rows(story["trace"])))
     width = max((len(k) for _, rows in sections for k, _ in rows), default=0)
     out = [f"{story['release']}  {story['manifest']}", headline]
     for title, rows in sections:
@@ -641,7 +650,33 @@ def report_view(story: Story) -> dict[str, Any]:
                        "keyid": str(a["keyid"]), "signature": _signature_view(a["signature"])}
                       for a in story["approvals"]],
         "bundle": _bundle_lines(story, bundle) if bundle else None,
+        **({"trace": _trace_view(story["trace"])} if story.get("trace") else {}),
     }
+
+
+def _trace_rows(trace: Mapping[str, Any]) -> list[tuple[str, str]]:
+    rows = [(str(r["requirement"]), f"{_trace_status(r)}: " + (", ".join(
+        f"{c['suite']}/{c['id']} {c['outcome']}" for c in r["cases"]) or "no test case"))
+        for r in trace["requirements"]]
+    if trace["uncovered"]:
+        rows.append(("uncovered", ", ".join(trace["uncovered"])))
+    return rows or [("", "no requirements recorded")]
+
+
+def _trace_status(row: Mapping[str, Any]) -> str:
+    return "covered" if row["covered"] else "UNCOVERED" if row["in_change"] else \
+        "not in the change"
+
+
+def _trace_view(trace: Mapping[str, Any]) -> dict[str, Any]:
+    return {"change": str(trace.get("change") or ""),
+            "rows": [{"requirement": str(r["requirement"]), "status": _trace_status(r),
+                      "cases": [{"suite": str(c["suite"]), "id": str(c["id"]),
+                                 "outcome": str(c["outcome"])} for c in r["cases"]],
+                      "text": ", ".join(f"{c['suite']}/{c['id']} {c['outcome']}"
+                                        for c in r["cases"]) or "no test case"}
+                     for r in trace["requirements"]],
+            "uncovered": ", ".join(trace["uncovered"])}
 
 
 def _signature_view(signature: Mapping[str, Any]) -> dict[str, str | None]:

@@ -301,3 +301,25 @@ def test_trace_without_a_trusted_key_shows_nothing(example: Example) -> None:
     result = run_rebuild("trace", V1, "--key", example.key("stranger"), store=example.store)
     assert result.code == 1 and "NOT VERIFIED" in result.stderr
     assert result.stdout == ""
+
+
+def test_show_and_the_exported_report_carry_the_trace_matrix(example: Example) -> None:
+    import tarfile
+
+    from lxml import html  # type: ignore[import-untyped]
+
+    story = ok(run_rebuild("show", V2, "--key", example.key("ci"), "--json",
+                           store=example.store)).json
+    assert story["trace"]["uncovered"] == ["REQ-7"]
+    text = ok(run_rebuild("show", V2, "--key", example.key("ci"), store=example.store)).stdout
+    assert "Trace matrix" in text and "REQ-7" in text
+    bundle = example.root / "v1.tar"
+    ok(run_rebuild("export", V1, "-o", bundle, "--key", example.key("ci"), store=example.store))
+    with tarfile.open(bundle) as archive:
+        names = {m.name.rsplit("/", 1)[-1]: m for m in archive.getmembers()}
+        page = archive.extractfile(names["report.html"])
+        assert page is not None
+        document = html.fromstring(page.read())
+    rows = {row.get("data-requirement"): row.xpath("./td[2]")[0].text_content()
+            for row in document.xpath('//table[@id="trace-matrix"]/tbody/tr')}
+    assert rows == {f"REQ-{i}": "covered" for i in range(1, 7)}
