@@ -122,3 +122,17 @@ def test_cel_rules_over_statements() -> None:
     assert not held and "could not be evaluated" in detail
     held, detail = run("1 + 1")
     assert not held and "not a bool" in detail
+
+
+def test_dependency_changes() -> None:
+    from rebuild.release.notes import dependency_changes
+
+    before = {"pypi/pytest": "8.3.5", "pypi/old": "1.0", "deb/libc6": "2.36-9",
+              "pypi/pluggy": "1.7.0"}
+    after = {"pypi/pytest": "8.4.2", "pypi/pygments": "2.21.0", "deb/libc6": "2.36-9",
+             "pypi/pluggy": "1.6.0"}
+    assert dependency_changes(before, after) == {
+        "added": [{"package": "pypi/pygments", "version": "2.21.0"}],
+        "removed": [{"package": "pypi/old", "version": "1.0"}],
+        "upgraded": [{"package": "pypi/pytest", "from": "8.3.5", "to": "8.4.2"}],
+        "downgraded": [{"package": "pypi/pluggy", "from": "1.7.0", "to": "1.6.0"}]}

@@ -129,3 +129,30 @@ def waive_cmd(
     if opts.json:
         emit({"release": target, "waiver": digest, "role": role, "name": signer_name,
               "keyid": signer.identity, "waives": what, "expires": expires})
+
+
+def notes_cmd(
+    target: Annotated[str, typer.Argument(help="A release (name@version).")],
+    since: Annotated[str | None, typer.Option(
+        "--since", help="A previous release: list what changed since it (artifacts, and "
+        "dependencies from the two SBOMs).", metavar="PREVIOUS")] = None,
+    form: Annotated[str, typer.Option("--format", help="md or html.")] = "md",
+    policy: PolicyOpt = None,
+    store: StoreOpt = None,
+    json_out: JsonOpt = False,
+    key: KeysOpt = None,
+) -> None:
+    """Release notes as evidence: the change, its requirements, artifacts and digests, the
+    validation summary, approvals, waivers with residual risks, known limitations, and what
+    changed since PREVIOUS. Only from statements signed by a trusted key."""
+    from rebuild.release.notes import release_notes
+    from rebuild.release.pages import render_notes
+
+    if form not in ("md", "html"):
+        raise UsageError(f"--format {form!r}: write md or html")
+    opts = command_options(store, json_out)
+    notes = release_notes(Store(store_for(opts, target)), target, _trust(policy, key), since)
+    if opts.json:
+        emit(notes)
+    else:
+        print(render_notes(notes, form), end="")

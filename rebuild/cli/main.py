@@ -69,7 +69,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "verify": ("release", "verify"), "show": ("release", "show"),
     "export": ("release", "export_cmd"), "approve": ("release", "approve_cmd"),
     "withdraw": ("release", "withdraw_cmd"), "trace": ("change", "trace_cmd"),
-    "waive": ("change", "waive_cmd")}
+    "waive": ("change", "waive_cmd"), "notes": ("change", "notes_cmd")}
 GROUPS: dict[str, tuple[str, str]] = {
     "image": ("build", "image_app"), "store": ("store", "store_app"), "log": ("log", "log_app")}
 # The options of `main_options` that take a value: what follows them is not a command.

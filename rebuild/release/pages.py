@@ -9,6 +9,7 @@ that print a story to the terminal (`rebuild show`) never load Jinja2.
 from __future__ import annotations
 
 import html
+from collections.abc import Mapping
 from functools import cache
 from typing import Any
 
@@ -28,6 +29,11 @@ def render_html(story: Story) -> str:
     """The story as one self-contained HTML page (deterministic), from
     templates/report.html.j2, every value escaped."""
     return _environment().get_template("report.html.j2").render(view=report_view(story))
+
+
+def render_notes(notes: Mapping[str, Any], form: str) -> str:
+    """Release notes (rebuild.release.notes) as Markdown or one self-contained HTML page."""
+    return _environment().get_template(f"notes.{form}.j2").render(notes=notes)
 
 
 def _md_cell(text: Any) -> str:

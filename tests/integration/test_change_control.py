@@ -323,3 +323,37 @@ def test_show_and_the_exported_report_carry_the_trace_matrix(example: Example) -
     rows = {row.get("data-requirement"): row.xpath("./td[2]")[0].text_content()
             for row in document.xpath('//table[@id="trace-matrix"]/tbody/tr')}
     assert rows == {f"REQ-{i}": "covered" for i in range(1, 7)}
+
+
+def test_notes_since_the_previous_version_list_the_upgrade_and_the_changed_artifact(
+        example: Example) -> None:
+    notes = ok(run_rebuild("notes", V2, "--since", V1, "--key", example.key("ci"), "--json",
+                           store=example.store)).json
+    since = notes["since"]
+    assert since["release"] == V1
+    assert since["artifacts"] == {"added": [], "removed": [],
+                                  "changed": ["risk_score-1.0.0-py3-none-any.whl"]}
+    assert {"package": "pypi/pytest", "from": "8.3.5", "to": "8.4.2"} in since[
+        "dependencies"]["upgraded"]
+    assert "pypi/pygments" in [d["package"] for d in since["dependencies"]["added"]]
+    assert notes["change"]["requirements"][-1] == "REQ-7"
+    assert "requirement REQ-7 is covered by no passing test case" in notes["limitations"]
+    text = ok(run_rebuild("notes", V2, "--since", V1, "--key", example.key("ci"),
+                          store=example.store)).stdout
+    assert "- Dependency upgraded: pypi/pytest 8.3.5 → 8.4.2" in text
+    assert "- Artifacts changed: risk_score-1.0.0-py3-none-any.whl" in text
+    page = ok(run_rebuild("notes", V2, "--since", V1, "--format", "html", "--key",
+                          example.key("ci"), store=example.store)).stdout
+    assert page.startswith("<!DOCTYPE html>") and "pypi/pytest 8.3.5 → 8.4.2" in page
+
+
+def test_notes_show_waivers_with_their_residual_risk(example: Example) -> None:
+    store = clone_store(example, "notes")
+    ok(waive(example, store, "quality", "quality", ["--requirement", "REQ-7"]))
+    notes = ok(run_rebuild("notes", V2, "--policy", example.policy, "--json",
+                           store=store)).json
+    assert notes["waivers"] == [{
+        "waives": "requirement REQ-7", "role": "quality", "name": "W. quality",
+        "justification": "rounding is checked in review",
+        "residual_risk": "a score off by one point near a threshold",
+        "expires": "2099-01-01T00:00:00Z"}]
