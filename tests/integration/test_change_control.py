@@ -49,7 +49,8 @@ class Example:
 
 def policy_text(example_keys: Path, text: str | None = None) -> str:
     text = text or (ROOT / "policies" / "risk-tiers.toml").read_text()
-    return text.replace("../.rebuild/demo-keys/", f"{example_keys}/")
+    return text.replace("../.rebuild/dev-key.pub", f"{example_keys}/ci.pub").replace(
+        "../.rebuild/demo-keys/", f"{example_keys}/")
 
 
 @pytest.fixture(scope="module")
