@@ -128,6 +128,16 @@ def failed_checks(result: Result) -> dict[str, str]:
     return {c["name"]: c["detail"] for c in result.json["checks"] if not c["ok"]}
 
 
+def test_approve_under_a_tiered_policy_checks_the_evidence_not_the_tier(
+        example: Example) -> None:
+    store = clone_store(example, "approve")
+    # Tier high still fails for 1.1.0 (its gaps, and this approval is one of the pieces).
+    ok(run_rebuild("approve", V2, "--role", "quality", "--meaning", "reviewed", "--key",
+                   example.key("quality", True), "--policy", example.policy, store=store))
+    checks = failed_checks(verify(example, V2, example.policy, store))
+    assert "tier high: approval: quality" not in checks and "tier high: trace" in checks
+
+
 def test_everything_present_passes_tier_high(example: Example) -> None:
     result = verify(example, V1, example.policy)
     assert result.code == 0, failed_checks(result)
