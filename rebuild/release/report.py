@@ -26,7 +26,7 @@ from securesystemslib.signer import SSlibKey  # type: ignore[attr-defined]
 
 from rebuild.errors import ClaimFailed, StoreError
 from rebuild.evidence.sign import KeylessIdentity, verify_bundle, verify_signed
-from rebuild.release.trace import trace_matrix
+from rebuild.release.trace import suite_statements, trace_matrix
 from rebuild.release.verify import (
     Policy,
     Report,
@@ -104,7 +104,11 @@ def release_story(store: Store, release: str, policy: Policy) -> Story:
     matrix = (trace_matrix(str(name), entry.digest, report.statements)
               if bound and report is not None else None)
     shows_trace = matrix is not None and (matrix.change is not None or bool(matrix.rows))
+    suites = [{"suite": suite, "result": str(predicate.get("result"))}
+              for suite, predicate in suite_statements(report.statements).items()
+              ] if bound and report is not None else []
     return {
+        **({"suites": suites} if suites else {}),
         **({"trace": matrix.to_json()} if shows_trace and matrix is not None else {}),
         "format": STORY_FORMAT,
         "release": name,
@@ -568,8 +572,12 @@ def render_text(story: Story) -> str:
                 f"{'' if a['matches_provenance'] else ', unsigned record: not verified'})",
                 "; ".join(f"run {r['name']}: {_variations(r['variations'])}" for r in a["runs"]))
                for a in attempts[-1:]]
+    suites = story.get("suites") or []
     checked.append(("tests", f"{tests['result']}, {_signature_text(tests['signature'])}"
-                    if tests else "none recorded"))
+                    if tests else "suites: " + ", ".join(
+                        f"{s['suite']} {s['result']}" for s in suites) + " (signed, verified)"
+                    if suites else "none recorded" if story["facts_verified"]
+                    else "none verified (no trusted key)"))
     checked += [(f"QA verdict {v['result']}", f"{v['verifier']}, key {_short(v['signer'])}, "
                  f"{_signature_text(v['signature'])}, {v['time']}") for v in story["verdicts"]]
     checked += [(f"check {c['name']}", ("ok: " if c["ok"] else "FAIL: ") + c["detail"])
