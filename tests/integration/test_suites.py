@@ -74,6 +74,14 @@ def test_each_suite_gives_a_signed_statement_with_its_cases(
     assert verified.code == 0, verified.stdout
     names = {c["name"] for c in verified.json["checks"]}
     assert {"signature: test-result/unit", "subjects: test-result/smoke"} <= names
+    # A policy with tiers: a release whose change record names no risk fails it.
+    policy = key.parent / "tiers.toml"
+    policy.write_text(f'[policy]\nbuilder_keys = ["{key.name}.pub"]\n\n[tier.low]\n'
+                      'tests = ["unit"]\n')
+    tiered = run_rebuild("verify", "t@1.0.0", "--policy", policy, "--json", store=store)
+    assert tiered.code == 1
+    failed = {c["name"]: c["detail"] for c in tiered.json["checks"] if not c["ok"]}
+    assert list(failed) == ["tier"] and "names no risk" in failed["tier"]
     events = run_rebuild("log", "show", "t@1.0.0", "--json", store=store)
     assert events.code == 0, events.stderr
     logged = [e for e in events.json["entries"] if e["event"] == "test-result"]
