@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 SUITE_PREFIX = "test-result/"  # a [[test]] suite's statement: test-result/<suite>
+SHOWN_CASES = 3  # cases per requirement in the terminal table
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,12 @@ def format_table(matrix: TraceMatrix) -> list[str]:
     lines.append(f"  {'requirement':<{width}}  {'status':<9}  test cases")
     for row in matrix.rows:
         status = "covered" if row.covered else "UNCOVERED" if row.in_change else "not in change"
-        shown = ", ".join(f"{c.ref} {c.outcome}" for c in row.cases) or "none"
+        # The first few cases; --json and --csv list every one.
+        shown = ", ".join(f"{c.ref} {c.outcome}" for c in row.cases[:SHOWN_CASES]) or "none"
+        if len(row.cases) > SHOWN_CASES:
+            rest = row.cases[SHOWN_CASES:]
+            passed = sum(c.outcome == "passed" for c in rest)
+            shown += f" and {len(rest)} more ({passed} passed)"
         extra = "" if row.in_change else " (not a requirement of the change)"
         lines.append(f"  {row.requirement:<{width}}  {status:<9}  {shown}{extra}")
     if not matrix.rows:
