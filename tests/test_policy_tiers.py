@@ -136,3 +136,21 @@ def test_dependency_changes() -> None:
         "removed": [{"package": "pypi/old", "version": "1.0"}],
         "upgraded": [{"package": "pypi/pytest", "from": "8.3.5", "to": "8.4.2"}],
         "downgraded": [{"package": "pypi/pluggy", "from": "1.7.0", "to": "1.6.0"}]}
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    ([], "say whose builds to trust"),
+    (["--trust", "ci.pub", "--test", "unit"], "say what is waived"),
+    (["--trust", "ci.pub", "--expires", "soon"], "is not a date"),
+    (["--trust", "ci.pub", "--expires", "2020-01-01"], "is not in the future"),
+])
+def test_bad_waivers_exit_2_before_the_store_is_read(policy_dir: Path, args: list[str],
+                                                     expected: str) -> None:
+    base = ["waive", "x@1.0.0", "--requirement", "REQ-1", "--justification", "j",
+            "--residual-risk", "r", "--role", "quality", "--key", policy_dir / "ci.key"]
+    if "--expires" not in args:
+        base += ["--expires", "2099-01-01"]
+    args = [str(policy_dir / a) if a.endswith(".pub") else a for a in args]
+    result = run_rebuild(*base, *args, store=policy_dir / "store")
+    assert result.code == 2, result.stderr
+    assert expected in result.stderr and "Traceback" not in result.stderr

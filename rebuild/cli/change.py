@@ -114,6 +114,9 @@ def waive_cmd(
     opts = command_options(store, json_out, key)
     if opts.key is None:
         raise UsageError("a waiver must be signed: pass --key PREFIX.key")
+    if policy is None and not trust:
+        raise UsageError("say whose builds to trust before waiving: --trust PREFIX.pub "
+                         "(a builder key) or --policy FILE.toml")
     rules = _trust(policy, trust)
     signer = make_signer(opts, what="waiver")
     assert isinstance(signer, KeySigner)
