@@ -172,7 +172,7 @@ def test_the_templates_ship_with_the_package() -> None:
                                        exclude=find["exclude"])
     assert "rebuild.templates" in packages
     templates = sorted(p.name for p in (ROOT / "rebuild" / "templates").iterdir())
-    assert templates == ["report.html.j2", "report.md.j2"]
+    assert templates == ["notes.html.j2", "notes.md.j2", "report.html.j2", "report.md.j2"]
     globs = setuptools["package-data"]["rebuild.templates"]
     for template in templates:
         assert any(fnmatch.fnmatch(template, g) for g in globs), template

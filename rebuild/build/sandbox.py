@@ -54,6 +54,7 @@ from rebuild.build.plan import (
     LOCALE_DIR,
     NPM_DIR,
     OUT_DIR,
+    RESULTS_DIR,
     WHEELS_DIR,
     RunPlan,
 )
@@ -75,6 +76,7 @@ class PreparedRun:
     out: Path
     mount: Path | None  # the disorderfs mount over the source, when file_order varies
     kwargs: dict[str, Any]  # the container's create arguments
+    results: Path | None = None  # the host directory mounted at /results (a test suite's)
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,9 @@ class RunResult:
     out_dir: Path
     timed_out: bool
     seconds: float
+    # A test suite's /results, on the host: read it before the sandbox closes (which removes
+    # it), and without following links (the run's user wrote it).
+    results_dir: Path | None = None
 
 
 def connect(host: str | None = None) -> Any:
@@ -321,16 +326,20 @@ class Sandbox:
     # -- runs -----------------------------------------------------------------------------
 
     def run(self, plan: RunPlan, source_tar: Path, *, outputs: Path | None = None,
-            wheels: Path | None = None, npm: Path | None = None) -> RunResult:
+            wheels: Path | None = None, npm: Path | None = None,
+            results: bool = False) -> RunResult:
         """Run one plan on a fresh copy of the source; outputs stay in `RunResult.out_dir`.
 
         With `outputs` (a finished run's /out), that is mounted read-only at /out instead:
         how a recipe's tests see the artifacts they check. `wheels` (the wheels and the lock
         of a python_lock) is mounted read-only at WHEELS_DIR for the plan's venv; `npm` (an
-        npm_lock's offline cache) at NPM_DIR.
+        npm_lock's offline cache) at NPM_DIR. `results`: an empty directory the run's user may
+        write is mounted at RESULTS_DIR (a `[[test]]` suite's JUnit XML), kept in
+        `RunResult.results_dir`.
         """
         with self._in_flight(plan.name):
-            prepared = self.prepare(plan, source_tar, outputs=outputs, wheels=wheels, npm=npm)
+            prepared = self.prepare(plan, source_tar, outputs=outputs, wheels=wheels, npm=npm,
+                                    results=results)
             try:
                 return self._run_prepared(plan, prepared)
             except requests.exceptions.RequestException as exc:
@@ -373,7 +382,7 @@ class Sandbox:
             with suppress(requests.exceptions.RequestException):
                 _remove(container)
         return RunResult(plan.name, exit_code, log, prepared.out, timed_out,
-                         time.monotonic() - started)
+                         time.monotonic() - started, prepared.results)
 
     def _engine_answers(self, client: Any) -> bool:
         try:
@@ -383,7 +392,8 @@ class Sandbox:
         return True
 
     def prepare(self, plan: RunPlan, source_tar: Path, *, outputs: Path | None = None,
-                wheels: Path | None = None, npm: Path | None = None) -> PreparedRun:
+                wheels: Path | None = None, npm: Path | None = None,
+                results: bool = False) -> PreparedRun:
         """A run's directories (a fresh source copy, /out, the disorderfs mount) and its
         container arguments; `release` undoes the mount."""
         settings = plan.settings
@@ -422,13 +432,20 @@ class Sandbox:
         if npm is not None:
             kwargs["volumes"][str(_link_tree(npm, private / "npm"))] = {
                 "bind": NPM_DIR, "mode": "ro"}
+        results_dir = None
+        if results:
+            results_dir = private / "results"
+            results_dir.mkdir()
+            os.chown(results_dir, settings.uid, settings.gid)
+            results_dir.chmod(0o755)
+            kwargs["volumes"][str(results_dir)] = {"bind": RESULTS_DIR, "mode": "rw"}
         if plan.name in self.engines:
             # Strict: an engine that does not see a source path refuses the container
             # (docker's volumes would create an empty directory there instead).
             kwargs["mounts"] = [docker.types.Mount(spec["bind"], source, type="bind",
                                                    read_only=spec["mode"] == "ro")
                                 for source, spec in kwargs.pop("volumes").items()]
-        return PreparedRun(run_dir, out, mount, kwargs)
+        return PreparedRun(run_dir, out, mount, kwargs, results_dir)
 
     def release(self, prepared: PreparedRun) -> None:
         if prepared.mount is not None:

@@ -40,7 +40,8 @@ LOG_KEY_ENV = "REBUILD_LOG_KEY"
 DEFAULT_ORIGIN = "rebuild.local/audit-log"
 ENTRY_VERSION = 1
 # The records whose subject is a release and that must each be logged when a policy asks.
-LOGGED_KINDS = ("evidence", "verdict", "approval", "withdrawal", "promotion", "gate")
+LOGGED_KINDS = ("evidence", "verdict", "approval", "withdrawal", "waiver", "promotion",
+                "gate")
 # Timestamped checkpoints: `checkpoints/<N>` (the checkpoint of N entries, as it was signed)
 # and `checkpoints/<N>.tsr` (the TSA's DER TimeStampResp over its sha256); rebuild.timestamp.
 STAMP_DIR = "checkpoints"
@@ -365,8 +366,10 @@ def _append(store: Store, entries: Sequence[bytes]) -> list[int]:
 
 def log_build(store: Store, *, release: str, attempt: str, manifest: str | None,
               evidence: str | None, bundles: Mapping[str, str], statements: Mapping[str, str],
-              signer: str | None, status: str, test_result: str | None) -> list[int]:
-    """A twin build: its attempt, the release it recorded (if any) and its test result."""
+              signer: str | None, status: str, test_result: str | None,
+              suite_results: Mapping[str, str] | None = None) -> list[int]:
+    """A twin build: its attempt, the release it recorded (if any) and its test results
+    (`suite_results`: "test-result/<suite>" -> PASSED/WARNED/FAILED, one entry each)."""
     now = datetime.now(UTC)
     actor = Actor(signer, _actor_name(), "builder")
 
@@ -390,6 +393,11 @@ def log_build(store: Store, *, release: str, attempt: str, manifest: str | None,
                                   records=[evidence] if evidence else [],
                                   statements=refs("test-result"),
                                   actor=actor, meaning=test_result, time=now))
+    for kind, result in sorted((suite_results or {}).items()):
+        entries.append(make_entry(event="test-result", release=release, manifest=manifest,
+                                  records=[evidence] if evidence else [],
+                                  statements=refs(kind), actor=actor, meaning=result,
+                                  time=now))
     return _append(store, entries)
 
 
