@@ -11,6 +11,10 @@ This module is the only writer of `<store>/log/` (the store module owns the OCI 
 it); appenders serialize on an flock of that directory. An append reads and rewrites only the
 right edge of the tiles (one partial tile per level), so it costs the same at any size.
 The math and the formats are in rebuild.tlog.
+
+A release's events travel with their inclusion proofs: in an exported bundle's `log/`, and as
+a log-proof record (the same files as an OCI artifact whose subject is the release) that a
+copy to another store adds; a store without the log proves the events from those.
 """
 
 from __future__ import annotations

@@ -2,9 +2,10 @@
 
 What travels (docs/formats.md, "Remote stores"): the release manifest, every record that names
 it (index entries with `dev.rebuild.subject`: inputs, attempts, evidence, verdicts,
-approvals), every manifest those reach through config and layers (the base-image record is a
-layer of the inputs manifest) and every blob. Bytes are copied as they are, so every manifest
-and blob keeps its digest.
+approvals, log proofs), every manifest those reach through config and layers (the base-image
+record is a layer of the inputs manifest) and every blob. Bytes are copied as they are, so
+every manifest and blob keeps its digest. From a store with an audit log, a copy also adds a
+log-proof record of the release's events (`with_log_proof`).
 
 On a registry, release NAME@VERSION is the manifest tagged VERSION in REPOSITORY/NAME. The
 records hang off it as OCI 1.1 referrers. The inputs manifest has no `subject` (only its index
