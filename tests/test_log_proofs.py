@@ -6,7 +6,7 @@ the real log and real signed notes; registries are in tests/integration/test_log
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -165,3 +165,40 @@ def test_a_proof_of_another_release_or_an_unreadable_one_fails(
     assert not checks[0].ok and "comes without entries/0.json" in checks[0].detail, checks
     shown = carried_timeline(qa, RELEASE, signer.verifier, lambda _: None)
     assert shown["problems"] and shown["checkpoint_signature"] == "FAILED"
+
+
+def test_the_timestamp_token_travels_with_the_proof(tmp_path: Path,
+                                                    signer: tlog.NoteSigner) -> None:
+    """RFC 3161 tokens from a stand-in TSA on 127.0.0.1: carried with each event's proof under
+    its first timestamped checkpoint, and checked against the pinned chain in the store the
+    release was copied to."""
+    from rebuild.store import timestamp
+    from tests.tsa_standin import TsaStandin
+
+    with TsaStandin().serving() as tsa:
+        tsa.clock = tsa.started + timedelta(minutes=10)
+        ci, release = make_release(tmp_path / "ci")
+        entry = make_entry(event="release", release=RELEASE, manifest=release.digest,
+                           records=[release.digest], statements={},
+                           actor=Actor(None, "ci", "builder"), meaning="recorded",
+                           time=datetime(2026, 1, 1, tzinfo=UTC))
+        AuditLog.of(ci).append([entry], signer, tsa.url)
+        pem = tmp_path / "tsa.pem"
+        pem.write_bytes(tsa.root_pem())
+    qa = Store(tmp_path / "qa")
+    transfer(str(ci.root), str(qa.root), RELEASE, log=lambda _: None)
+    [record] = proofs_of(qa, release)
+    titles = sorted(layer["annotations"][TITLE] for layer in json.loads(
+        qa.read_bytes(record.digest))["layers"])
+    assert titles == ["log/entries/0.json", "log/proofs/0.tlog-proof",
+                      "log/timestamps/0.tlog-proof", "log/timestamps/0.tsr"]
+    trust = timestamp.load_tsa_trust(pem)
+    checks = release_log_checks(qa, release.digest, [], signer.verifier, trust)
+    assert all(c.ok for c in checks), checks
+    assert any(c.name == "trusted time" and "verified" in c.detail for c in checks)
+    shown = carried_timeline(qa, RELEASE, signer.verifier, lambda _: None, trust)
+    [row] = shown["entries"]
+    assert row["trusted_time"]["source"] == "tsa"
+    assert row["trusted_time"]["status"] == "verified"
+    unpinned = carried_timeline(qa, RELEASE, signer.verifier, lambda _: None)
+    assert unpinned["entries"][0]["trusted_time"]["source"] == "machine"

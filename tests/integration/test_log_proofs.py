@@ -128,6 +128,13 @@ def test_proofs_travel_through_a_registry(ci: tuple[Path, Path], registry: Runni
     events = ok(run_rebuild("log", "show", RELEASE, "--log-key", keys / "log.pub", "--json",
                             store=later)).json["entries"]
     assert [e["event"] for e in events] == ["attempt", "release", "approval"]
+    # Exported from there, the bundle keeps the records and proves the events offline.
+    bundle = tmp_path / "lp.tar"
+    ok(run_rebuild("export", RELEASE, "-o", bundle, store=later))
+    offline = ok(run_rebuild("verify", bundle, "--policy", keys / "approved.toml", "--json",
+                             store=tmp_path / "none")).json
+    log_check = next(c for c in offline["checks"] if c["name"] == "audit log")
+    assert "3 event(s) proven" in log_check["detail"], log_check
 
 
 def forge_proof(store: Path, release: str) -> None:
