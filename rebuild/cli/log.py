@@ -142,8 +142,9 @@ def log_verify(
     log_key: LogKeyOpt = None,
     tsa_cert: TsaCertOpt = None,
     release: Annotated[list[str] | None, typer.Option(
-        "--release", help="On a registry (--store oci://…), whose carried log proofs to "
-        "check: NAME@VERSION, repeatable.", metavar="RELEASE", show_default=False)] = None,
+        "--release", help="On a registry (--store oci://…) or a store without the log, "
+        "whose carried log proofs to check: NAME@VERSION, repeatable.", metavar="RELEASE",
+        show_default=False)] = None,
     store: StoreOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -156,14 +157,17 @@ def log_verify(
     opts = command_options(store, json_out)
     verifier = log_verifier(log_key)
     tsa = tsa_trust(tsa_cert)
+    from rebuild.store.auditlog import AuditLog
+
     location = remote_location(opts.store)
-    if location is not None:
-        _verify_carried(opts, location, release or [], checkpoint, verifier, tsa)
+    if location is not None or (release and not AuditLog.of(Store(opts.store)).exists()):
+        _verify_carried(opts, location or str(opts.store), release or [], checkpoint, verifier,
+                        tsa)
         return
     if release:
-        raise UsageError("--release is for a registry's carried proofs; a store directory's "
-                         "whole log is checked (and `rebuild verify RELEASE --policy P` checks "
-                         "a release's events against it)")
+        raise UsageError("--release checks the proofs a store without the log carries; this "
+                         "store keeps its log, which is checked whole (and `rebuild verify "
+                         "RELEASE --policy P` checks a release's events against it)")
     kept = None
     if checkpoint is not None:
         try:
@@ -192,9 +196,10 @@ def log_verify(
 
 def _verify_carried(opts: Options, location: str, releases: list[str],
                     checkpoint: Path | None, verifier: Any, tsa: Any) -> None:
-    """`log verify` on a registry: what can be checked there (each release's carried proofs
-    against their checkpoints and the pinned log key, the records they name against the
-    records attached) and, said plainly, what cannot (the whole tree is not there)."""
+    """`log verify` on a registry (or a store a release was pulled into, without the log):
+    what can be checked there (each release's carried proofs against their checkpoints and
+    the pinned log key, the records they name against the records attached) and, said
+    plainly, what cannot (the whole tree is not there)."""
     from rebuild.store.auditlog import CARRIED_LIMITS, release_log_checks
     from rebuild.store.layout import KIND
 
@@ -222,7 +227,7 @@ def _verify_carried(opts: Options, location: str, releases: list[str],
             say(f"  {'ok  ' if check.ok else 'FAIL'} {name}: {check.name}: {check.detail}")
     if verifier is None:
         say("  checkpoint signatures NOT VERIFIED: pass --log-key PUB to check them")
-    say(f"not checked on a registry: {CARRIED_LIMITS}")
+    say(f"not checked here: {CARRIED_LIMITS}")
     say(f"log proofs of {len(releases)} release(s) in {location}: "
         f"{'verified' if ok else 'NOT VERIFIED: a proof or a record does not check'}")
     if opts.json:
