@@ -189,13 +189,16 @@ def iso_time(epoch: int) -> str:
 def twin_build(loaded: LoadedRecipe, store: Store, *, cache_dir: Path,
                signer: StatementSigner | None = None, log: Log = lambda _: None,
                debug: Log = lambda _: None, explain: bool = False,
-               keep: Path | None = None, engine_b: str | None = None) -> BuildOutcome:
+               keep: Path | None = None, engine_b: str | None = None,
+               engine_b_copy: bool = False) -> BuildOutcome:
     """Build a recipe twice, compare, and store the attempt (and the release when it holds).
 
     `explain`: when the runs differ, find the variations responsible (rebuild.explain).
     `keep`: copy both runs' /out trees to keep/a and keep/b.
     `engine_b`: run b on this Docker engine (a DOCKER_HOST value) instead of run a's; the
-    comparison record and the provenance then name each run's engine.
+    comparison record and the provenance then name each run's engine. `engine_b_copy`: ship
+    run b's inputs into that engine (put_archive) and its /out back, mounting nothing of this
+    host (chosen for an engine on another machine; detected when the engine refuses a mount).
     Every blob the build finds or writes is leased, so `rebuild store gc` keeps it meanwhile.
     """
     clock = Stopwatch()
@@ -209,7 +212,7 @@ def twin_build(loaded: LoadedRecipe, store: Store, *, cache_dir: Path,
     with store.lease():
         return _twin_build(client, loaded, store, cache_dir=cache_dir, signer=signer,
                            log=log, debug=debug, explain=explain, keep=keep, clock=clock,
-                           client_b=client_b)
+                           client_b=client_b, copy_b=engine_b_copy)
 
 
 def remove_leftovers(client: Any, store: Store, log: Log) -> None:
@@ -224,7 +227,8 @@ def remove_leftovers(client: Any, store: Store, log: Log) -> None:
 
 def _twin_build(client: Any, loaded: LoadedRecipe, store: Store, *, cache_dir: Path,
                 signer: StatementSigner | None, log: Log, debug: Log, explain: bool,
-                keep: Path | None, clock: Stopwatch, client_b: Any = None) -> BuildOutcome:
+                keep: Path | None, clock: Stopwatch, client_b: Any = None,
+                copy_b: bool = False) -> BuildOutcome:
     fetched = fetch_inputs(loaded, store, log=log)
     plan = plan_build(loaded.recipe, fetched.source_date_epoch, wheels=fetched.wheel_files,
                       npm=fetched.npm_lock is not None)
@@ -244,8 +248,12 @@ def _twin_build(client: Any, loaded: LoadedRecipe, store: Store, *, cache_dir: P
         log(f"run a on engine {_engine_text(engines['a'])}; run b on engine "
             f"{_engine_text(engines['b'])}")
     with ThreadPoolExecutor(max_workers=2) as pool, store.staging() as staging:
-        with Sandbox(client, cache_dir=cache_dir, debug=debug,
-                     engines={} if client_b is None else {"b": client_b}) as sandbox:
+        if client_b is not None and copy_b:
+            log("run b: its inputs are copied into engine B (put_archive) and /out copied "
+                "back; nothing of this host is mounted")
+        with Sandbox(client, cache_dir=cache_dir, debug=debug, log=log,
+                     engines={} if client_b is None else {"b": client_b},
+                     copy_runs={"b"} if client_b is not None and copy_b else ()) as sandbox:
             ensure_loaded(client, store, image, log)
             if client_b is not None:
                 ensure_loaded(client_b, store, image, log)

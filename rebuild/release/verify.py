@@ -523,29 +523,38 @@ def verify_bundle_file(path: Path, policy: Policy,
             report.add("release", False, str(exc))
             return report
         report.checks.extend(inner.checks)
-        if policy.log_key is None and policy.tsa is None and (bundle.root / "log").is_dir():
-            _check_bundled_log(Store(bundle.root), report)
+        if policy.log_key is None and policy.tsa is None:
+            _check_bundled_log(Store(bundle.root), bundle.release, report)
         report.statements.update(inner.statements)
         # Named only when proven: the bundle's index.json is as unsigned as a store's.
         report.release = inner.release if report.ok else None
         return report
 
 
-def _check_bundled_log(store: Store, report: Report) -> None:
+def _check_bundled_log(store: Store, release: str, report: Report) -> None:
     """Without a pinned log key the proofs still show each event is in the tree its
     checkpoint names; only the checkpoint's signature stays unchecked, and says so."""
-    from rebuild.store.auditlog import check_events, release_events, trusted_time_check
+    from rebuild.store.auditlog import (
+        check_events,
+        newest_per_event,
+        release_events,
+        trusted_time_check,
+    )
 
     try:
-        events = release_events(store, "")
+        found = store.find(release)
+        events = release_events(store, found.digest if found else "")
     except (ClaimFailed, ValueError, OSError) as exc:
         report.add("audit log", False, f"the bundle's log proofs are unreadable: {exc}")
+        return
+    if not events:
         return
     failed = check_events(events, None)
     for check in failed:
         report.add(check.name, check.ok, check.detail)
     if not failed:
-        report.add("audit log", True, f"{len(events)} event(s) included in the log's tree; "
+        report.add("audit log", True, f"{len(newest_per_event(events))} event(s) included "
+                   "in the log's tree; "
                    "checkpoint signature NOT VERIFIED (pass --log-key PUB)")
         timed = trusted_time_check(events, None, None)
         if timed is not None:
