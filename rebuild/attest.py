@@ -83,6 +83,7 @@ def gather_facts(loaded: LoadedRecipe, inputs: Inputs, image: StoredImage, plan:
         recipe_digest=loaded.digest,
         requirements=recipe.recipe.requirements,
         change=recipe.recipe.change,
+        change_record=recipe.change.model_dump(mode="json") if recipe.change else None,
         source=Dependency("source", inputs.source.uri, digest_set(inputs.source.tree_digest),
                           {"archive": inputs.source.archive}),
         image=Dependency(f"{name}:{tag}" if tag else name, f"docker-image:{plan.image}",

@@ -7,6 +7,8 @@ again adds nothing new to the layout; the audit log records each attempt (rebuil
 
 from __future__ import annotations
 
+import os
+import stat
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +39,7 @@ from rebuild.build.compare import (
 )
 from rebuild.build.explain import Blame, Explanation, explain_differences
 from rebuild.build.image import StoredImage, find_image, load_archived, stored_image
+from rebuild.build.limits import MAX_RESULTS_SIZE
 from rebuild.build.network import network_hint
 from rebuild.build.output_image import (
     IMAGE_ARTIFACT,
@@ -44,8 +47,8 @@ from rebuild.build.output_image import (
     image_root,
     with_image,
 )
-from rebuild.build.plan import BuildPlan, RunPlan, plan_build, plan_run
-from rebuild.build.recipe import LoadedRecipe, Recipe
+from rebuild.build.plan import RESULTS_DIR, BuildPlan, RunPlan, plan_build, plan_run
+from rebuild.build.recipe import LoadedRecipe, Recipe, Test, TestSuite
 from rebuild.build.sandbox import (
     RunResult,
     Sandbox,
@@ -59,6 +62,7 @@ from rebuild.build.sandbox import (
 from rebuild.errors import BuildFailed, ClaimFailed, StoreError, UsageError
 from rebuild.evidence.provenance import Subject, make_test_result
 from rebuild.evidence.sign import StatementSigner
+from rebuild.evidence.testresult import ResultsError, make_suite_result, parse_junit
 from rebuild.inputs.fetch import (
     NPM_LOCK_MEDIA,
     NPM_LOCK_NAME,
@@ -185,13 +189,16 @@ def iso_time(epoch: int) -> str:
 def twin_build(loaded: LoadedRecipe, store: Store, *, cache_dir: Path,
                signer: StatementSigner | None = None, log: Log = lambda _: None,
                debug: Log = lambda _: None, explain: bool = False,
-               keep: Path | None = None, engine_b: str | None = None) -> BuildOutcome:
+               keep: Path | None = None, engine_b: str | None = None,
+               engine_b_copy: bool = False) -> BuildOutcome:
     """Build a recipe twice, compare, and store the attempt (and the release when it holds).
 
     `explain`: when the runs differ, find the variations responsible (rebuild.explain).
     `keep`: copy both runs' /out trees to keep/a and keep/b.
     `engine_b`: run b on this Docker engine (a DOCKER_HOST value) instead of run a's; the
-    comparison record and the provenance then name each run's engine.
+    comparison record and the provenance then name each run's engine. `engine_b_copy`: ship
+    run b's inputs into that engine (put_archive) and its /out back, mounting nothing of this
+    host (chosen for an engine on another machine; detected when the engine refuses a mount).
     Every blob the build finds or writes is leased, so `rebuild store gc` keeps it meanwhile.
     """
     clock = Stopwatch()
@@ -205,7 +212,7 @@ def twin_build(loaded: LoadedRecipe, store: Store, *, cache_dir: Path,
     with store.lease():
         return _twin_build(client, loaded, store, cache_dir=cache_dir, signer=signer,
                            log=log, debug=debug, explain=explain, keep=keep, clock=clock,
-                           client_b=client_b)
+                           client_b=client_b, copy_b=engine_b_copy)
 
 
 def remove_leftovers(client: Any, store: Store, log: Log) -> None:
@@ -220,7 +227,8 @@ def remove_leftovers(client: Any, store: Store, log: Log) -> None:
 
 def _twin_build(client: Any, loaded: LoadedRecipe, store: Store, *, cache_dir: Path,
                 signer: StatementSigner | None, log: Log, debug: Log, explain: bool,
-                keep: Path | None, clock: Stopwatch, client_b: Any = None) -> BuildOutcome:
+                keep: Path | None, clock: Stopwatch, client_b: Any = None,
+                copy_b: bool = False) -> BuildOutcome:
     fetched = fetch_inputs(loaded, store, log=log)
     plan = plan_build(loaded.recipe, fetched.source_date_epoch, wheels=fetched.wheel_files,
                       npm=fetched.npm_lock is not None)
@@ -240,8 +248,12 @@ def _twin_build(client: Any, loaded: LoadedRecipe, store: Store, *, cache_dir: P
         log(f"run a on engine {_engine_text(engines['a'])}; run b on engine "
             f"{_engine_text(engines['b'])}")
     with ThreadPoolExecutor(max_workers=2) as pool, store.staging() as staging:
-        with Sandbox(client, cache_dir=cache_dir, debug=debug,
-                     engines={} if client_b is None else {"b": client_b}) as sandbox:
+        if client_b is not None and copy_b:
+            log("run b: its inputs are copied into engine B (put_archive) and /out copied "
+                "back; nothing of this host is mounted")
+        with Sandbox(client, cache_dir=cache_dir, debug=debug, log=log,
+                     engines={} if client_b is None else {"b": client_b},
+                     copy_runs={"b"} if client_b is not None and copy_b else ()) as sandbox:
             ensure_loaded(client, store, image, log)
             if client_b is not None:
                 ensure_loaded(client_b, store, image, log)
@@ -294,9 +306,25 @@ def _twin_build(client: Any, loaded: LoadedRecipe, store: Store, *, cache_dir: P
                             _report(store, d, plan.variations, explanation, log,
                                     plan.limits.diffoscope_memory) for d in differences)
             test = None
-            if not differences and loaded.recipe.test is not None:
+            if not differences and isinstance(loaded.recipe.test, Test):
                 test = _run_test(sandbox, store, loaded, plan, source_tar, wheels, results[0],
                                  a, log, npm=npm)
+            suites: list[SuiteRun] = []
+            try:
+                # One after the other: each is a whole container, and the machine's cores
+                # are better spent on one suite than shared by all.
+                for suite in (() if differences else loaded.recipe.suites):
+                    suites.append(_run_suite(sandbox, store, loaded, plan, source_tar, wheels,
+                                             results[0], a, suite, log))
+            except BuildFailed as exc:
+                attempt, _ = _store_attempt(store, plan, inputs, results, logs, a, (), None,
+                                            "test-failed", suite_files=_suite_files(suites),
+                                            engines=engines)
+                log_build(store, release=plan.release, attempt=attempt.digest, manifest=None,
+                          evidence=None, bundles={}, statements={}, signer=None,
+                          status="test-failed", test_result=None)
+                raise BuildFailed(f"{exc}\nlogs kept in the store: attempt "
+                                  f"{attempt.digest}") from None
         # The run directories are gone before the store is synced: a syncfs would otherwise
         # write back both runs' outputs too, and removing thousands of written-back files on
         # a busy disk took longer than the build.
@@ -308,7 +336,7 @@ def _twin_build(client: Any, loaded: LoadedRecipe, store: Store, *, cache_dir: P
                   else "reproducible")
         attempt, record = _store_attempt(store, plan, inputs, results, logs, a, reports,
                                          release, status, test.log if test else None,
-                                         engines=engines)
+                                         suite_files=_suite_files(suites), engines=engines)
     clock.lap("compare")
     facts = gather_facts(loaded, fetched, image, plan, a, reproducible=not differences,
                          record=record, logs={run.name: log for run, log in
@@ -318,6 +346,7 @@ def _twin_build(client: Any, loaded: LoadedRecipe, store: Store, *, cache_dir: P
                          if fetched.python_lock else ())
     statements, sbom = build_statements(facts, test.statement if test else None,
                                         sbom_part.result())
+    statements.update({suite.kind: suite.statement for suite in suites})
     link = build_link(facts, loaded.recipe.build.command, signer) if signer else None
     evidence = attach_evidence(store, release or attempt, plan.release, statements, sbom,
                                signer, link)
@@ -325,12 +354,20 @@ def _twin_build(client: Any, loaded: LoadedRecipe, store: Store, *, cache_dir: P
               manifest=release.digest if release else None, evidence=evidence.manifest,
               bundles=evidence.bundles, statements=evidence.statements,
               signer=evidence.signer, status=status,
-              test_result=test.statement["predicate"]["result"] if test else None)
+              test_result=test.statement["predicate"]["result"] if test else None,
+              suite_results={suite.kind: suite.result for suite in suites})
     clock.lap("evidence")
     if test is not None and not test.passed:
         raise BuildFailed(f"the test command failed; the release is not recorded as good\n"
                           f"{test.tail}\nevidence: attempt {attempt.digest}",
                           hint=network_hint(test.tail))
+    failed = [suite for suite in suites if suite.result == "FAILED"]
+    if failed:
+        # Recorded all the same: a failing case is evidence too (the trace matrix shows it
+        # and a policy refuses the release for it); CI still sees the failure (exit 4).
+        raise BuildFailed("test suite(s) failed: " + "; ".join(s.summary for s in failed)
+                          + f"\nthe release {plan.release} is recorded with its signed test "
+                          "results, for `rebuild trace` and `verify --policy` to judge")
     return BuildOutcome(plan.release, not differences, a, tuple(zip(plan.runs, results,
                                                                     strict=True)),
                         reports, attempt.digest, inputs.digest,
@@ -412,7 +449,7 @@ def _run_test(sandbox: Sandbox, store: Store, loaded: LoadedRecipe, plan: BuildP
               artifacts: Sequence[Artifact], log: Log, *, npm: Path | None = None) -> TestRun:
     """Run the recipe's [test] command in a fresh baseline sandbox, over run a's outputs,
     with the same locked Python packages as the build."""
-    assert loaded.recipe.test is not None
+    assert isinstance(loaded.recipe.test, Test)
     command = loaded.recipe.test.command
     run = plan_run(loaded.recipe, "test", (), plan.source_date_epoch, command=command,
                    wheels=plan.runs[0].wheels, npm=plan.runs[0].npm)
@@ -426,6 +463,92 @@ def _run_test(sandbox: Sandbox, store: Store, loaded: LoadedRecipe, plan: BuildP
         command=command, log_digest=log_digest, configuration=[])
     tail = "\n".join(result.log.decode(errors="replace").strip().splitlines()[-15:])
     return TestRun(passed, statement, log_digest, tail)
+
+
+@dataclass(frozen=True)
+class SuiteRun:
+    """A `[[test]]` suite that ran: its signed-to-be statement and its files in the store."""
+
+    name: str
+    statement: dict[str, Any]
+    log: str  # digest
+    results: str  # digest of its JUnit XML
+
+    @property
+    def kind(self) -> str:
+        return f"test-result/{self.name}"
+
+    @property
+    def result(self) -> str:
+        return str(self.statement["predicate"]["result"])
+
+    @property
+    def summary(self) -> str:
+        predicate = self.statement["predicate"]
+        failed = predicate["failedTests"]
+        shown = ", ".join(failed[:5]) + (f" and {len(failed) - 5} more" if len(failed) > 5
+                                         else "")
+        return (f"{self.name}: {len(failed)} failed ({shown})" if failed else
+                f"{self.name}: the command exited {predicate['exitCode']}")
+
+
+def _run_suite(sandbox: Sandbox, store: Store, loaded: LoadedRecipe, plan: BuildPlan,
+               source_tar: Path, wheels: Path | None, built: RunResult,
+               artifacts: Sequence[Artifact], suite: TestSuite, log: Log) -> SuiteRun:
+    """Run one `[[test]]` suite as `_run_test` runs `[test]`, with /results writable; its
+    JUnit XML becomes a test-result statement listing each case with its ids."""
+    run = plan_run(loaded.recipe, f"test-{suite.name}", (), plan.source_date_epoch,
+                   command=suite.command, wheels=plan.runs[0].wheels)
+    result = sandbox.run(run, source_tar, outputs=built.out_dir, wheels=wheels, results=True)
+    log_digest, _ = store.put_bytes(result.log)
+    where = f"test suite {suite.name}: {RESULTS_DIR}/{suite.results}"
+    if result.timed_out:
+        raise BuildFailed(f"test suite {suite.name} timed out after {run.timeout} s "
+                          "([build] timeout)")
+    assert result.results_dir is not None
+    data = read_results(result.results_dir / suite.results, MAX_RESULTS_SIZE, where,
+                        result.exit_code)
+    cases = parse_junit(data, source=where, limit=MAX_RESULTS_SIZE)
+    results_digest, _ = store.put_bytes(data)
+    statement = make_suite_result(
+        subjects=[Subject(a.name, a.sha256) for a in artifacts], suite=suite.name,
+        command=suite.command, exit_code=result.exit_code, cases=cases,
+        results_digest=results_digest, log_digest=log_digest)
+    ran = SuiteRun(suite.name, statement, log_digest, results_digest)
+    counts = {o: sum(c.outcome == o for c in cases)
+              for o in ("passed", "failed", "error", "skipped")}
+    shown = ", ".join(f"{n} {o}" for o, n in counts.items() if n) or "no cases"
+    log(f"test suite {suite.name}: {ran.result} ({shown}; exit {result.exit_code}, "
+        f"{result.seconds:.1f} s)")
+    return ran
+
+
+def read_results(path: Path, limit: int, where: str, exit_code: int) -> bytes:
+    """A results file the run's user wrote: a regular file, never followed through a link
+    (it could point anywhere on this host), read up to `limit` bytes."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise ResultsError(f"{where} was not written (the command exited {exit_code}); "
+                           "the suite's command must write its JUnit XML there") from None
+    except OSError as exc:
+        raise ResultsError(f"{where}: cannot be read ({exc.strerror}; a link is never "
+                           "followed)") from None
+    with os.fdopen(fd, "rb") as file:
+        if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+            raise ResultsError(f"{where} is not a regular file")
+        data = file.read(limit + 1)
+    if len(data) > limit:
+        raise ResultsError(f"{where}: more than {limit} bytes, the most a suite's results "
+                           "may have; write fewer or smaller test cases")
+    return data
+
+
+def _suite_files(suites: Sequence[SuiteRun]) -> list[tuple[str, str, str]]:
+    """(media type, digest, title) of each suite's log and results, for the attempt."""
+    return [item for suite in suites for item in (
+        (LOG_MEDIA, suite.log, f"test-{suite.name}.log"),
+        ("application/xml", suite.results, f"results/{suite.name}.xml"))]
 
 
 def _store_inputs(store: Store, loaded: LoadedRecipe, inputs: Inputs,
@@ -517,7 +640,8 @@ def _store_attempt(store: Store, plan: BuildPlan, inputs: Descriptor,
                    artifacts: Sequence[Artifact], reports: Sequence[DifferenceReport],
                    release: Descriptor | None, status: str,
                    test_log: str | None = None,
-                   engines: Mapping[str, Mapping[str, Any]] | None = None,
+                   engines: Mapping[str, Mapping[str, Any]] | None = None, *,
+                   suite_files: Sequence[tuple[str, str, str]] = (),
                    ) -> tuple[Descriptor, str]:
     """Store the comparison record, logs and reports; returns the attempt and the record.
     `engines`: run name -> engine_facts, when the runs ran on two engines."""
@@ -550,6 +674,8 @@ def _store_attempt(store: Store, plan: BuildPlan, inputs: Descriptor,
     if test_log is not None:
         layers.append(Descriptor(LOG_MEDIA, test_log, store.blob_path(test_log).stat().st_size,
                                  {TITLE: "test.log"}))
+    layers += [Descriptor(media, digest, store.blob_path(digest).stat().st_size, {TITLE: title})
+               for media, digest, title in suite_files]
     annotations = {RELEASE_ANN: plan.release, "dev.rebuild.status": status}
     attempt = store.put_artifact(ATTEMPT_TYPE, layers, subject=release, annotations=annotations)
     index_ann = {KIND: "attempt", RELEASE_ANN: plan.release, "dev.rebuild.status": status}

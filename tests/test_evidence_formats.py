@@ -197,6 +197,27 @@ def test_provenance_leaves_out_absent_change() -> None:
     assert "change" not in statement["predicate"]["buildDefinition"]["externalParameters"]
 
 
+def test_provenance_carries_the_change_record() -> None:
+    record = {"id": "CR-101", "risk": "high", "requirements": ["REQ-12"], "hazards": ["HAZ-3"],
+              "summary": "Risk score behind a flag"}
+    statement = make_provenance(dataclasses.replace(FACTS, change_record=record))
+    external = statement["predicate"]["buildDefinition"]["externalParameters"]
+    assert external["changeRecord"] == record
+    assert "changeRecord" not in make_provenance(FACTS)["predicate"]["buildDefinition"][
+        "externalParameters"]
+
+
+def test_change_and_suites_parse_and_recipe_without_them_dumps_as_before() -> None:
+    recipe = parse_recipe({**RECIPE, "change": {"id": "CR-1", "risk": "low"},
+                           "test": [{"name": "unit", "command": ["pytest"],
+                                     "results": "unit.xml"}]})
+    assert recipe.change is not None and recipe.change.risk == "low"
+    assert [s.name for s in recipe.suites] == ["unit"]
+    dumped = parse_recipe(RECIPE).model_dump(mode="json")
+    assert "change" not in dumped and dumped["test"] == {"command": ["sh", "-c", "./run-tests"]}
+    assert parse_recipe(RECIPE).suites == ()
+
+
 def test_provenance_shares_nothing_with_its_inputs() -> None:
     statement = make_provenance(FACTS)
     statement["predicate"]["buildDefinition"]["externalParameters"]["recipe"]["content"][
@@ -258,6 +279,7 @@ def test_sbom_metadata_has_fixed_time_and_derived_serial() -> None:
     assert sbom["metadata"]["timestamp"] == "2023-11-14T22:13:20+00:00"
     facts = json.loads(json.dumps(dataclasses.asdict(sort_facts(FACTS))))
     assert facts.pop("npm_packages") == []  # left out when empty: serials as before npm locks
+    assert facts.pop("change_record") is None  # likewise a release without [change]
     for subject in facts["subjects"]:  # a file's media type (none) is left out
         assert subject.pop("media_type") is None
     expected = uuid.uuid5(SERIAL_NAMESPACE, canonical_json(facts).decode())

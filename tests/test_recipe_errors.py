@@ -75,6 +75,27 @@ CASES = {
     "libfaketime setting": (
         GOOD.replace('outputs = ["r"]', 'outputs = ["r"]\nenv = { FAKETIME_ONLY_CMDS = "x" }'),
         ["build.env", "FAKETIME_ONLY_CMDS is set by rebuild"]),
+    # [change] and [[test]] (issue 13): unknown keys refused, ids checked.
+    "unknown change key": (
+        GOOD + '\n[change]\nid = "CR-1"\nrisk = "high"\nrequirments = ["REQ-1"]\n',
+        ["unknown key 'change.requirments'", "did you mean 'requirements'?"]),
+    "change without id": (GOOD + '\n[change]\nrisk = "high"\n', ["missing key 'change.id'"]),
+    "change requirement listed twice": (
+        GOOD + '\n[change]\nid = "CR-1"\nrequirements = ["REQ-1", "REQ-1"]\n',
+        ["change.requirements", "listed twice"]),
+    "suite without results": (
+        GOOD + '\n[[test]]\nname = "unit"\ncommand = ["true"]\n',
+        ["missing key 'test.0.results'"]),
+    "unknown suite key": (
+        GOOD + '\n[[test]]\nname = "unit"\ncommand = ["true"]\nresults = "u.xml"\nreslt = 1\n',
+        ["unknown key 'test.0.reslt'"]),
+    "two suites with one name": (
+        GOOD + '\n[[test]]\nname = "unit"\ncommand = ["true"]\nresults = "u.xml"\n'
+        '\n[[test]]\nname = "unit"\ncommand = ["true"]\nresults = "v.xml"\n',
+        ["two [[test]] suites share a name"]),
+    "suite results outside /results": (
+        GOOD + '\n[[test]]\nname = "unit"\ncommand = ["true"]\nresults = "../u.xml"\n',
+        ["test.0.results"]),
     "vary nothing": (GOOD + '\n[check]\nvary = []\n', ["check.vary", "varies nothing"]),
     "vary nothing after removals": (
         GOOD + '\n[check]\nvary = ["time", "-time"]\n', ["check.vary", "varies nothing"]),

@@ -174,7 +174,7 @@ def test_the_templates_ship_with_the_package() -> None:
     templates = sorted(p.name for p in (ROOT / "rebuild" / "templates").iterdir())
     assert templates == ["dashboard-base.html.j2", "dashboard-overview.html.j2",
                          "dashboard-release.html.j2", "dashboard-search.js", "dashboard.css",
-                         "report.html.j2", "report.md.j2"]
+                         "notes.html.j2", "notes.md.j2", "report.html.j2", "report.md.j2"]
     globs = setuptools["package-data"]["rebuild.templates"]
     for template in templates:
         assert any(fnmatch.fnmatch(template, g) for g in globs), template

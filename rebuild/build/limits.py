@@ -32,6 +32,11 @@ class Limits:
     diffoscope_memory: int = 384 << 20  # diffoscope's address space (RLIMIT_AS)
 
 
+# A [[test]] suite's JUnit XML file: read whole and parsed in memory, so bounded; a suite
+# that writes more is a failed suite (exit 4), never a silent cut.
+MAX_RESULTS_SIZE = 16 << 20
+
+
 @dataclass(frozen=True)
 class BundleLimits:
     """What extracting an untrusted bundle (`rebuild verify FILE`) may write."""

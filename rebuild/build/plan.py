@@ -24,6 +24,7 @@ CLOCK_DIR = "/usr/lib/rebuild/clock"
 CLOCK_FILE = f"{CLOCK_DIR}/faketimerc"
 LOCALE_DIR = "/usr/lib/rebuild/locale"
 OUT_DIR = "/out"
+RESULTS_DIR = "/results"  # where a [[test]] suite writes its JUnit XML
 # A build with a python_lock: the wheels and the lock are mounted here (read-only), and are
 # installed offline into a venv on the tmpfs, at the same path in every run.
 WHEELS_DIR = "/usr/lib/rebuild/wheels"

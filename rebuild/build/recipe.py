@@ -13,14 +13,16 @@ import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     SerializerFunctionWrapHandler,
     StrictInt,
+    Tag,
     ValidationError,
     field_validator,
     model_serializer,
@@ -197,6 +199,51 @@ class Test(_Strict):
     command: tuple[str, ...] = Field(min_length=1)
 
 
+ID_RE = r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$"
+
+
+class ChangeRecord(_Strict):
+    """`[change]`: what this release changes and its risk (design.md Part 2, "Change records").
+    `risk` names a tier of the policy a verifier brings; requirements and hazards are the ids
+    test cases carry (JUnit `<property name="requirement" value="REQ-12"/>`)."""
+
+    id: str = Field(pattern=ID_RE)
+    risk: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    requirements: tuple[str, ...] = ()
+    hazards: tuple[str, ...] = ()
+    summary: str = ""
+
+    @field_validator("requirements", "hazards")
+    @classmethod
+    def _ids(cls, ids: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [i for i in ids if not re.fullmatch(ID_RE, i)]
+        if bad:
+            raise ValueError(f"{bad[0]!r} is not an id; write ids such as \"REQ-12\" or "
+                             "\"HAZ-3\" (letters, digits, . _ : / -)")
+        if len(set(ids)) != len(ids):
+            raise ValueError("an id is listed twice; list each once")
+        return ids
+
+
+class TestSuite(_Strict):
+    """One `[[test]]` suite: a command that writes JUnit XML to /results/<results>."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    command: tuple[str, ...] = Field(min_length=1)
+    results: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def _test_form(value: Any) -> str:
+    return "suites" if isinstance(value, (list, tuple)) else "table"
+
+
+# Which form a `test` key has decides which model reads it, so an error names that form's keys.
+TestTable = Annotated[Annotated[Test, Tag("table")] | Annotated[tuple[TestSuite, ...],
+                                                                 Tag("suites")],
+                      Discriminator(_test_form)]
+_FORM_TAGS = ("table", "suites")
+
+
 class Check(_Strict):
     vary: tuple[str, ...] = ("all",)
 
@@ -276,7 +323,9 @@ class Recipe(_Strict):
     source: Source
     environment: Environment
     build: Build
-    test: Test | None = None
+    # `[test]` (one command, pass or fail) or `[[test]]` (named suites with JUnit results).
+    test: TestTable | None = None
+    change: ChangeRecord | None = None
     check: Check = Field(default_factory=Check)
     limits: LimitsTable | None = None
     image_output: ImageOutput | None = None
@@ -285,10 +334,10 @@ class Recipe(_Strict):
     def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         # A recipe without [limits] is recorded (provenance) as it was before limits existed.
         data: dict[str, Any] = handler(self)
-        if self.limits is None:
-            data.pop("limits", None)
-        if self.image_output is None:
-            data.pop("image_output", None)
+        # Likewise a recipe without [change] or [image_output].
+        for optional in ("limits", "change", "image_output"):
+            if getattr(self, optional) is None:
+                data.pop(optional, None)
         return data
 
     @model_validator(mode="after")
@@ -302,7 +351,17 @@ class Recipe(_Strict):
             raise ValueError(f"[image_output] base = {image.base!r}: write \"scratch\" (the "
                              "outputs alone) or \"environment\" (on the pinned [environment] "
                              "image); no other image is an input of the build")
+        names = [suite.name for suite in self.suites]
+        if len(set(names)) != len(names):
+            raise ValueError("two [[test]] suites share a name; give each its own")
+        if isinstance(self.test, tuple) and not self.test:
+            raise ValueError("[[test]] lists no suite; add one or remove the key")
         return self
+
+    @property
+    def suites(self) -> tuple[TestSuite, ...]:
+        """The `[[test]]` suites (none for a recipe with a single `[test]` or no test)."""
+        return self.test if isinstance(self.test, tuple) else ()
 
     @property
     def release(self) -> str:
@@ -397,7 +456,7 @@ def format_validation_error(exc: ValidationError, model: type[BaseModel], source
     """One line per problem: file, key, what is wrong and the fix."""
     lines = []
     for err in exc.errors():
-        loc = [str(p) for p in err["loc"]]
+        loc = [str(p) for p in err["loc"] if p not in _FORM_TAGS]
         key = ".".join(loc) or "(top level)"
         if err["type"] == "extra_forbidden":
             known = _fields_at(model, loc[:-1])
@@ -414,14 +473,30 @@ def format_validation_error(exc: ValidationError, model: type[BaseModel], source
 
 
 def _fields_at(model: type[BaseModel], loc: list[str]) -> list[str]:
-    for part in loc:
+    for i, part in enumerate(loc):
+        if part.isdigit():
+            continue  # an item of a list of tables ([[test]])
         annotation = model.model_fields[part].annotation if part in model.model_fields else None
-        candidates = [a for a in getattr(annotation, "__args__", (annotation,))
-                      if isinstance(a, type) and issubclass(a, BaseModel)]
+        candidates = _models_in(annotation)
         if not candidates:
             return []
-        model = candidates[0]
+        # A list of tables is the last form listed (`test`: [test], then [[test]]).
+        listed = i + 1 < len(loc) and loc[i + 1].isdigit()
+        model = candidates[-1] if listed else candidates[0]
     return sorted(model.model_fields)
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The models a field's type names, through unions, tuples and Annotated."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    found: list[type[BaseModel]] = []
+    for arg in getattr(annotation, "__args__", ()):
+        found += _models_in(arg)
+    origin = getattr(annotation, "__origin__", None)
+    if origin is not None and not getattr(annotation, "__args__", ()):
+        found += _models_in(origin)
+    return found
 
 
 def parse_image_reference(ref: str) -> tuple[str, str | None, str]:

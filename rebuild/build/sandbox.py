@@ -32,7 +32,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +54,7 @@ from rebuild.build.plan import (
     LOCALE_DIR,
     NPM_DIR,
     OUT_DIR,
+    RESULTS_DIR,
     WHEELS_DIR,
     RunPlan,
 )
@@ -75,6 +76,24 @@ class PreparedRun:
     out: Path
     mount: Path | None  # the disorderfs mount over the source, when file_order varies
     kwargs: dict[str, Any]  # the container's create arguments
+    results: Path | None = None  # the host directory mounted at /results (a test suite's)
+    # Copy mode (an engine that does not see this host's files): what put_archive fills
+    # the container's anonymous volumes with, instead of bind mounts.
+    copies: tuple[Copy, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Copy:
+    """A host file or directory shipped into an anonymous volume of the container."""
+
+    source: Path
+    target: str  # where the bind mount would have put it
+    read_only: bool  # shipped root-owned and not writable by the build's user
+
+    @property
+    def volume(self) -> str:
+        """The volume's mount point: a file goes into a volume over its directory."""
+        return self.target if self.source.is_dir() else str(Path(self.target).parent)
 
 
 @dataclass(frozen=True)
@@ -98,6 +117,9 @@ class RunResult:
     out_dir: Path
     timed_out: bool
     seconds: float
+    # A test suite's /results, on the host: read it before the sandbox closes (which removes
+    # it), and without following links (the run's user wrote it).
+    results_dir: Path | None = None
 
 
 def connect(host: str | None = None) -> Any:
@@ -237,12 +259,19 @@ class Sandbox:
 
     def __init__(self, client: Any, *, cache_dir: Path,
                  debug: Callable[[str], None] = lambda _: None,
-                 engines: Mapping[str, Any] | None = None) -> None:
+                 engines: Mapping[str, Any] | None = None,
+                 copy_runs: Collection[str] = (),
+                 log: Callable[[str], None] = lambda _: None) -> None:
         self.client = client
         # Runs on another engine than `client`, by run name (`build --engine-b`: {"b": …}).
         # Such a run's bind mounts must exist on that engine's host: they are strict mounts,
         # refused by an engine that cannot see them, never an empty directory in their place.
+        # Such a refusal switches the run to copy mode, as `copy_runs` chooses it up front:
+        # its inputs go into anonymous volumes by put_archive and /out comes back by
+        # get_archive, for an engine on another machine (a remote DOCKER_HOST).
         self.engines = dict(engines or {})
+        self.copy_runs = set(copy_runs)
+        self.log = log
         # The label that finds every container of this sandbox; a caller may prefix it to
         # find its own among other users of the engine (the test suite does).
         self.session = os.environ.get("REBUILD_SESSION_PREFIX", "") + uuid.uuid4().hex
@@ -321,16 +350,20 @@ class Sandbox:
     # -- runs -----------------------------------------------------------------------------
 
     def run(self, plan: RunPlan, source_tar: Path, *, outputs: Path | None = None,
-            wheels: Path | None = None, npm: Path | None = None) -> RunResult:
+            wheels: Path | None = None, npm: Path | None = None,
+            results: bool = False) -> RunResult:
         """Run one plan on a fresh copy of the source; outputs stay in `RunResult.out_dir`.
 
         With `outputs` (a finished run's /out), that is mounted read-only at /out instead:
         how a recipe's tests see the artifacts they check. `wheels` (the wheels and the lock
         of a python_lock) is mounted read-only at WHEELS_DIR for the plan's venv; `npm` (an
-        npm_lock's offline cache) at NPM_DIR.
+        npm_lock's offline cache) at NPM_DIR. `results`: an empty directory the run's user may
+        write is mounted at RESULTS_DIR (a `[[test]]` suite's JUnit XML), kept in
+        `RunResult.results_dir`.
         """
         with self._in_flight(plan.name):
-            prepared = self.prepare(plan, source_tar, outputs=outputs, wheels=wheels, npm=npm)
+            prepared = self.prepare(plan, source_tar, outputs=outputs, wheels=wheels, npm=npm,
+                                    results=results)
             try:
                 return self._run_prepared(plan, prepared)
             except requests.exceptions.RequestException as exc:
@@ -339,7 +372,7 @@ class Sandbox:
                 self.release(prepared)
 
     def _run_prepared(self, plan: RunPlan, prepared: PreparedRun) -> RunResult:
-        kwargs = prepared.kwargs
+        kwargs, copies = prepared.kwargs, prepared.copies
         self.debug(f"run {plan.name}: {docker_run_line(kwargs)}")
         started = time.monotonic()
         client = self._client_for(plan.name)
@@ -348,14 +381,19 @@ class Sandbox:
             try:
                 container = client.containers.create(**kwargs)
             except docker.errors.APIError as exc:
-                if client is self.client or "bind source path" not in str(exc):
+                if client is self.client or "bind source path" not in str(exc) or copies:
                     raise
-                raise EnvironmentProblem(
-                    f"the engine of run {plan.name} cannot see this host's files ({exc}); "
-                    "--engine-b needs an engine whose host shares this host's file system "
-                    "at the same paths (the run's source and /out are bind mounts)") from None
+                # Detected: the engine does not see this host's files (another machine).
+                self.log(f"run {plan.name}: its engine does not see this host's files; its "
+                         "inputs are copied in (put_archive) and /out copied back")
+                kwargs, copies = _copy_mode(plan, kwargs)
+                self.debug(f"run {plan.name}: {docker_run_line(kwargs)}")
+                container = client.containers.create(**kwargs)
         timed_out = False
         try:
+            if copies:
+                _copy_in(container, copies, prepared.run_dir, plan)
+                self._own_volumes(client, container, copies, kwargs["image"], plan)
             container.start()
             try:
                 status = container.wait(timeout=plan.timeout)
@@ -368,12 +406,48 @@ class Sandbox:
                 timed_out, exit_code = True, -1
                 container.kill()
             log = read_log(container, plan.max_log_size)
+            if copies and any(c.target == OUT_DIR and not c.read_only for c in copies):
+                _copy_out(container, prepared.out, prepared.run_dir)
         finally:
             # When the engine is gone, the error that says so is on its way.
             with suppress(requests.exceptions.RequestException):
                 _remove(container)
         return RunResult(plan.name, exit_code, log, prepared.out, timed_out,
-                         time.monotonic() - started)
+                         time.monotonic() - started, prepared.results)
+
+    def _own_volumes(self, client: Any, container: Any, copies: Sequence[Copy], image: str,
+                     plan: RunPlan) -> None:
+        """Give each writable volume's root the owner and mode of the host directory it
+        stands for: an archive cannot (the engine skips a tar's `.`), so a helper container of
+        the same image does it as root with CAP_CHOWN and CAP_FOWNER only, no network, through
+        the run's volumes (`volumes_from`), and is removed before the run starts."""
+        steps = []
+        for copy in copies:
+            if copy.read_only or not copy.source.is_dir():
+                continue
+            st = copy.source.stat()
+            target = shlex.quote(copy.target)
+            steps.append(f"chown {st.st_uid}:{st.st_gid} {target} && "
+                         f"chmod {st.st_mode & 0o7777:o} {target}")
+        if not steps:
+            return
+        helper = client.containers.create(
+            image=image, command=["sh", "-c", " && ".join(steps)], user="0:0",
+            network_mode="none", read_only=True, cap_drop=["ALL"], cap_add=["CHOWN", "FOWNER"],
+            security_opt=["no-new-privileges"], volumes_from=[container.id],
+            labels={SESSION_LABEL: self.session, OWNER_LABEL: self.owner.token}, detach=True)
+        try:
+            helper.start()
+            code = int(helper.wait(timeout=120).get("StatusCode", -1))
+            if code != 0:
+                said = read_log(helper, 4096).decode(errors="replace").strip()
+                raise EnvironmentProblem(
+                    f"run {plan.name}: the volumes copied into its engine could not be given "
+                    f"their owners (exit {code}: {said}); the image needs sh, chown and chmod")
+        finally:
+            # Not its volumes: they are the run's, removed with the run's container.
+            with suppress(docker.errors.NotFound):
+                helper.remove(force=True)
 
     def _engine_answers(self, client: Any) -> bool:
         try:
@@ -383,7 +457,8 @@ class Sandbox:
         return True
 
     def prepare(self, plan: RunPlan, source_tar: Path, *, outputs: Path | None = None,
-                wheels: Path | None = None, npm: Path | None = None) -> PreparedRun:
+                wheels: Path | None = None, npm: Path | None = None,
+                results: bool = False) -> PreparedRun:
         """A run's directories (a fresh source copy, /out, the disorderfs mount) and its
         container arguments; `release` undoes the mount."""
         settings = plan.settings
@@ -422,13 +497,23 @@ class Sandbox:
         if npm is not None:
             kwargs["volumes"][str(_link_tree(npm, private / "npm"))] = {
                 "bind": NPM_DIR, "mode": "ro"}
-        if plan.name in self.engines:
+        results_dir = None
+        if results:
+            results_dir = private / "results"
+            results_dir.mkdir()
+            os.chown(results_dir, settings.uid, settings.gid)
+            results_dir.chmod(0o755)
+            kwargs["volumes"][str(results_dir)] = {"bind": RESULTS_DIR, "mode": "rw"}
+        copies = None
+        if plan.name in self.copy_runs:
+            kwargs, copies = _copy_mode(plan, kwargs)
+        elif plan.name in self.engines:
             # Strict: an engine that does not see a source path refuses the container
             # (docker's volumes would create an empty directory there instead).
             kwargs["mounts"] = [docker.types.Mount(spec["bind"], source, type="bind",
                                                    read_only=spec["mode"] == "ro")
                                 for source, spec in kwargs.pop("volumes").items()]
-        return PreparedRun(run_dir, out, mount, kwargs)
+        return PreparedRun(run_dir, out, mount, kwargs, results_dir, copies)
 
     def release(self, prepared: PreparedRun) -> None:
         if prepared.mount is not None:
@@ -497,7 +582,11 @@ def docker_run_line(kwargs: dict[str, Any]) -> str:
     args += [f"--volume={host}:{m['bind']}:{m['mode']}"
              for host, m in kwargs.get("volumes", {}).items()]
     args += [f"--mount=type=bind,source={m['Source']},target={m['Target']}"
-             + (",readonly" if m.get("ReadOnly") else "") for m in kwargs.get("mounts", [])]
+             + (",readonly" if m.get("ReadOnly") else "") for m in kwargs.get("mounts", [])
+             if m.get("Type") == "bind"]
+    # Copy mode: anonymous volumes, filled by `docker cp` (put_archive) before the start.
+    args += [f"--mount=type=volume,target={m['Target']}" for m in kwargs.get("mounts", [])
+             if m.get("Type") == "volume"]
     args += [f"--env={key}={value}" for key, value in sorted(kwargs["environment"].items())]
     return shlex.join([*args, kwargs["image"], *kwargs["command"]])
 
@@ -512,6 +601,88 @@ def _link_tree(source: Path, dest: Path) -> Path:
 
     shutil.copytree(source, dest, copy_function=link)
     return dest
+
+
+def _copy_mode(plan: RunPlan, kwargs: dict[str, Any]) -> tuple[dict[str, Any], tuple[Copy, ...]]:
+    """The container's bind mounts as anonymous volumes that `_copy_in` fills: nothing of
+    this host is mounted, so an engine on another machine can run it."""
+    if plan.settings.shuffle_dirents:
+        # disorderfs shuffles the directory order on this host only: copied into the
+        # engine's volume, the source has that file system's order, and the record would
+        # claim a variation that did not happen.
+        raise EnvironmentProblem(
+            f"run {plan.name} varies the directory order (file_order) with disorderfs on this "
+            "host, which an engine that gets its inputs copied cannot see; leave the "
+            'variation out for this engine ([check] vary = ["all", "-file_order"])')
+    binds = [(Path(source), spec["bind"], spec["mode"] == "ro")
+             for source, spec in kwargs.pop("volumes", {}).items()]
+    binds += [(Path(m["Source"]), m["Target"], bool(m.get("ReadOnly")))
+              for m in kwargs.pop("mounts", [])]
+    copies = tuple(Copy(source, target, read_only) for source, target, read_only in binds)
+    kwargs["mounts"] = [docker.types.Mount(c.volume, None, type="volume") for c in copies]
+    return kwargs, copies
+
+
+def _copy_in(container: Any, copies: Sequence[Copy], run_dir: Path, plan: RunPlan) -> None:
+    """Fill the container's volumes: each copy as a tar (owners kept for what the build
+    writes, root and not writable for the read-only inputs), streamed from a file."""
+    for n, copy in enumerate(copies):
+        archive = run_dir / f"copy-{n}.tar"
+
+        def owned(info: tarfile.TarInfo, ro: bool = copy.read_only) -> tarfile.TarInfo:
+            if ro:
+                info.uid = info.gid = 0
+                info.mode &= ~0o022
+            info.uname = info.gname = ""
+            return info
+
+        with tarfile.open(archive, "w", format=tarfile.PAX_FORMAT) as tar:
+            if copy.source.is_dir():
+                tar.add(copy.source, arcname=".", filter=owned)
+            else:  # a file (the faketime library), resolved as the bind mount would
+                tar.add(copy.source.resolve(), arcname=Path(copy.target).name, filter=owned)
+        with archive.open("rb") as data:
+            if not container.put_archive(copy.volume, data):
+                raise EnvironmentProblem(f"run {plan.name}: the engine refused the copy of "
+                                         f"{copy.target}")
+        archive.unlink()
+
+
+def _copy_out(container: Any, out: Path, run_dir: Path) -> None:
+    """/out back from a finished container into this host's `out`, byte for byte with its
+    modes and numeric owners; a member that would land outside `out` (an absolute name,
+    `..`, a path through a link) is refused, as tarfile's tar filter does."""
+    archive = run_dir / "out.tar"
+    stream, _ = container.get_archive(OUT_DIR)
+    with archive.open("wb") as f:
+        for chunk in stream:
+            f.write(chunk)
+    prefix = Path(OUT_DIR).name + "/"
+    try:
+        _extract_out(archive, out, prefix)
+    except (tarfile.TarError, OSError) as exc:
+        raise BuildFailed(f"/out could not be copied back from engine b: {exc}") from None
+    archive.unlink()
+
+
+def _extract_out(archive: Path, out: Path, prefix: str) -> None:
+    with tarfile.open(archive) as tar:
+        members = []
+        for member in tar.getmembers():
+            if member.name == Path(OUT_DIR).name:
+                continue
+            if not member.name.startswith(prefix):
+                raise BuildFailed(f"/out came back with {member.name!r}, outside /out")
+            member.name = member.name.removeprefix(prefix)
+            if member.islnk():
+                member.linkname = member.linkname.removeprefix(prefix)
+            members.append(member)
+        for member in members:
+            tar.extract(member, out, numeric_owner=True, filter="tar")
+            if not member.issym():
+                # The tar filter drops setuid and group/other write bits; the outputs are
+                # compared with run a's, modes included, so they are restored exactly.
+                (out / member.name).chmod(member.mode)
 
 
 def _extract_owned(source_tar: Path, dest: Path, uid: int, gid: int) -> None:
@@ -565,7 +736,7 @@ def _is_read_timeout(exc: BaseException) -> bool:
 
 def _remove(container: Any) -> None:
     try:
-        container.remove(force=True)
+        container.remove(force=True, v=True)  # copy mode's anonymous volumes too
     except docker.errors.NotFound:
         pass
     except docker.errors.APIError as exc:

@@ -54,9 +54,13 @@ def build(
     trust_config: TrustConfigOpt = None,
     engine_b: Annotated[str | None, typer.Option(
         "--engine-b", metavar="DOCKER_HOST", help="Run B on this second Docker engine "
-        "(unix:///path/docker.sock, tcp://host:port; its host must see this host's files at "
-        "the same paths); the record and the provenance name both engines.",
-        show_default=False)] = None,
+        "(unix:///path/docker.sock, tcp://host:port); the record and the provenance name "
+        "both engines. An engine that does not see this host's files gets run B's inputs "
+        "copied in.", show_default=False)] = None,
+    engine_b_copy: Annotated[bool, typer.Option(
+        "--engine-b-copy", help="Copy run B's inputs into engine B and its /out back "
+        "(put_archive/get_archive) instead of bind mounts: for an engine on another "
+        "machine.")] = False,
 ) -> None:
     """Fetch, build twice with variations, compare, and store the release."""
     from rebuild.build.recipe import load_recipe
@@ -64,6 +68,9 @@ def build(
 
 
     opts = command_options(store, json_out, key)
+    if engine_b_copy and engine_b is None:
+        raise UsageError("--engine-b-copy copies run B's inputs into engine B: name it with "
+                         "--engine-b DOCKER_HOST")
     if keep is not None and len(recipes) != 1:
         raise UsageError("--keep takes one recipe: both runs' outputs go to DIR/a and DIR/b")
     if keep is not None and any((keep / run).exists() for run in ("a", "b")):
@@ -78,7 +85,8 @@ def build(
     outcomes = [twin_build(recipe, Store(directory), cache_dir=opts.cache, signer=signer,
                            log=say,
                            debug=say if opts.debug else lambda _: None,
-                           explain=explain, keep=keep, engine_b=engine_b)
+                           explain=explain, keep=keep, engine_b=engine_b,
+                           engine_b_copy=engine_b_copy)
                 for recipe in loaded]
     for outcome in outcomes:
         _print_outcome(outcome, signer)

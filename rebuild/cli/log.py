@@ -17,12 +17,15 @@ if TYPE_CHECKING:
 from rebuild.cli.common import (
     JsonOpt,
     LogKeyOpt,
+    Options,
     StoreOpt,
     TsaCertOpt,
     command_options,
     emit,
     log_verifier,
+    remote_location,
     say,
+    store_for,
     tsa_trust,
 )
 
@@ -65,17 +68,33 @@ def log_show(
     verified only when its inclusion and its statements' signatures checked out, and its
     time: the machine's, or bounded by a timestamp authority's when --tsa-cert verifies it."""
     from rebuild.evidence.sign import load_public_key, verify_bundle
-    from rebuild.store.auditlog import timeline
+    from rebuild.store.auditlog import carried_timeline, timeline
 
     opts = command_options(store, json_out)
     keys = [load_public_key(k) for k in (key or [])]
-    shown = timeline(Store(opts.store), release, log_verifier(log_key),
-                     lambda data: verify_bundle(data, keys), tsa_trust(tsa_cert))
+    verifier, tsa = log_verifier(log_key), tsa_trust(tsa_cert)
+    if remote_location(opts.store) is not None:
+        # A registry holds no log, only the proofs each push carried: the release's closure
+        # (its log-proof records among it) comes into the local cache, checked blob by blob.
+        if release is None:
+            raise UsageError(f"{opts.store} is a registry: it holds each release's log "
+                             "proofs, not the log; name the release (`rebuild log show "
+                             "NAME@VERSION --store …`)")
+        shown = carried_timeline(Store(store_for(opts, release)), release, verifier,
+                                 lambda data: verify_bundle(data, keys), tsa)
+    else:
+        shown = timeline(Store(opts.store), release, verifier,
+                         lambda data: verify_bundle(data, keys), tsa)
     if opts.json:
         emit(shown)
         return
-    print(f"audit log {shown['origin']}: {shown['size']} entries; checkpoint signature "
-          f"{shown['checkpoint_signature']}; times: {shown['time_source']}")
+    if shown.get("source") == "carried proofs":
+        print(f"audit log {shown['origin']} (proofs carried with {release}, not the log): "
+              f"{shown['size']} entries; checkpoint signatures {shown['checkpoint_signature']}; "
+              f"times: {shown['time_source']}")
+    else:
+        print(f"audit log {shown['origin']}: {shown['size']} entries; checkpoint signature "
+              f"{shown['checkpoint_signature']}; times: {shown['time_source']}")
     for row in shown["entries"]:
         actor = row["actor"]
         mark = "verified" if row["verified"] else "NOT VERIFIED"
@@ -89,7 +108,16 @@ def log_show(
               f"{actor['name']} ({actor['role']}, key {str(actor['keyid'])[:16]}): "
               f"{row['meaning']}{extra}  [{mark}; in log: {row['in_log']}"
               f"{'; ' + sigs if sigs else ''}]")
+        if row.get("source") == "carried":
+            checkpoint = row["checkpoint"]
+            print(f"       carried proof {row['proof']} under checkpoint {checkpoint['size']} "
+                  f"of {checkpoint['origin']} (signature {checkpoint['signature']})"
+                  + (f": {row['problem']}" if "problem" in row else ""))
         print(f"       time: {_time_text(row['trusted_time'])}")
+    for problem in shown["problems"]:
+        print(f"NOT VERIFIED: {problem}")
+    if "limits" in shown:
+        say(f"note: {shown['limits']}")
 
 
 def _time_text(bound: dict[str, Any]) -> str:
@@ -113,17 +141,33 @@ def log_verify(
         "the log must extend it.", metavar="FILE", show_default=False)] = None,
     log_key: LogKeyOpt = None,
     tsa_cert: TsaCertOpt = None,
+    release: Annotated[list[str] | None, typer.Option(
+        "--release", help="On a registry (--store oci://…) or a store without the log, "
+        "whose carried log proofs to check: NAME@VERSION, repeatable.", metavar="RELEASE",
+        show_default=False)] = None,
     store: StoreOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Recompute the tree from the entries, check every tile and checkpoint, prove the log
     consistent with a kept checkpoint, check every timestamp token against the pinned TSA
-    chain, and check the store against it; exit 1 naming the first entry that differs."""
+    chain, and check the store against it; exit 1 naming the first entry that differs. On a
+    registry, which holds proofs and not the log: check the proofs the releases carry."""
     from rebuild.store.auditlog import verify_log
 
     opts = command_options(store, json_out)
     verifier = log_verifier(log_key)
     tsa = tsa_trust(tsa_cert)
+    from rebuild.store.auditlog import AuditLog
+
+    location = remote_location(opts.store)
+    if location is not None or (release and not AuditLog.of(Store(opts.store)).exists()):
+        _verify_carried(opts, location or str(opts.store), release or [], checkpoint, verifier,
+                        tsa)
+        return
+    if release:
+        raise UsageError("--release checks the proofs a store without the log carries; this "
+                         "store keeps its log, which is checked whole (and `rebuild verify "
+                         "RELEASE --policy P` checks a release's events against it)")
     kept = None
     if checkpoint is not None:
         try:
@@ -147,6 +191,48 @@ def log_verify(
     if opts.json:
         emit(report.to_json())
     if not report.ok:
+        raise typer.Exit(ExitCode.CLAIM_FAILED)
+
+
+def _verify_carried(opts: Options, location: str, releases: list[str],
+                    checkpoint: Path | None, verifier: Any, tsa: Any) -> None:
+    """`log verify` on a registry (or a store a release was pulled into, without the log):
+    what can be checked there (each release's carried proofs against their checkpoints and
+    the pinned log key, the records they name against the records attached) and, said
+    plainly, what cannot (the whole tree is not there)."""
+    from rebuild.store.auditlog import CARRIED_LIMITS, release_log_checks
+    from rebuild.store.layout import KIND
+
+    if checkpoint is not None:
+        raise UsageError(f"--checkpoint: {location} holds proofs, not the log's tiles, so the "
+                         "log's consistency with a kept checkpoint cannot be proven there; run "
+                         "`rebuild log verify --checkpoint FILE` on the store that keeps the log")
+    if not releases:
+        raise UsageError(f"{location} is a registry: it holds each release's log proofs, not "
+                         f"the log. Name the releases to check (--release NAME@VERSION); "
+                         f"{CARRIED_LIMITS}")
+    results: dict[str, list[dict[str, Any]]] = {}
+    ok = True
+    for name in releases:
+        st = Store(store_for(opts, name))
+        found = st.find(name)
+        if found is None:
+            raise StoreError(f"no release {name} in {location}")
+        referrers = [((e.annotations or {}).get(KIND, ""), e.digest)
+                     for e in st.referrers(found.digest)]
+        checks = release_log_checks(st, found.digest, referrers, verifier, tsa, own=False)
+        results[name] = [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in checks]
+        for check in checks:
+            ok = ok and check.ok
+            say(f"  {'ok  ' if check.ok else 'FAIL'} {name}: {check.name}: {check.detail}")
+    if verifier is None:
+        say("  checkpoint signatures NOT VERIFIED: pass --log-key PUB to check them")
+    say(f"not checked here: {CARRIED_LIMITS}")
+    say(f"log proofs of {len(releases)} release(s) in {location}: "
+        f"{'verified' if ok else 'NOT VERIFIED: a proof or a record does not check'}")
+    if opts.json:
+        emit({"store": location, "ok": ok, "releases": results, "not_checked": CARRIED_LIMITS})
+    if not ok:
         raise typer.Exit(ExitCode.CLAIM_FAILED)
 
 

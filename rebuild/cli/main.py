@@ -70,8 +70,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "verify": ("release", "verify"), "show": ("release", "show"),
     "export": ("release", "export_cmd"), "approve": ("release", "approve_cmd"),
     "withdraw": ("release", "withdraw_cmd"), "promote": ("promote", "promote_cmd"),
-    "gate": ("promote", "gate_cmd"), "dashboard": ("dashboard", "dashboard_cmd"),
-    "serve": ("dashboard", "serve_cmd")}
+    "gate": ("promote", "gate_cmd"), "trace": ("change", "trace_cmd"),
+    "waive": ("change", "waive_cmd"), "notes": ("change", "notes_cmd"),
+    "dashboard": ("dashboard", "dashboard_cmd"), "serve": ("dashboard", "serve_cmd")}
 GROUPS: dict[str, tuple[str, str]] = {
     "image": ("build", "image_app"), "store": ("store", "store_app"), "log": ("log", "log_app")}
 # The options of `main_options` that take a value: what follows them is not a command.

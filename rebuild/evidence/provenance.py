@@ -115,6 +115,8 @@ class BuildFacts:
     builder_id: str = BUILDER_ID
     builder_version: str  # rebuild.__version__
     invocation_id: str  # deterministic, e.g. the attempt manifest's digest
+    # The recipe's [change] (id, risk, requirements, hazards, summary), when it has one.
+    change_record: Mapping[str, Any] | None = None
     # The purl `distro` qualifier of the image's Debian packages (bookworm is debian-12).
     debian_distro: str = "debian-12"
     # The tarballs of the recipe's npm_lock (resolvedDependencies and the SBOM's pkg:npm).
@@ -136,6 +138,10 @@ def make_provenance(facts: BuildFacts) -> dict[str, Any]:
     }
     if facts.change is not None:
         external["change"] = facts.change
+    if facts.change_record is not None:
+        # Also in the recipe's content above; here as its own parameter, so a verifier reads
+        # the risk that selects its policy tier without knowing the recipe format.
+        external["changeRecord"] = plain_json(facts.change_record)
     dependencies = [facts.source, facts.image, *sorted(facts.wheels, key=_by_name_uri),
                     *sorted((npm_dependency(p) for p in facts.npm_packages), key=_by_name_uri)]
     byproducts = [{
@@ -162,7 +168,7 @@ def make_provenance(facts: BuildFacts) -> dict[str, Any]:
             "byproducts": byproducts,
         },
     }
-    return _statement(facts.subjects, SLSA_PROVENANCE, predicate)
+    return make_statement(facts.subjects, SLSA_PROVENANCE, predicate)
 
 
 def make_test_result(*, subjects: Sequence[Subject], passed: bool, command: Sequence[str],
@@ -186,7 +192,7 @@ def make_test_result(*, subjects: Sequence[Subject], passed: bool, command: Sequ
     }
     if url is not None:
         predicate["url"] = url
-    return _statement(subjects, TEST_RESULT, predicate)
+    return make_statement(subjects, TEST_RESULT, predicate)
 
 
 def resource_descriptor(dependency: Dependency) -> dict[str, Any]:
@@ -219,8 +225,9 @@ def digest_set(digest: str) -> dict[str, str]:
     return {algorithm: value}
 
 
-def _statement(subjects: Sequence[Subject], predicate_type: str,
-               predicate: dict[str, Any]) -> dict[str, Any]:
+def make_statement(subjects: Sequence[Subject], predicate_type: str,
+                   predicate: dict[str, Any]) -> dict[str, Any]:
+    """An in-toto Statement v1 about `subjects` (sorted by name)."""
     return {
         "_type": STATEMENT_TYPE,
         "subject": [subject_json(s) for s in sorted(subjects, key=lambda s: s.name)],

@@ -129,9 +129,11 @@ def export_release(store: Store, target: str, out: Path, *, keys: Sequence[Path]
                 bytes_member("index.json", bundle_index(entries))]
     members += [bytes_member(path, data) for path, data in human.items()]
     # The release's audit-log events with inclusion proofs (pinned by SHA256SUMS; their
-    # trust is the proofs and the checkpoint's signature, checked by `rebuild verify`).
+    # trust is the proofs and the checkpoint's signature, checked by `rebuild verify`). The
+    # proofs the store only carries (log-proof records) travel as records, among the blobs.
     members += [bytes_member(path, data) for path, data in
-                sorted(bundle_files(release_events(store, release.digest)).items())]
+                sorted(bundle_files(release_events(store, release.digest,
+                                                            carried=False)).items())]
     for layer in release_manifest["layers"]:
         path = artifact_copy_path(layer)
         if path is not None:

@@ -9,6 +9,7 @@ that print a story to the terminal (`rebuild show`) never load Jinja2.
 from __future__ import annotations
 
 import html
+from collections.abc import Mapping
 from functools import cache
 from typing import Any
 
@@ -30,6 +31,11 @@ def render_html(story: Story) -> str:
     return _environment().get_template("report.html.j2").render(view=report_view(story))
 
 
+def render_notes(notes: Mapping[str, Any], form: str) -> str:
+    """Release notes (rebuild.release.notes) as Markdown or one self-contained HTML page."""
+    return _environment().get_template(f"notes.{form}.j2").render(notes=notes)
+
+
 def render_page(template: str, **context: Any) -> str:
     """Another page of rebuild/templates (the dashboard's), with the same autoescaping."""
     return _environment().get_template(template).render(**context)
@@ -42,9 +48,10 @@ def _md_cell(text: Any) -> str:
 
 def _badge_class(word: str) -> str:
     """The colour of a status word: ok, bad, or warn for anything not known to be either."""
-    return ("ok" if word in ("PASSED", "ok", "verified", "reproducible", "same") else
+    return ("ok" if word in ("PASSED", "ok", "verified", "reproducible", "same",
+                             "covered") else
             "bad" if word in ("FAILED", "FAIL", "invalid", "not-reproducible", "failed",
-                              "test-failed") else "warn")
+                              "test-failed", "UNCOVERED") else "warn")
 
 
 def _is_code_word(word: str) -> bool:

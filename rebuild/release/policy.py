@@ -7,8 +7,10 @@ and what the evidence must show. Its models are pydantic, like every file rebuil
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from securesystemslib.signer import SSlibKey  # type: ignore[attr-defined]
@@ -17,7 +19,7 @@ from rebuild.build.recipe import format_validation_error, parse_toml
 from rebuild.build.variations import select_variations
 from rebuild.errors import RebuildError, UsageError
 from rebuild.evidence.sign import load_public_key
-from rebuild.release.verify import Policy
+from rebuild.release.verify import Policy, Rule, Tier
 
 
 class _Strict(BaseModel):
@@ -52,15 +54,28 @@ class PolicyRules(_Strict):
     promoter_keys: tuple[str, ...] = ()
 
 
+class TierRules(_Strict):
+    """`[tier.NAME]`: what a release whose change has risk NAME must show."""
+
+    tests: tuple[str, ...] = ()  # [[test]] suites that must have passed
+    approvals: tuple[str, ...] = ()  # roles (of policy.approvals) that must approve
+    verdicts: int = Field(default=0, ge=0)  # PASSED QA verdicts, each from another qa key
+    trace: Literal["complete", "none"] = "none"
+    waivers: tuple[str, ...] = ()  # roles (of policy.approvals) whose waivers count
+    rules: tuple[str, ...] = ()  # CEL expressions that must be true
+
+
 class PolicyFile(_Strict):
     policy: PolicyRules
+    tier: dict[str, TierRules] = Field(default_factory=dict)
 
 
 def load_policy(path: Path) -> Policy:
     """Read a policy file (TOML); keys are paths relative to it. Any problem exits 2."""
     try:
         data = parse_toml(path.read_bytes(), str(path))
-        rules = PolicyFile.model_validate(data).policy
+        parsed = PolicyFile.model_validate(data)
+        rules = parsed.policy
     except OSError as exc:
         raise UsageError(f"{path}: cannot read the policy ({exc.strerror})") from None
     except ValidationError as exc:
@@ -94,8 +109,49 @@ def load_policy(path: Path) -> Policy:
                    else None)
         except RebuildError as exc:
             raise UsageError(f"{path}: policy.log.tsa_cert: {exc}") from None
+    tiers = load_tiers(path, parsed.tier, rules)
     return Policy(keys("builder_keys", rules.builder_keys), rules.reproducible, rules.sbom,
                   rules.tests, rules.verdicts, keys("qa_keys", rules.qa_keys),
                   {a.role: keys(f"approvals[{a.role}].keys", a.keys) for a in rules.approvals},
                   variations=variations, log_key=log_key, tsa=tsa,
-                  promoters=keys("promoter_keys", rules.promoter_keys))
+                  promoters=keys("promoter_keys", rules.promoter_keys), tiers=tiers)
+
+
+def load_tiers(path: Path, tables: Mapping[str, TierRules], rules: PolicyRules
+               ) -> dict[str, Tier]:
+    """Each `[tier.NAME]` checked against the policy (its roles have keys, its verdicts have
+    QA keys) with its CEL rules compiled: a rule that does not compile exits 2, named."""
+    roles = {a.role for a in rules.approvals}
+    tiers = {}
+    for name, table in sorted(tables.items()):
+        if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", name):
+            raise UsageError(f"{path}: [tier.{name}]: a tier's name is what a recipe's "
+                             "[change] risk says: lowercase letters, digits, _ and -")
+        for key, named in (("approvals", table.approvals), ("waivers", table.waivers)):
+            unknown = sorted(set(named) - roles)
+            if unknown:
+                raise UsageError(f"{path}: tier.{name}.{key}: role {unknown[0]!r} has no keys; "
+                                 f"add [[policy.approvals]] role = {unknown[0]!r} with the keys "
+                                 "trusted for it")
+        if table.verdicts and not rules.qa_keys:
+            raise UsageError(f"{path}: tier.{name}.verdicts = {table.verdicts} needs "
+                             "policy.qa_keys: whose verdicts count")
+        tiers[name] = Tier(name, table.tests, table.approvals, table.verdicts,
+                           table.trace == "complete", table.waivers,
+                           tuple(compile_rule(path, name, i, rule)
+                                 for i, rule in enumerate(table.rules)))
+    return tiers
+
+
+def compile_rule(path: Path, tier: str, index: int, source: str) -> Rule:
+    """A CEL rule compiled once, when the policy is read (cel-python)."""
+    import celpy
+
+    environment = celpy.Environment()
+    try:
+        program = environment.program(environment.compile(source))
+    except Exception as exc:  # noqa: BLE001 (celpy's parse errors share no base but Exception)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"{path}: tier.{tier}.rules[{index}] {source!r} does not compile as "
+                         f"CEL ({first}); fix the expression") from None
+    return Rule(source, program)

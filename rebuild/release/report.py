@@ -26,6 +26,7 @@ from securesystemslib.signer import SSlibKey  # type: ignore[attr-defined]
 
 from rebuild.errors import ClaimFailed, StoreError
 from rebuild.evidence.sign import KeylessIdentity, verify_bundle, verify_signed
+from rebuild.release.trace import suite_statements, trace_matrix
 from rebuild.release.verify import (
     Policy,
     Report,
@@ -99,7 +100,16 @@ def release_story(store: Store, release: str, policy: Policy) -> Story:
     epoch = told.get("source_date_epoch") if told else None
     if epoch is None and not bound and inputs:
         epoch = inputs.get("source_date_epoch")
+    # The trace matrix only from statements the verification counted (never unsigned ones).
+    matrix = (trace_matrix(str(name), entry.digest, report.statements)
+              if bound and report is not None else None)
+    shows_trace = matrix is not None and (matrix.change is not None or bool(matrix.rows))
+    suites = [{"suite": suite, "result": str(predicate.get("result"))}
+              for suite, predicate in suite_statements(report.statements).items()
+              ] if bound and report is not None else []
     return {
+        **({"suites": suites} if suites else {}),
+        **({"trace": matrix.to_json()} if shows_trace and matrix is not None else {}),
         "format": STORY_FORMAT,
         "release": name,
         "facts_verified": bound,
@@ -564,8 +574,12 @@ def render_text(story: Story) -> str:
                 f"{'' if a['matches_provenance'] else ', unsigned record: not verified'})",
                 "; ".join(f"run {r['name']}: {_variations(r['variations'])}" for r in a["runs"]))
                for a in attempts[-1:]]
+    suites = story.get("suites") or []
     checked.append(("tests", f"{tests['result']}, {_signature_text(tests['signature'])}"
-                    if tests else "none recorded"))
+                    if tests else "suites: " + ", ".join(
+                        f"{s['suite']} {s['result']}" for s in suites) + " (signed, verified)"
+                    if suites else "none recorded" if story["facts_verified"]
+                    else "none verified (no trusted key)"))
     checked += [(f"QA verdict {v['result']}", f"{v['verifier']}, key {_short(v['signer'])}, "
                  f"{_signature_text(v['signature'])}, {v['time']}") for v in story["verdicts"]]
     checked += [(f"check {c['name']}", ("ok: " if c["ok"] else "FAIL: ") + c["detail"])
@@ -580,6 +594,9 @@ def render_text(story: Story) -> str:
         ("Who approved", [(f"approval ({_signature_text(a['signature'])})", _approval_text(a))
                           for a in story["approvals"]] or [("", "no approval yet")]),
     ]
+    if story.get("trace"):
+        sections.insert(4, ("Trace matrix (requirement: status, test cases)",
+                            _trace_rows(story["trace"])))
     width = max((len(k) for _, rows in sections for k, _ in rows), default=0)
     out = [f"{story['release']}  {story['manifest']}", headline]
     for title, rows in sections:
@@ -643,7 +660,33 @@ def report_view(story: Story) -> dict[str, Any]:
                        "keyid": str(a["keyid"]), "signature": _signature_view(a["signature"])}
                       for a in story["approvals"]],
         "bundle": _bundle_lines(story, bundle) if bundle else None,
+        **({"trace": _trace_view(story["trace"])} if story.get("trace") else {}),
     }
+
+
+def _trace_rows(trace: Mapping[str, Any]) -> list[tuple[str, str]]:
+    rows = [(str(r["requirement"]), f"{_trace_status(r)}: " + (", ".join(
+        f"{c['suite']}/{c['id']} {c['outcome']}" for c in r["cases"]) or "no test case"))
+        for r in trace["requirements"]]
+    if trace["uncovered"]:
+        rows.append(("uncovered", ", ".join(trace["uncovered"])))
+    return rows or [("", "no requirements recorded")]
+
+
+def _trace_status(row: Mapping[str, Any]) -> str:
+    return "covered" if row["covered"] else "UNCOVERED" if row["in_change"] else \
+        "not in the change"
+
+
+def _trace_view(trace: Mapping[str, Any]) -> dict[str, Any]:
+    return {"change": str(trace.get("change") or ""),
+            "rows": [{"requirement": str(r["requirement"]), "status": _trace_status(r),
+                      "cases": [{"suite": str(c["suite"]), "id": str(c["id"]),
+                                 "outcome": str(c["outcome"])} for c in r["cases"]],
+                      "text": ", ".join(f"{c['suite']}/{c['id']} {c['outcome']}"
+                                        for c in r["cases"]) or "no test case"}
+                     for r in trace["requirements"]],
+            "uncovered": ", ".join(trace["uncovered"])}
 
 
 def _signature_view(signature: Mapping[str, Any]) -> dict[str, str | None]:

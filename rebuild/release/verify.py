@@ -36,6 +36,7 @@ from rebuild.evidence.sign import (
     verify_bundle,
     verify_signed,
 )
+from rebuild.release.trace import SUITE_PREFIX, change_record, suite_statements, trace_matrix
 from rebuild.store.layout import (
     BUNDLE_MEDIA,
     KIND,
@@ -65,6 +66,45 @@ PREDICATES = {"provenance": SLSA_PROVENANCE, "sbom": SBOM_PREDICATE,
 
 
 @dataclass(frozen=True)
+class Rule:
+    """A policy's CEL rule: its text and the program compiled from it (rebuild.policy)."""
+
+    source: str
+    program: Any  # celpy.Runner
+
+
+@dataclass(frozen=True)
+class Tier:
+    """What a release whose change has this risk must show (a policy's `[tier.NAME]`)."""
+
+    name: str
+    tests: tuple[str, ...] = ()  # suites that must have PASSED
+    approvals: tuple[str, ...] = ()  # roles that must have approved
+    verdicts: int = 0  # PASSED QA verdicts, each from another qa key
+    trace: bool = False  # every requirement of the change covered by a passing case
+    waivers: tuple[str, ...] = ()  # roles whose waivers this tier accepts
+    rules: tuple[Rule, ...] = ()
+
+
+@dataclass(frozen=True)
+class Waiver:
+    """An accepted waiver: what it waives (`test` SUITE or SUITE/CASE, or `requirement`)."""
+
+    scope: str  # "test" or "requirement"
+    target: str
+    role: str
+    expires: str
+    residual_risk: str
+
+    def covers(self, scope: str, target: str) -> bool:
+        return self.scope == scope and self.target == target
+
+    @property
+    def shown(self) -> str:
+        return f"waived by {self.role} until {self.expires}"
+
+
+@dataclass(frozen=True)
 class Policy:
     builder_keys: tuple[SSlibKey, ...]
     reproducible: bool = True
@@ -81,6 +121,11 @@ class Policy:
     # When set, so must they be, each under a checkpoint timestamped by this TSA (RFC 3161).
     tsa: TsaTrust | None = None
     promoters: tuple[SSlibKey, ...] = ()  # whose promotions into an environment count
+    # Tiers by name: the change record's risk picks one (design.md Part 2). With tiers, the
+    # roles of `approvals` name whose keys count; the tier says which roles must approve.
+    tiers: Mapping[str, Tier] = field(default_factory=dict)
+    # When waivers are judged (None: now); injectable so an expiry can be tested.
+    now: datetime | None = None
 
 
 def evaluation_time(env: Mapping[str, str] | None = None) -> datetime:
@@ -176,7 +221,9 @@ def verify_release(store: Store, target: str, policy: Policy) -> Report:
     for entry in evidence:
         layers = {layer["annotations"][TITLE]: layer
                   for layer in store.read_json(entry.digest)["layers"]}
-        for kind in PREDICATES:
+        suites = sorted(t.removesuffix(".sigstore.json") for t in layers
+                        if t.startswith(SUITE_PREFIX) and t.endswith(".sigstore.json"))
+        for kind in [*PREDICATES, *suites]:
             bundle = layers.get(f"{kind}.sigstore.json")
             if bundle is None or bundle["mediaType"] != BUNDLE_MEDIA or kind in verified:
                 continue
@@ -187,8 +234,13 @@ def verify_release(store: Store, target: str, policy: Policy) -> Report:
                 continue
             if statement is None:
                 continue
+            if kind.startswith(SUITE_PREFIX) and _get(statement, "predicate", "suite") != \
+                    kind.removeprefix(SUITE_PREFIX):
+                # A suite's statement under another suite's title counts for neither.
+                elsewhere.append(f"the signed {kind} is about another suite")
+                continue
             named = statement_release(kind, statement)
-            if kind != "test-result" and named != wanted:
+            if not kind.startswith("test-result") and named != wanted:
                 # Signed, but about another release (its evidence attached or relabelled
                 # here): true of that release, so it neither counts nor fails by itself.
                 elsewhere.append(f"the signed {kind} names {named or 'no release'}")
@@ -220,8 +272,15 @@ def verify_release(store: Store, target: str, policy: Policy) -> Report:
         report.add("sbom", "sbom" in verified, "an SBOM signed by a trusted key"
                    if "sbom" in verified else "no SBOM signed by a trusted key")
     if policy.tests:
-        result = verified.get("test-result", {}).get("predicate", {}).get("result")
-        report.add("tests", result == "PASSED", f"test result: {result or 'none'}")
+        results = {kind: _get(st, "predicate", "result") for kind, st in verified.items()
+                   if kind.startswith("test-result")}
+        all_passed = bool(results) and all(r == "PASSED" for r in results.values())
+        if any(kind.startswith(SUITE_PREFIX) for kind in results):
+            shown = "test results: " + ", ".join(f"{k.removeprefix(SUITE_PREFIX)} {r}"
+                                                 for k, r in sorted(results.items()))
+        else:  # the single [test]
+            shown = f"test result: {results.get('test-result') or 'none'}"
+        report.add("tests", all_passed, shown)
     name = str(wanted)
     if policy.verdicts:
         passed = signed_statements(store, release, "verdict", policy.qa_keys, artifacts, name)
@@ -230,19 +289,15 @@ def verify_release(store: Store, target: str, policy: Policy) -> Report:
         report.add("QA verdicts", len(keyids) >= policy.verdicts,
                    f"{len(keyids)} PASSED verdict(s) from trusted QA keys, "
                    f"{policy.verdicts} required")
-    for role, role_keys in sorted(policy.approvals.items()):
-        # An approval its own signer withdrew (`rebuild withdraw`) no longer counts.
-        withdrawn = {(keyid, st.get("predicate", {}).get("withdraws", {}).get("approval"))
-                     for keyid, st in signed_statements(store, release, "withdrawal",
-                                                        role_keys, artifacts, name)}
-        approvals = [st for keyid, st in signed_statements(store, release, "approval",
-                                                            role_keys, artifacts, name)
-                     if st.get("predicate", {}).get("role") == role and (keyid, _digest(st))
-                     not in withdrawn]
+    # With tiers, the tier picks the roles that must approve (_check_tier).
+    for role in sorted(policy.approvals) if not policy.tiers else ():
+        approvals = role_approvals(store, release, role, policy, artifacts, name)
         names = ", ".join(sorted({a["predicate"]["signer"]["name"] for a in approvals}))
         report.add(f"approval: {role}", bool(approvals),
                    f"approved by {names}" if approvals
                    else f"no {role} approval by a trusted key")
+    if policy.tiers and "provenance" in verified:
+        _check_tier(store, release, artifacts, name, verified, policy, report)
     if policy.log_key is not None or policy.tsa is not None:
         # The log's code loads only for a policy that requires the log (`show` < 200 ms).
         from rebuild.store.auditlog import release_log_checks
@@ -255,6 +310,192 @@ def verify_release(store: Store, target: str, policy: Policy) -> Report:
     if report.ok:
         report.release = name
     return report
+
+
+def role_approvals(store: Store, release: Descriptor, role: str, policy: Policy,
+                   artifacts: Mapping[str, str], name: str) -> list[dict[str, Any]]:
+    """The approvals in `role` by keys the policy trusts for it, less those withdrawn."""
+    role_keys = policy.approvals.get(role, ())
+    # An approval its own signer withdrew (`rebuild withdraw`) no longer counts.
+    withdrawn = {(keyid, st.get("predicate", {}).get("withdraws", {}).get("approval"))
+                 for keyid, st in signed_statements(store, release, "withdrawal",
+                                                    role_keys, artifacts, name)}
+    return [st for keyid, st in signed_statements(store, release, "approval", role_keys,
+                                                  artifacts, name)
+            if st.get("predicate", {}).get("role") == role and (keyid, _digest(st))
+            not in withdrawn]
+
+
+def release_tier(policy: Policy, provenance: Mapping[str, Any]) -> Tier | None:
+    """The tier the signed change record's risk selects; None when it has no risk. A risk
+    the policy has no tier for is the policy's or the recipe's mistake: exit 2."""
+    risk = _get(change_record(provenance), "risk")
+    if not isinstance(risk, str):
+        return None
+    tier = policy.tiers.get(risk)
+    if tier is None:
+        raise UsageError(f"the release's change record has risk = {risk!r}, but the policy has "
+                         f"no [tier.{risk}] (its tiers: {', '.join(sorted(policy.tiers))}); "
+                         "add the tier to the policy or correct [change] risk")
+    return tier
+
+
+def accepted_waivers(store: Store, release: Descriptor, artifacts: Mapping[str, str],
+                     name: str, policy: Policy, tier: Tier) -> tuple[list[Waiver], list[str]]:
+    """The waivers this tier accepts (signed by a key the policy trusts for the waiver's
+    role, a role the tier lets waive, not expired), and why each other one does not count."""
+    now = policy.now or evaluation_time()
+    accepted: list[Waiver] = []
+    refused: list[str] = []
+    seen: set[str] = set()
+    for role, keys in sorted(policy.approvals.items()):
+        for _, statement in signed_statements(store, release, "waiver", keys, artifacts,
+                                              name):
+            predicate = statement.get("predicate") or {}
+            digest = _digest(statement)
+            if predicate.get("role") != role or digest in seen:
+                continue  # a key of another role: counted under that role, if at all
+            seen.add(digest)
+            scope = next((k for k in ("test", "requirement") if isinstance(
+                _get(predicate, "waives", k), str)), None)
+            if scope is None:
+                continue
+            target = str(_get(predicate, "waives", scope))
+            expires = str(predicate.get("expires", ""))
+            what = f"waiver of {scope} {target} by {role}"
+            if role not in tier.waivers:
+                refused.append(f"{what}: tier {tier.name} lets "
+                               f"{', '.join(tier.waivers) or 'no role'} waive")
+            elif (until := _parse_time(expires)) is None or until <= now:
+                refused.append(f"{what}: expired {expires}")
+            else:
+                accepted.append(Waiver(scope, target, role, expires,
+                                       str(predicate.get("residualRisk", ""))))
+    others = len(attached(store, release, "waiver")) - len(seen)
+    if others > 0:
+        refused.append(f"{others} waiver(s) not signed by a key the policy trusts for "
+                       "their role")
+    return accepted, refused
+
+
+def _parse_time(text: str) -> datetime | None:
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _check_tier(store: Store, release: Descriptor, artifacts: Mapping[str, str], name: str,
+                verified: Mapping[str, dict[str, Any]], policy: Policy,
+                report: Report) -> None:
+    """The tier the change's risk selects: its suites, approvals, verdicts, trace and CEL
+    rules, each failing check naming the rule, the tier and what is missing."""
+    tiers = ", ".join(sorted(policy.tiers))
+    tier = release_tier(policy, verified["provenance"])
+    if tier is None:
+        report.add("tier", False, f"the policy has tiers ({tiers}) but the release's signed "
+                   "change record names no risk; add [change] risk = \"<tier>\" to the recipe")
+        return
+    report.add("tier", True, f"tier {tier.name}, selected by the change record's risk")
+    waivers, refused = accepted_waivers(store, release, artifacts, name, policy, tier)
+    not_counted = f"; not counted: {'; '.join(refused)}" if refused else ""
+    suites = suite_statements(verified)
+    for suite in tier.tests:
+        label = f"tier {tier.name}: tests: {suite}"
+        waived = next((w for w in waivers if w.covers("test", suite)), None)
+        predicate = suites.get(suite)
+        if predicate is None:
+            report.add(label, waived is not None, f"suite {suite} {waived.shown}: no signed "
+                       f"test result" if waived else f"rule tests of tier {tier.name}: suite "
+                       f"{suite} is missing (no signed test-result/{suite}){not_counted}")
+            continue
+        failed = [c for c in predicate.get("failedTests") or [] if isinstance(c, str)]
+        open_cases = [c for c in failed if not any(w.covers("test", f"{suite}/{c}")
+                                                    for w in waivers)]
+        exit_code = predicate.get("exitCode", 0)
+        # A failed suite passes once every failed case is waived (its nonzero exit is then
+        # those cases' failing), never when its command failed with no case failing.
+        ok = predicate.get("result") in ("PASSED", "WARNED") or (
+            not open_cases and bool(failed))
+        if waived is not None:
+            report.add(label, True, f"suite {suite} {predicate.get('result')}, "
+                       f"{waived.shown}")
+        elif ok:
+            note = f" (failed cases waived: {', '.join(failed)})" if failed else ""
+            report.add(label, True, f"suite {suite} {predicate.get('result')}{note}")
+        else:
+            missing = (f"failed cases {', '.join(open_cases)}" if open_cases
+                       else f"its command exited {exit_code}")
+            report.add(label, False, f"rule tests of tier {tier.name}: suite {suite} "
+                       f"{predicate.get('result')}: {missing}{not_counted}")
+    for role in tier.approvals:
+        approvals = role_approvals(store, release, role, policy, artifacts, name)
+        names = ", ".join(sorted({str(_get(a, "predicate", "signer", "name"))
+                                  for a in approvals}))
+        report.add(f"tier {tier.name}: approval: {role}", bool(approvals),
+                   f"approved by {names}" if approvals else
+                   f"rule approvals of tier {tier.name}: no {role} approval by a key the "
+                   f"policy trusts for {role}")
+    if tier.verdicts:
+        passed = signed_statements(store, release, "verdict", policy.qa_keys, artifacts, name)
+        keyids = {keyid for keyid, st in passed
+                  if _get(st, "predicate", "verificationResult") == "PASSED"}
+        report.add(f"tier {tier.name}: verdicts", len(keyids) >= tier.verdicts,
+                   f"{len(keyids)} PASSED verdict(s) from trusted QA keys, {tier.verdicts} "
+                   f"required" if len(keyids) >= tier.verdicts else
+                   f"rule verdicts of tier {tier.name}: {len(keyids)} PASSED verdict(s) from "
+                   f"trusted QA keys, {tier.verdicts} required: "
+                   f"{tier.verdicts - len(keyids)} missing")
+    if tier.trace:
+        matrix = trace_matrix(name, release.digest, verified)
+        open_reqs = [r for r in matrix.uncovered
+                     if not any(w.covers("requirement", r) for w in waivers)]
+        waived_reqs = [r for r in matrix.uncovered if r not in open_reqs]
+        wanted = [r for r in matrix.rows if r.in_change]
+        note = ("; waived: " + ", ".join(
+            f"{r} ({next(w for w in waivers if w.covers('requirement', r)).shown})"
+            for r in waived_reqs)) if waived_reqs else ""
+        report.add(f"tier {tier.name}: trace", not open_reqs,
+                   f"{len(wanted) - len(matrix.uncovered)} of {len(wanted)} requirement(s) "
+                   f"covered by a passing test case{note}" if not open_reqs else
+                   f"rule trace = \"complete\" of tier {tier.name}: uncovered requirement(s) "
+                   f"{', '.join(open_reqs)} (no passing test case){note}{not_counted}")
+    for rule in tier.rules:
+        ok, detail = _evaluate_rule(rule, verified, tier)
+        report.add(f"tier {tier.name}: rule {rule.source}", ok, detail)
+
+
+def _evaluate_rule(rule: Rule, verified: Mapping[str, dict[str, Any]],
+                   tier: Tier) -> tuple[bool, str]:
+    """A CEL rule over the verified statements: `statements` (kind -> statement), `suites`
+    (suite -> its test-result predicate), `change` (the change record) and `tier`."""
+    from celpy.adapter import json_to_cel
+    from celpy.celtypes import BoolType, StringType
+
+    activation = {
+        "statements": json_to_cel({k: dict(v) for k, v in verified.items()}),
+        "suites": json_to_cel({k: dict(v) for k, v in suite_statements(verified).items()}),
+        "change": json_to_cel(change_record(verified.get("provenance")) or {}),
+        "tier": StringType(tier.name),
+    }
+    try:
+        value = rule.program.evaluate(activation)
+    except Exception as exc:  # noqa: BLE001 (celpy raises its own and Python's errors)
+        return False, (f"rule {rule.source!r} of tier {tier.name} could not be evaluated: "
+                       f"{_first_line(exc)}")
+    if isinstance(value, Exception):  # celpy returns some errors as values
+        return False, (f"rule {rule.source!r} of tier {tier.name} could not be evaluated: "
+                       f"{_first_line(value)}")
+    if not isinstance(value, (bool, BoolType)):
+        return False, f"rule {rule.source!r} of tier {tier.name} gave {value!r}, not a bool"
+    return bool(value), (f"rule {rule.source!r} of tier {tier.name} holds" if value else
+                   f"rule {rule.source!r} of tier {tier.name} is false")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc.args[0] if exc.args else exc)
+    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
 
 
 def _digest(statement: Mapping[str, Any]) -> str:
@@ -282,29 +523,38 @@ def verify_bundle_file(path: Path, policy: Policy,
             report.add("release", False, str(exc))
             return report
         report.checks.extend(inner.checks)
-        if policy.log_key is None and policy.tsa is None and (bundle.root / "log").is_dir():
-            _check_bundled_log(Store(bundle.root), report)
+        if policy.log_key is None and policy.tsa is None:
+            _check_bundled_log(Store(bundle.root), bundle.release, report)
         report.statements.update(inner.statements)
         # Named only when proven: the bundle's index.json is as unsigned as a store's.
         report.release = inner.release if report.ok else None
         return report
 
 
-def _check_bundled_log(store: Store, report: Report) -> None:
+def _check_bundled_log(store: Store, release: str, report: Report) -> None:
     """Without a pinned log key the proofs still show each event is in the tree its
     checkpoint names; only the checkpoint's signature stays unchecked, and says so."""
-    from rebuild.store.auditlog import check_events, release_events, trusted_time_check
+    from rebuild.store.auditlog import (
+        check_events,
+        newest_per_event,
+        release_events,
+        trusted_time_check,
+    )
 
     try:
-        events = release_events(store, "")
+        found = store.find(release)
+        events = release_events(store, found.digest if found else "")
     except (ClaimFailed, ValueError, OSError) as exc:
         report.add("audit log", False, f"the bundle's log proofs are unreadable: {exc}")
+        return
+    if not events:
         return
     failed = check_events(events, None)
     for check in failed:
         report.add(check.name, check.ok, check.detail)
     if not failed:
-        report.add("audit log", True, f"{len(events)} event(s) included in the log's tree; "
+        report.add("audit log", True, f"{len(newest_per_event(events))} event(s) included "
+                   "in the log's tree; "
                    "checkpoint signature NOT VERIFIED (pass --log-key PUB)")
         timed = trusted_time_check(events, None, None)
         if timed is not None:
@@ -367,7 +617,7 @@ def statement_release(kind: str, statement: Mapping[str, Any]) -> str | None:
         uri = _get(predicate, "resourceUri")
         if isinstance(uri, str) and uri.startswith(VERDICT_URI):
             named = uri.removeprefix(VERDICT_URI)
-    elif kind in ("approval", "withdrawal", "promotion"):
+    elif kind in ("approval", "withdrawal", "promotion", "waiver"):
         named = _get(predicate, "release")
     return named if isinstance(named, str) else None
 
@@ -375,7 +625,7 @@ def statement_release(kind: str, statement: Mapping[str, Any]) -> str | None:
 def statement_manifest(kind: str, statement: Mapping[str, Any]) -> str | None:
     """The release manifest digest a signed statement names, if its format records one."""
     manifest = (_get(statement.get("predicate"), "manifest")
-                if kind in ("approval", "promotion") else None)
+                if kind in ("approval", "promotion", "waiver") else None)
     return manifest if isinstance(manifest, str) else None
 
 
@@ -493,10 +743,11 @@ def _check_bundle(store: Store, kind: str, digest: str, policy: Policy,
         report.add(f"signature: {kind}", False, str(exc))
         return None
     statement = verified.statement
-    if statement.get("predicateType") != PREDICATES[kind]:
+    expected = TEST_RESULT if kind.startswith(SUITE_PREFIX) else PREDICATES[kind]
+    if statement.get("predicateType") != expected:
         report.add(f"signature: {kind}", False,
                    f"predicateType is {statement.get('predicateType')!r}, "
-                   f"expected {PREDICATES[kind]!r}")
+                   f"expected {expected!r}")
         return None
     report.add(f"signature: {kind}", True, f"signed keyless by trusted {verified.identity}"
                if verified.identity else f"signed by trusted key {verified.keyid[:16]}…")

@@ -11,6 +11,10 @@ This module is the only writer of `<store>/log/` (the store module owns the OCI 
 it); appenders serialize on an flock of that directory. An append reads and rewrites only the
 right edge of the tiles (one partial tile per level), so it costs the same at any size.
 The math and the formats are in rebuild.tlog.
+
+A release's events travel with their inclusion proofs: in an exported bundle's `log/`, and as
+a log-proof record (the same files as an OCI artifact whose subject is the release) that a
+copy to another store adds; a store without the log proves the events from those.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,13 +38,14 @@ from rebuild.store import tlog
 
 if TYPE_CHECKING:
     from rebuild.store import timestamp
-from rebuild.store.layout import KIND, Store, canonical_json
+from rebuild.store.layout import KIND, TITLE, Descriptor, Store, artifact_manifest, canonical_json
 
 LOG_KEY_ENV = "REBUILD_LOG_KEY"
 DEFAULT_ORIGIN = "rebuild.local/audit-log"
 ENTRY_VERSION = 1
 # The records whose subject is a release and that must each be logged when a policy asks.
-LOGGED_KINDS = ("evidence", "verdict", "approval", "withdrawal", "promotion", "gate")
+LOGGED_KINDS = ("evidence", "verdict", "approval", "withdrawal", "waiver", "promotion",
+                "gate")
 # Timestamped checkpoints: `checkpoints/<N>` (the checkpoint of N entries, as it was signed)
 # and `checkpoints/<N>.tsr` (the TSA's DER TimeStampResp over its sha256); rebuild.timestamp.
 STAMP_DIR = "checkpoints"
@@ -365,8 +370,10 @@ def _append(store: Store, entries: Sequence[bytes]) -> list[int]:
 
 def log_build(store: Store, *, release: str, attempt: str, manifest: str | None,
               evidence: str | None, bundles: Mapping[str, str], statements: Mapping[str, str],
-              signer: str | None, status: str, test_result: str | None) -> list[int]:
-    """A twin build: its attempt, the release it recorded (if any) and its test result."""
+              signer: str | None, status: str, test_result: str | None,
+              suite_results: Mapping[str, str] | None = None) -> list[int]:
+    """A twin build: its attempt, the release it recorded (if any) and its test results
+    (`suite_results`: "test-result/<suite>" -> PASSED/WARNED/FAILED, one entry each)."""
     now = datetime.now(UTC)
     actor = Actor(signer, _actor_name(), "builder")
 
@@ -390,6 +397,11 @@ def log_build(store: Store, *, release: str, attempt: str, manifest: str | None,
                                   records=[evidence] if evidence else [],
                                   statements=refs("test-result"),
                                   actor=actor, meaning=test_result, time=now))
+    for kind, result in sorted((suite_results or {}).items()):
+        entries.append(make_entry(event="test-result", release=release, manifest=manifest,
+                                  records=[evidence] if evidence else [],
+                                  statements=refs(kind), actor=actor, meaning=result,
+                                  time=now))
     return _append(store, entries)
 
 
@@ -729,6 +741,16 @@ ENTRY_DIR = "entries"
 BUNDLE_STAMP_DIR = "timestamps"
 
 
+# A release's log proofs carried to another store (a registry push, a pull, a copy): an OCI
+# artifact whose subject is the release and whose layers are the files an exported bundle
+# keeps under log/ (`bundle_files`), titled by those paths (docs/formats.md, "Log proofs").
+PROOF_TYPE = "application/vnd.rebuild.log-proof.v1+json"
+PROOF_KIND = "log-proof"
+_PROOF_MEDIA = {".json": "application/vnd.rebuild.log-entry.v1+json",
+                ".tlog-proof": "text/x.c2sp-tlog-proof; charset=utf-8",
+                ".tsr": "application/timestamp-reply"}
+
+
 @dataclass(frozen=True)
 class ReleaseEvent:
     index: int
@@ -737,11 +759,40 @@ class ReleaseEvent:
     # The inclusion proof under the first timestamped checkpoint that includes the entry,
     # and the token over that checkpoint; None when no checkpoint since was timestamped.
     stamped: tuple[tlog.InclusionProof, bytes] | None = None
+    # The log-proof artifact that carried it; None: the store's own log (or a bundle's).
+    source: str | None = None
 
     @property
     def data(self) -> dict[str, Any]:
         result: dict[str, Any] = json.loads(self.entry)
         return result
+
+    def checkpoint(self) -> tlog.Checkpoint:
+        """The checkpoint its proof is made against (unverified). Raises ProofFailed."""
+        return tlog.parse_checkpoint(tlog.parse_note(self.proof.checkpoint).text)
+
+    def key(self) -> tuple[str, int, bytes]:
+        """The same event under any checkpoint of its log: (origin, index, entry)."""
+        try:
+            origin = self.checkpoint().origin
+        except tlog.ProofFailed:
+            origin = "unreadable:" + hashlib.sha256(self.proof.checkpoint).hexdigest()
+        return origin, self.index, self.entry
+
+
+def newest_per_event(events: Sequence[ReleaseEvent]) -> list[ReleaseEvent]:
+    """One proof per event, under the largest checkpoint: a later push carries a newer proof
+    of the same entries."""
+    best: dict[tuple[str, int, bytes], tuple[int, ReleaseEvent]] = {}
+    for event in events:
+        try:
+            size = event.checkpoint().size
+        except tlog.ProofFailed:
+            size = -1
+        key = event.key()
+        if key not in best or size > best[key][0]:
+            best[key] = (size, event)
+    return [event for _, event in best.values()]
 
 
 def first_stamp(stamps: Sequence[Stamp], index: int) -> Stamp | None:
@@ -749,10 +800,22 @@ def first_stamp(stamps: Sequence[Stamp], index: int) -> Stamp | None:
     return next((s for s in stamps if s.size > index), None)
 
 
-def release_events(store: Store, manifest: str) -> list[ReleaseEvent]:
+def release_events(store: Store, manifest: str, *, carried: bool = True, own: bool = True
+                   ) -> list[ReleaseEvent]:
     """The logged events of a release, each with an inclusion proof under the current
     checkpoint (and under the first timestamped checkpoint that includes it, if any): from
-    the store's log, or from the proofs an exported bundle carries."""
+    the store's log, or from the proofs an exported bundle carries; with `carried`, also
+    every proof the release's log-proof records carry (the same event may then come more
+    than once, under several checkpoints: `newest_per_event`); without `own`, those alone.
+    Raises ProofFailed when a carried proof cannot be read."""
+    mine = _own_events(store, manifest) if own else []
+    if not carried:
+        return mine
+    events = mine + carried_events(store, manifest)
+    return sorted(events, key=lambda e: (e.index, e.source or ""))
+
+
+def _own_events(store: Store, manifest: str) -> list[ReleaseEvent]:
     log = AuditLog.of(store)
     if (log.root / PROOF_DIR).is_dir():
         return _bundled_events(log.root)
@@ -775,17 +838,96 @@ def release_events(store: Store, manifest: str) -> list[ReleaseEvent]:
 
 
 def _bundled_events(root: Path) -> list[ReleaseEvent]:
+    files = {f"{path.parent.name}/{path.name}": path.read_bytes()
+             for folder in (PROOF_DIR, ENTRY_DIR, BUNDLE_STAMP_DIR) if (root / folder).is_dir()
+             for path in (root / folder).iterdir() if path.is_file()}
+    return events_from_files(files)
+
+
+def events_from_files(files: Mapping[str, bytes], source: str | None = None
+                      ) -> list[ReleaseEvent]:
+    """The events of `bundle_files`' files (paths without the `log/` prefix): each
+    `proofs/N.tlog-proof` with `entries/N.json`, and `timestamps/N.*` when there. Raises
+    ProofFailed when a proof or its entry is missing or unreadable."""
     events = []
-    for path in sorted((root / PROOF_DIR).glob("*.tlog-proof")):
-        proof = tlog.InclusionProof.parse(path.read_bytes())
-        entry = (root / ENTRY_DIR / f"{proof.index}.json").read_bytes()
-        stamp_proof = root / BUNDLE_STAMP_DIR / f"{proof.index}.tlog-proof"
+    for path in sorted(files):
+        folder, _, name = path.partition("/")
+        if folder != PROOF_DIR or not name.endswith(".tlog-proof"):
+            continue
+        proof = tlog.InclusionProof.parse(files[path])
+        if name != f"{proof.index}.tlog-proof":
+            raise tlog.ProofFailed(f"{path} holds the proof of entry {proof.index}")
+        entry = files.get(f"{ENTRY_DIR}/{proof.index}.json")
+        if entry is None:
+            raise tlog.ProofFailed(f"the proof of entry {proof.index} comes without "
+                                   f"{ENTRY_DIR}/{proof.index}.json")
         stamped = None
-        if stamp_proof.is_file():
-            stamped = (tlog.InclusionProof.parse(stamp_proof.read_bytes()),
-                       stamp_proof.with_suffix(".tsr").read_bytes())
-        events.append(ReleaseEvent(proof.index, entry, proof, stamped))
+        stamp_proof = files.get(f"{BUNDLE_STAMP_DIR}/{proof.index}.tlog-proof")
+        token = files.get(f"{BUNDLE_STAMP_DIR}/{proof.index}.tsr")
+        if stamp_proof is not None and token is not None:
+            stamped = (tlog.InclusionProof.parse(stamp_proof), token)
+        events.append(ReleaseEvent(proof.index, entry, proof, stamped, source))
     return sorted(events, key=lambda e: e.index)
+
+
+def proof_artifact(events: Sequence[ReleaseEvent], subject: Descriptor
+                   ) -> tuple[bytes, dict[str, bytes]]:
+    """The log-proof record of a release's events: its manifest (canonical JSON, so the same
+    log state gives the same digest and a second push sends nothing) and its blobs."""
+    files = bundle_files(events)
+    layers, blobs = [], {}
+    for path, data in sorted(files.items()):
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        media = next(m for suffix, m in _PROOF_MEDIA.items() if path.endswith(suffix))
+        layers.append(Descriptor(media, digest, len(data), {TITLE: path}))
+        blobs[digest] = data
+    manifest = canonical_json(artifact_manifest(PROOF_TYPE, layers, subject=subject))
+    return manifest, blobs
+
+
+def carried_proofs(store: Store, manifest: str
+                   ) -> list[tuple[str, list[ReleaseEvent] | tlog.ProofFailed]]:
+    """(record digest, its events, or why they cannot be read) of each log-proof record of
+    the release. Each event's entry must name the release manifest."""
+    found: list[tuple[str, list[ReleaseEvent] | tlog.ProofFailed]] = []
+    for record in store.referrers(manifest):
+        if record.artifact_type != PROOF_TYPE and (record.annotations or {}).get(
+                KIND) != PROOF_KIND:
+            continue
+        try:
+            artifact = store.read_json(record.digest)
+            if artifact.get("artifactType") != PROOF_TYPE:
+                raise tlog.ProofFailed(f"it is not a {PROOF_TYPE} manifest")
+            if artifact.get("subject", {}).get("digest") != manifest:
+                raise tlog.ProofFailed(f"it does not name {manifest} as its subject")
+            files = {}
+            for layer in artifact.get("layers", []):
+                title = str(layer.get("annotations", {}).get(TITLE, ""))
+                if not title.startswith("log/"):
+                    raise tlog.ProofFailed(f"its layer {title!r} is not a log/ file")
+                files[title.removeprefix("log/")] = store.read_bytes(layer["digest"])
+            events = events_from_files(files, record.digest)
+            for event in events:
+                if event.data.get("manifest") != manifest:
+                    raise tlog.ProofFailed(f"its entry {event.index} is of another release "
+                                           f"({event.data.get('manifest')})")
+            found.append((record.digest, events))
+        except (tlog.ProofFailed, StoreError, ValueError, KeyError, TypeError,
+                AttributeError) as exc:
+            found.append((record.digest, tlog.ProofFailed(
+                f"the log proof {record.digest} is unreadable: {exc}")))
+    return found
+
+
+def carried_events(store: Store, manifest: str) -> list[ReleaseEvent]:
+    """Every event the release's log-proof records carry. Raises ProofFailed for an
+    unreadable one: a proof in a store is never skipped silently."""
+    events: list[ReleaseEvent] = []
+    for _, got in carried_proofs(store, manifest):
+        if isinstance(got, tlog.ProofFailed):
+            raise got
+        events += got
+    return events
 
 
 def bundle_files(events: Sequence[ReleaseEvent]) -> dict[str, bytes]:
@@ -832,18 +974,21 @@ def event_time(event: ReleaseEvent, verifier: tlog.NoteVerifier | None,
 
 def check_events(events: Sequence[ReleaseEvent], verifier: tlog.NoteVerifier | None,
                  tsa: timestamp.TsaTrust | None = None) -> list[Check]:
-    """Each event's inclusion proof against its checkpoint, and the checkpoint's signature;
-    with a TSA chain pinned, each event's trusted time too."""
+    """Each event's inclusion proof against its checkpoint, and the checkpoint's signature
+    (every proof given: a broken one is never skipped); with a TSA chain pinned, each event's
+    trusted time too, from its newest proof (`newest_per_event`)."""
     checks = []
+    newest = {id(e) for e in newest_per_event(events)}
     for event in events:
         try:
             _check_inclusion(event, event.proof, verifier)
-            if tsa is not None:
+            if tsa is not None and id(event) in newest:
                 event_time(event, verifier, tsa)
             elif event.stamped is not None:  # still proven in the stamped tree, unchecked time
                 _check_inclusion(event, event.stamped[0], verifier)
         except tlog.ProofFailed as exc:
-            checks.append(Check(f"log entry {event.index}", False, str(exc)))
+            carried = f" (carried by {event.source})" if event.source else ""
+            checks.append(Check(f"log entry {event.index}{carried}", False, str(exc)))
     return checks
 
 
@@ -852,6 +997,7 @@ def trusted_time_check(events: Sequence[ReleaseEvent], verifier: tlog.NoteVerifi
     """One line on the events' trusted times, once check_events found nothing wrong: the
     latest bound with the TSA that gave it, or how many tokens went unchecked."""
     from rebuild.store import timestamp  # x509 and the TSA client: only here
+    events = newest_per_event(events)
     stamped = [e for e in events if e.stamped is not None]
     if tsa is None:
         if not stamped:
@@ -867,18 +1013,21 @@ def trusted_time_check(events: Sequence[ReleaseEvent], verifier: tlog.NoteVerifi
 
 def release_log_checks(store: Store, manifest: str, referrers: Sequence[tuple[str, str]],
                        verifier: tlog.NoteVerifier | None,
-                       tsa: timestamp.TsaTrust | None = None) -> list[Check]:
+                       tsa: timestamp.TsaTrust | None = None, *, own: bool = True
+                       ) -> list[Check]:
     """For a policy that requires the log: every event of the release is in the log under a
     checkpoint signed by the pinned key; every record attached to the release (kind, digest)
     is logged, and every logged record is still attached. With a TSA chain pinned, every
-    event is under a checkpoint timestamped by it."""
+    event is under a checkpoint timestamped by it. Without `own`: from the carried proofs
+    alone (a registry's)."""
     try:
-        events = release_events(store, manifest)
+        events = release_events(store, manifest, own=own)
     except (tlog.ProofFailed, StoreError, ValueError, OSError) as exc:
         return [Check("audit log", False, f"cannot read the log: {exc}")]
     if not events:
         return [Check("audit log", False, "no logged event for this release")]
     checks = check_events(events, verifier, tsa)
+    distinct = len(newest_per_event(events))
     logged: dict[str, int] = {}
     for event in events:
         data = event.data
@@ -900,7 +1049,7 @@ def release_log_checks(store: Store, manifest: str, referrers: Sequence[tuple[st
                                        "longer attached to the release: a record was removed"))
     if not checks:
         who = f"signed by {verifier.name}" if verifier else "signature NOT VERIFIED"
-        checks.append(Check("audit log", True, f"{len(events)} event(s) proven in the log "
+        checks.append(Check("audit log", True, f"{distinct} event(s) proven in the log "
                                f"(checkpoint {who})"))
         timed = trusted_time_check(events, verifier, tsa)
         if timed is not None:
@@ -925,10 +1074,14 @@ def timeline(store: Store, release: str | None, verifier: tlog.NoteVerifier | No
     a RebuildError otherwise: the caller's trusted keys). An entry is `verified` only when
     all of that really checked out. Each entry's `trusted_time` comes from the first
     timestamped checkpoint that includes it, when its token verifies against the pinned TSA
-    chain `tsa` (rebuild.store.timestamp)."""
+    chain `tsa` (rebuild.store.timestamp). For a release, the events the store only carries
+    proofs of (log-proof records: pulled from a registry, or logged in another store's log)
+    follow, as `carried_timeline` shows them; a store without a log shows those alone."""
     log = AuditLog.of(store)
     current = log.read_checkpoint()
     if current is None:
+        if release is not None and store.find(release) is not None:
+            return carried_timeline(store, release, verifier, verify_bundle, tsa)
         raise StoreError(f"no audit log in {store.root}: nothing was recorded yet")
     data, note, checkpoint = current
     signed: bool | None = None
@@ -941,7 +1094,9 @@ def timeline(store: Store, release: str | None, verifier: tlog.NoteVerifier | No
     stamps = _timeline_stamps(log, checkpoint.size, verifier, tsa)
     rows: list[dict[str, Any]] = []
     withdrawn_by: dict[int, int] = {}
+    own_keys: set[tuple[str, int, bytes]] = set()
     for index, entry in log.entries(0, checkpoint.size):
+        own_keys.add((checkpoint.origin, index, entry))
         item = json.loads(entry)
         if "corrects" in item:
             withdrawn_by[int(item["corrects"])] = index
@@ -953,7 +1108,7 @@ def timeline(store: Store, release: str | None, verifier: tlog.NoteVerifier | No
             included = True
         except (tlog.ProofFailed, StoreError, ValueError):
             included = False
-        signatures = statement_signatures(store, item, verify_bundle)
+        signatures = _signatures(store, item, verify_bundle)
         verified = bool(included and signed and all(s.startswith("verified")
                                                       for s in signatures.values()))
         rows.append({"entry": index, **item, "in_log": included, "signatures": signatures,
@@ -961,7 +1116,13 @@ def timeline(store: Store, release: str | None, verifier: tlog.NoteVerifier | No
     for row in rows:
         if row["entry"] in withdrawn_by:
             row["withdrawn_by"] = withdrawn_by[row["entry"]]
+    problems: list[str] = []
+    if release is not None and store.find(release) is not None:
+        carried = carried_timeline(store, release, verifier, verify_bundle, tsa, skip=own_keys)
+        rows += carried["entries"]
+        problems = carried["problems"]
     return {"release": release, "size": checkpoint.size, "origin": checkpoint.origin,
+            "problems": problems,
             "root": tlog.b64(checkpoint.root),
             "checkpoint_signature": {True: "verified", False: "FAILED",
                                      None: "NOT VERIFIED"}[signed],
@@ -974,7 +1135,15 @@ def statement_signatures(store: Store, item: Mapping[str, Any],
                          verify_bundle: Callable[[bytes], Any]) -> dict[str, str]:
     """Each statement a log entry names -> "verified (key …)" only when its bundle's
     signature checked out (`verify_bundle`, the caller's trusted keys) and the signed
-    statement is the logged one; "NOT VERIFIED (why)" or "unsigned" otherwise."""
+    statement is the logged one; "NOT VERIFIED (why)" or "unsigned" otherwise (the
+    dashboard's timeline, as `log show`)."""
+    return _signatures(store, item, verify_bundle)
+
+
+def _signatures(store: Store, item: Mapping[str, Any], verify_bundle: Callable[[bytes], Any]
+                ) -> dict[str, str]:
+    """Each statement an entry names: its bundle's signature checked by `verify_bundle`, and
+    the signed statement compared with the logged digest."""
     signatures: dict[str, str] = {}
     for kind, refs in sorted(item.get("statements", {}).items()):
         bundle = refs.get("bundle")
@@ -990,6 +1159,119 @@ def statement_signatures(store: Store, item: Mapping[str, Any],
         except RebuildError as exc:
             signatures[kind] = f"NOT VERIFIED ({str(exc).splitlines()[0][:80]})"
     return signatures
+
+
+def carried_timeline(store: Store, release: str, verifier: tlog.NoteVerifier | None,
+                     verify_bundle: Callable[[bytes], Any],
+                     tsa: timestamp.TsaTrust | None = None, *,
+                     skip: Collection[tuple[str, int, bytes]] = ()) -> dict[str, Any]:
+    """The timeline of `release` from the proofs its log-proof records carry, for a store
+    without the log (a registry, or a store a release was pulled into): per event the newest
+    proof that checks (`newest_per_event` among the valid ones), the entry `verified` only
+    when its inclusion under a checkpoint signed by the pinned log key and its statements'
+    signatures checked out. Events whose key is in `skip` (shown from the store's own log)
+    are left out. What a registry cannot show is said in `limits`."""
+    found = store.find(release)
+    if found is None:
+        raise StoreError(f"no release {release} in {store.root}; `rebuild store ls` lists "
+                         "what it holds")
+    problems: list[str] = []
+    groups: dict[tuple[str, int, bytes], list[ReleaseEvent]] = {}
+    for _, got in carried_proofs(store, found.digest):
+        if isinstance(got, tlog.ProofFailed):
+            problems.append(str(got))
+            continue
+        for event in got:
+            if event.key() not in skip:
+                groups.setdefault(event.key(), []).append(event)
+    rows: list[dict[str, Any]] = []
+    states: set[str] = set()
+    for key, candidates in groups.items():
+        candidates.sort(key=lambda e: -_size_of(e))
+        chosen, failure, valid = candidates[0], None, None
+        for event in candidates:  # every proof is checked: a broken one is named
+            try:
+                _check_inclusion(event, event.proof, verifier)
+                valid = valid or event
+            except tlog.ProofFailed as exc:
+                failure = failure or str(exc)
+                problems.append(f"entry {event.index} carried by {event.source}: {exc}")
+        if valid is not None:
+            chosen, failure = valid, None
+        try:
+            item = chosen.data
+            if not isinstance(item, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as exc:
+            problems.append(f"entry {chosen.index} carried by {chosen.source}: not an entry "
+                            f"({exc})")
+            continue
+        included = failure is None
+        signature = ("FAILED" if not included else "NOT VERIFIED" if verifier is None
+                     else "verified")
+        states.add(signature)
+        signatures = _signatures(store, item, verify_bundle)
+        verified = bool(included and verifier is not None and all(
+            s.startswith("verified") for s in signatures.values()))
+        row = {"entry": chosen.index, **item, "in_log": included, "signatures": signatures,
+               "verified": verified, "trusted_time": _carried_time(chosen, verifier, tsa),
+               "source": "carried", "proof": chosen.source,
+               "checkpoint": {"origin": key[0], "size": _size_of(chosen),
+                              "signature": signature}}
+        if failure is not None:
+            row["problem"] = failure
+        rows.append(row)
+    rows.sort(key=lambda r: (str(r.get("time")), r["checkpoint"]["origin"], r["entry"]))
+    corrected = {(r["checkpoint"]["origin"], int(r["corrects"])): r["entry"] for r in rows
+                 if isinstance(r.get("corrects"), int)}
+    for row in rows:
+        by = corrected.get((row["checkpoint"]["origin"], row["entry"]))
+        if by is not None:
+            row["withdrawn_by"] = by
+    overall = ("FAILED" if "FAILED" in states or problems else
+               "NOT VERIFIED" if "NOT VERIFIED" in states or not rows else "verified")
+    origins = sorted({r["checkpoint"]["origin"] for r in rows})
+    return {"release": release, "size": len(rows), "origin": ", ".join(origins) or None,
+            "root": None, "source": "carried proofs", "checkpoint_signature": overall,
+            "time_source": "each entry's time is the appending machine's clock; an entry "
+            "whose proof comes with a timestamped checkpoint verified against the pinned TSA "
+            "chain was in the log no later than that checkpoint's TSA time",
+            "timestamps": [], "entries": rows, "checkpoint": None, "problems": problems,
+            "limits": CARRIED_LIMITS}
+
+
+# What a store holding only carried proofs cannot show (`log show`, `log verify` say so).
+CARRIED_LIMITS = ("the proofs show that each carried entry is in the log under a checkpoint; "
+                  "the log's tiles are not here, so the whole tree, the entries of other "
+                  "releases, that no entry of this release was left out of the proofs, and "
+                  "consistency with a kept checkpoint can only be checked where the log is "
+                  "kept (`rebuild log verify --store DIR`)")
+
+
+def _size_of(event: ReleaseEvent) -> int:
+    try:
+        return event.checkpoint().size
+    except tlog.ProofFailed:
+        return -1
+
+
+def _carried_time(event: ReleaseEvent, verifier: tlog.NoteVerifier | None,
+                  tsa: timestamp.TsaTrust | None) -> dict[str, Any]:
+    from rebuild.store import timestamp  # x509 and the TSA client: only here
+    if event.stamped is None:
+        return {"source": "machine", "status": "not attested"}
+    size = _size_of(ReleaseEvent(event.index, event.entry, event.stamped[0]))
+    if tsa is None:
+        return {"source": "machine", "status": "not attested", "unproven": {
+            "checkpoint": size, "token": "NOT VERIFIED",
+            "detail": "pin the TSA chain (--tsa-cert FILE) to check it"}}
+    try:
+        checked = event_time(event, verifier, tsa)
+    except (tlog.ProofFailed, ValueError) as exc:
+        return {"source": "machine", "status": "not attested", "unproven": {
+            "checkpoint": size, "token": "FAILED", "detail": str(exc)}}
+    return {"source": "tsa", "status": "verified", "tsa": checked.tsa,
+            "not_after": timestamp.utc(checked.time), "checkpoint": size}
 
 
 def _timeline_stamps(log: AuditLog, size: int, verifier: tlog.NoteVerifier | None,

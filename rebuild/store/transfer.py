@@ -2,9 +2,10 @@
 
 What travels (docs/formats.md, "Remote stores"): the release manifest, every record that names
 it (index entries with `dev.rebuild.subject`: inputs, attempts, evidence, verdicts,
-approvals), every manifest those reach through config and layers (the base-image record is a
-layer of the inputs manifest) and every blob. Bytes are copied as they are, so every manifest
-and blob keeps its digest.
+approvals, log proofs), every manifest those reach through config and layers (the base-image
+record is a layer of the inputs manifest) and every blob. Bytes are copied as they are, so
+every manifest and blob keeps its digest. From a store with an audit log, a copy also adds a
+log-proof record of the release's events (`with_log_proof`).
 
 On a registry, release NAME@VERSION is the manifest tagged VERSION in REPOSITORY/NAME. The
 records hang off it as OCI 1.1 referrers. The inputs manifest has no `subject` (only its index
@@ -33,11 +34,12 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
 from rebuild.errors import ClaimFailed, StoreError, UsageError
+from rebuild.store.auditlog import PROOF_KIND, PROOF_TYPE, proof_artifact, release_events
 from rebuild.store.layout import (
     IMAGE_ID_ANN,
     IMAGE_REF_ANN,
@@ -235,6 +237,27 @@ def remote_closure(registry: Registry, release: str, log: Log,
     manifests, blobs, as_blob = _walk(
         [(digest, media), *((e.digest, e.media_type) for e in records)], read)
     return Closure(release, root, records, manifests, blobs, frozenset(as_blob))
+
+
+def with_log_proof(closure: Closure, store: Store) -> tuple[Closure, dict[str, bytes]]:
+    """The closure with a log-proof record (rebuild.store.auditlog, docs/formats.md, "Log
+    proofs") of the release's events in the store's own audit log, each with its inclusion
+    proof under the current checkpoint, and the record's blobs, which the store does not
+    hold. The same log gives the same record, so only a push after new entries adds one;
+    records carried from elsewhere are part of the closure already."""
+    events = release_events(store, closure.root.digest, carried=False)
+    if not events:
+        return closure, {}
+    data, blobs = proof_artifact(events, closure.root)
+    digest = _sha256(data)
+    if digest in closure.manifests:
+        return closure, {}
+    blobs[_sha256(b"{}")] = b"{}"  # its empty config
+    entry = Descriptor(OCI_MANIFEST, digest, len(data),
+                       {KIND: PROOF_KIND, SUBJECT: closure.root.digest}, PROOF_TYPE)
+    return replace(closure, entries=(*closure.entries, entry),
+                   manifests={**closure.manifests, digest: data},
+                   blobs={**closure.blobs, **{d: len(b) for d, b in blobs.items()}}), blobs
 
 
 def list_releases(registry: Registry) -> list[str]:
@@ -584,9 +607,15 @@ class _VerifyingReader:
 # -- the endpoints ------------------------------------------------------------------------------
 
 
-def _local_opener(store: Store) -> Opener:
+def _local_opener(store: Store, extra: Mapping[str, bytes] | None = None) -> Opener:
+    """Blobs of the store, and `extra` ones made for the transfer (a log proof's)."""
+    made = dict(extra or {})
+
     @contextlib.contextmanager
     def open_blob(digest: str, size: int, offset: int) -> Iterator[Iterator[bytes]]:
+        if digest in made:
+            yield iter([made[digest][offset:]])
+            return
         with store.open_verified(digest) as f:
             f.seek(offset)
             yield _read_chunks(f)
@@ -622,8 +651,8 @@ def transfer(source: str, destination: str, release: str, *, log: Log,
                 release.rpartition("@")[0]))
         else:
             src_store = Store(Path(source))
-            closure = local_closure(src_store, release)
-            opener = _local_opener(src_store)
+            closure, made = with_log_proof(local_closure(src_store, release), src_store)
+            opener = _local_opener(src_store, made)
         if expect is not None and closure.root.digest != expect:
             raise ClaimFailed(f"{source} now holds {release} as {closure.root.digest}, not "
                               f"the {expect} that was checked; nothing was copied")

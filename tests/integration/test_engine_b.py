@@ -33,11 +33,11 @@ def docker_b(host: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 @contextlib.contextmanager
-def second_engine(hide: Path | None = None) -> Iterator[str]:
+def second_engine(*hide: Path) -> Iterator[str]:
     """A second dockerd, detached (setsid, output to a file, stdin /dev/null); stopped by its
-    pid and its data removed afterwards. Yields its DOCKER_HOST. `hide`: a directory of this
-    host that the engine does not see (an empty tmpfs over it in its own mount namespace), as
-    an engine on another machine would not."""
+    pid and its data removed afterwards. Yields its DOCKER_HOST. `hide`: directories of this
+    host that the engine does not see (an empty tmpfs over each in its own mount namespace),
+    as an engine on another machine would not."""
     require_tool("dockerd")
     # Short: the socket paths of dockerd and its containerd must fit in sun_path.
     root = Path(tempfile.mkdtemp(prefix="rb-engine-", dir="/tmp"))
@@ -45,10 +45,11 @@ def second_engine(hide: Path | None = None) -> Iterator[str]:
     argv = ["dockerd", "--data-root", str(root / "data"), "--exec-root", str(root / "exec"),
             "--pidfile", str(root / "pid"), "-H", host, "--bridge=none",
             "--iptables=false", "--ip-masq=false", "--label", LABEL]
-    if hide is not None:
+    if hide:
         require_tool("unshare")
+        mounts = " && ".join(f'mount -t tmpfs tmpfs "{path}"' for path in hide)
         argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                f'mount -t tmpfs tmpfs "{hide}" && exec "$@"', "sh", *argv]
+                f'{mounts} && exec "$@"', "sh", *argv]
     with (root / "dockerd.log").open("wb") as log:
         daemon = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                   start_new_session=True)
@@ -132,17 +133,56 @@ def test_an_unreachable_engine_b_is_an_environment_problem(
     assert "Traceback" not in result.stderr
 
 
-def test_an_engine_b_that_cannot_see_this_hosts_files_refuses_the_run(
+def test_an_engine_b_that_cannot_see_this_hosts_files_gets_the_inputs_copied(
         minimal_image: str, write_recipe: RecipeWriter, store: Path, tmp_path: Path) -> None:
-    """As an engine on another machine would be: its run is refused (exit 3), never run over
-    empty directories standing in for the source and /out."""
+    """As an engine on another machine: this host's run directories and its libfaketime are
+    hidden from it (an empty tmpfs over each), so a bind mount of any of them is refused.
+    Run B still runs there, its inputs copied in and /out copied back, reproducible: chosen
+    with --engine-b-copy, and detected without it. A recipe that varies the directory order
+    (disorderfs, on this host only) is refused there rather than recorded as varied."""
+    from rebuild.build.sandbox import faketime_library
+
     runtime_dir = tmp_path / "runtime"
     runtime_dir.mkdir()
-    with second_engine(hide=runtime_dir) as host:
-        result = run_rebuild("build", write_recipe(minimal_image, CAREFUL), "--engine-b", host,
-                             store=store, env={"REBUILD_RUNTIME_DIR": str(runtime_dir)})
+    env = {"REBUILD_RUNTIME_DIR": str(runtime_dir)}
+    assert run_rebuild("keygen", "--out", tmp_path / "ci").code == 0
+    no_order = ["all", "-file_order"]
+    with second_engine(runtime_dir, faketime_library().parent) as host:
+        since = str(int(time.time()) - 1)
+        chosen = run_rebuild("--debug", "build", write_recipe(minimal_image, CAREFUL,
+                                                              vary=no_order),
+                             "--engine-b", host, "--engine-b-copy", "--key", tmp_path / "ci.key",
+                             "--json", store=store, env=env)
+        assert chosen.code == 0, chosen.stderr
+        assert chosen.json["reproducible"] is True
+        assert "nothing of this host is mounted" in chosen.stderr
+        # The runs print at once: run b's line may follow run a's on the same line.
+        start = chosen.stderr.index("run b: docker run")
+        line = chosen.stderr[start:chosen.stderr.index("\n", start)]
+        assert "type=bind" not in line and "--volume=" not in line
+        assert "--mount=type=volume,target=/out" in line
+        # Run B's container had anonymous volumes, and they went with it.
+        volumes = docker_b(host, "events", "--since", since, "--until",
+                           str(int(time.time()) + 1), "--filter", "type=volume",
+                           "--filter", "event=create", "--format", "{{json .}}")
+        assert len(volumes.stdout.splitlines()) >= 4, volumes.stdout
+        assert docker_b(host, "volume", "ls", "-q").stdout.strip() == ""
+
+        detected = run_rebuild("build", write_recipe(minimal_image, CAREFUL, name="d",
+                                                     vary=no_order),
+                               "--engine-b", host, "--json", store=store, env=env)
+        assert detected.code == 0, detected.stderr
+        assert detected.json["reproducible"] is True
+        assert "does not see this host's files" in detected.stderr
+
+        refused = run_rebuild("build", write_recipe(minimal_image, CAREFUL, name="o"),
+                              "--engine-b", host, store=store, env=env)
         assert docker_b(host, "ps", "-aq").stdout.strip() == ""
-    assert result.code == 3, result.stderr
-    assert "cannot see this host's files" in result.stderr
-    assert "Traceback" not in result.stderr
-    assert run_rebuild("show", "t@1.0.0", store=store).code != 0  # no release recorded
+    assert refused.code == 3, refused.stderr
+    assert "file_order" in refused.stderr and "Traceback" not in refused.stderr
+    assert run_rebuild("show", "o@1.0.0", store=store).code != 0  # no release recorded
+    # Signed, and verified under a policy that accepts run b without the directory order.
+    policy = tmp_path / "policy.toml"
+    policy.write_text('[policy]\nbuilder_keys = ["ci.pub"]\nvariations = ["all", "-file_order"]\n')
+    verified = run_rebuild("verify", "t@1.0.0", "--policy", policy, store=store)
+    assert verified.code == 0, verified.stderr

@@ -1,0 +1,5 @@
+import sys
+
+from risk_score import main
+
+sys.exit(main())
