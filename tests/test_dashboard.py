@@ -68,10 +68,11 @@ def summary(release: str, group: str, *, time: str = "2026-01-02T00:00:00Z",
 
 def test_overview_groups_counts_pending_and_expiring_waivers() -> None:
     today = datetime(2026, 6, 1, tzinfo=UTC)
-    waiver = {"signature": "verified", "predicate": {"expires": "2026-06-20",
-                                                     "requirement": "REQ-9"}}
-    unsigned = {"signature": "untrusted", "predicate": {"expires": "2026-06-10"}}
-    later = {"signature": "verified", "predicate": {"expires": "2026-09-01"}}
+    waiver = {"signature": "verified", "expires": "2026-06-20T00:00:00Z",
+              "what": "requirement REQ-9", "role": "quality"}
+    unsigned = {"signature": "not verified", "expires": None, "what": None, "role": None}
+    later = {"signature": "verified", "expires": "2026-09-01T00:00:00Z", "what": "test unit",
+             "role": "quality"}
     promoted = {"signature": "verified", "environment": "staging", "result": "PASSED"}
     shown = overview([
         summary("a@1", "verified", pending=("quality",), waivers=(waiver, unsigned, later)),
@@ -85,7 +86,7 @@ def test_overview_groups_counts_pending_and_expiring_waivers() -> None:
     assert [r["release"] for r in shown["pending"]["quality"]] == ["a@1"]
     assert shown["pending"]["regulatory"] == []
     assert [(w["release"], w["expires"], w["what"]) for w in shown["expiring"]] == [
-        ("a@1", "2026-06-20", "REQ-9")]
+        ("a@1", "2026-06-20", "requirement REQ-9")]
     assert shown["promoted"] == {"staging": [{"release": "b@1", "page": "releases/b@1"}]}
 
 

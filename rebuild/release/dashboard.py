@@ -22,7 +22,7 @@ from typing import Any
 
 from rebuild.errors import ClaimFailed, StoreError
 from rebuild.evidence.provenance import SLSA_PROVENANCE
-from rebuild.evidence.sign import UntrustedSigner, verify_bundle, verify_signed
+from rebuild.evidence.sign import verify_signed
 from rebuild.release.verify import Policy, signed_statements, statement_release
 from rebuild.store.layout import (
     KIND,
@@ -108,8 +108,10 @@ def summarize_release(story: Mapping[str, Any], policy: Policy, *, time: str | N
                or (item.removeprefix("approval: ") in approved_roles
                and item.startswith("approval: "))]
     matrix = trace_matrix(story)
-    requirements = [row["requirement"] for row in matrix]
-    covered = [row["requirement"] for row in matrix if row["covered"]]
+    requirements = [row["requirement"] for row in matrix if row["in_change"]]
+    covered = [row["requirement"] for row in matrix if row["in_change"] and row["covered"]]
+    trace: Mapping[str, Any] = story["trace"] if isinstance(story.get("trace"),
+                                                             Mapping) else {}
     release = str(story["release"])
     return {
         "release": release,
@@ -125,7 +127,7 @@ def summarize_release(story: Mapping[str, Any], policy: Policy, *, time: str | N
                              "time": v["time"], "signature": v["signature"].get("status")}
                             for v in story.get("verdicts", []) if v["result"] == "FAILED"],
         "evidence": {"expected": expected, "present": present},
-        "change": provenance.get("change"),
+        "change": trace.get("change") or provenance.get("change"),
         "requirements": requirements,
         "covered": covered,
         "test_cases": case_outcomes(story),
@@ -149,53 +151,50 @@ def page_name(manifest: str) -> str:
     return f"releases/{manifest.removeprefix('sha256:')}.html"
 
 
-def verified_test_result(story: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    """The test-result predicate the verification counted, when its signature verified."""
-    tests = story.get("tests")
-    if not tests or tests["signature"].get("status") != "verified":
-        return None
-    predicate = tests.get("predicate")
-    return predicate if isinstance(predicate, Mapping) else None
-
-
 def case_outcomes(story: Mapping[str, Any]) -> dict[str, str]:
-    """Test case id -> outcome, from the verified test-result statement's `testCases`."""
-    predicate = verified_test_result(story)
-    cases = predicate.get("testCases") if predicate else None
-    out: dict[str, str] = {}
-    for case in cases if isinstance(cases, list) else []:
-        if isinstance(case, Mapping) and isinstance(case.get("id"), str):
-            out[case["id"]] = str(case.get("outcome", case.get("result", "unknown")))
-    return out
+    """suite/case -> outcome of the test cases the verified trace matrix names."""
+    return {c["id"]: c["outcome"] for row in trace_matrix(story) for c in row["cases"]}
 
 
 def trace_matrix(story: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Requirement -> test cases -> outcome, for each requirement the signed provenance
-    names; a requirement is covered when a passing case of a verified test result names it."""
+    """Requirement -> test cases -> outcome: the story's trace matrix (`rebuild trace`, from
+    the statements the verification counted); for a release without a change record, the
+    requirements its signed provenance names, with no test case recorded."""
+    trace = story.get("trace")
+    if isinstance(trace, Mapping):
+        return [{"requirement": str(r["requirement"]), "in_change": bool(r["in_change"]),
+                 "covered": bool(r["covered"]),
+                 "cases": [{"id": f"{c['suite']}/{c['id']}", "outcome": str(c["outcome"])}
+                           for c in r["cases"]]}
+                for r in trace.get("requirements", [])]
     provenance = story.get("provenance") or {}
-    predicate = verified_test_result(story)
-    cases = predicate.get("testCases") if predicate else None
-    by_requirement: dict[str, list[dict[str, str]]] = {}
-    for case in cases if isinstance(cases, list) else []:
-        if not isinstance(case, Mapping):
-            continue
-        for requirement in case.get("requirements") or []:
-            by_requirement.setdefault(str(requirement), []).append(
-                {"id": str(case.get("id")), "outcome": str(case.get("outcome"))})
-    rows = []
-    for requirement in provenance.get("requirements", []):
-        found = by_requirement.get(str(requirement), [])
-        rows.append({"requirement": str(requirement), "cases": found,
-                     "covered": any(c["outcome"].lower() in ("passed", "pass") for c in found)})
+    return [{"requirement": str(r), "in_change": True, "covered": False, "cases": []}
+            for r in provenance.get("requirements", [])]
+
+
+def release_waivers(store: Store, release: Descriptor, name: str,
+                    artifacts: Mapping[str, str], policy: Policy) -> list[dict[str, Any]]:
+    """The waivers attached to the release (`rebuild waive`): those `verify` finds signed by
+    a key the policy trusts for the waiver's role (`signed_statements`), then one NOT
+    VERIFIED row for each other waiver record attached."""
+    rows: list[dict[str, Any]] = []
+    for role, keys in sorted(policy.approvals.items()):
+        for _, statement in signed_statements(store, release, "waiver", keys, artifacts, name):
+            predicate = statement.get("predicate") or {}
+            if predicate.get("role") != role:
+                continue
+            waives: Mapping[str, Any] = predicate["waives"] if isinstance(
+                predicate.get("waives"), Mapping) else {}
+            rows.append({"signature": "verified", "role": role,
+                         "what": " ".join(f"{k} {v}" for k, v in sorted(waives.items())),
+                         "expires": str(predicate.get("expires")),
+                         "time": str(predicate.get("time")),
+                         "justification": str(predicate.get("justification")),
+                         "residual_risk": str(predicate.get("residualRisk"))})
+    others = len(_attached(store, release, "waiver")) - len(rows)
+    rows += [{"signature": "not verified", "role": None, "what": None, "expires": None,
+              "time": None, "justification": None, "residual_risk": None}] * max(0, others)
     return rows
-
-
-def release_waivers(store: Store, release: Descriptor, keys: Sequence[Any]
-                    ) -> list[dict[str, Any]]:
-    """The waivers attached to the release, each marked verified only when its signature
-    checked out against the given keys and it names this release."""
-    return [_signed_record(store, entry, "waiver", WAIVER_PREDICATE, keys, release)
-            for entry in _attached(store, release, "waiver")]
 
 
 def release_promotions(store: Store, release: Descriptor, name: str,
@@ -229,30 +228,6 @@ def _attached(store: Store, release: Descriptor, kind: str) -> list[Descriptor]:
         if store.read_json(entry.digest).get("subject", {}).get("digest") == release.digest:
             found.append(entry)
     return sorted(found, key=lambda e: e.digest)
-
-
-def _signed_record(store: Store, entry: Descriptor, kind: str, predicate_type: str,
-                   keys: Sequence[Any], release: Descriptor) -> dict[str, Any]:
-    layers = {layer.get("annotations", {}).get(TITLE): layer
-              for layer in store.read_json(entry.digest).get("layers", [])}
-    bundle = layers.get(f"{kind}.sigstore.json")
-    status, predicate = "unsigned", dict[str, Any]()
-    if bundle is not None:
-        try:
-            verified = verify_bundle(store.read_bytes(bundle["digest"]), keys)
-        except UntrustedSigner:
-            status = "untrusted"
-        except (ClaimFailed, StoreError):
-            status = "invalid"
-        else:
-            statement = verified.statement
-            predicate = statement.get("predicate") or {}
-            named = predicate.get("manifest") or predicate.get("release")
-            status = ("verified" if statement.get("predicateType") == predicate_type
-                      and named in (release.digest, (release.annotations or {}).get(
-                          "org.opencontainers.image.ref.name")) else "unbound")
-    return {"record": entry.digest, "signature": status,
-            "predicate": predicate if status == "verified" else {}}
 
 
 # -- attempts that recorded no release -------------------------------------------------------
@@ -340,13 +315,11 @@ def overview(summaries: Sequence[Mapping[str, Any]], refused: Sequence[Mapping[s
     expiring = []
     for s in summaries:
         for w in s["waivers"]:
-            expires = _date(w["predicate"].get("expires")) if w["signature"] == "verified" \
-                else None
+            expires = _date(w["expires"]) if w["signature"] == "verified" else None
             if expires is not None and today <= expires <= horizon:
                 expiring.append({"release": s["release"], "page": s["page"],
                                  "expires": expires.strftime("%Y-%m-%d"),
-                                 "what": str(w["predicate"].get("requirement")
-                                             or w["predicate"].get("test") or "")})
+                                 "what": str(w["what"]), "role": str(w["role"])})
     failed = [{"release": s["release"], "page": s["page"], **v}
               for s in summaries for v in s["failed_verdicts"]]
     return {"groups": groups, "counts": {g: len(v) for g, v in groups.items()},
@@ -414,14 +387,9 @@ def trends(summaries: Sequence[Mapping[str, Any]], refused: Sequence[Mapping[str
         if traced:
             full = sum(len(s["covered"]) == len(s["requirements"]) for s in traced)
             traceability.append((day, 100.0 * full / len(traced)))
+    # Waiver closure time: a waiver records when it was signed and when it expires, not when
+    # its gap was closed; until one does, this metric has nothing recorded.
     closure: dict[str, list[float]] = {}
-    for s in summaries:
-        for w in s["waivers"]:
-            opened = _date(w["predicate"].get("time"))
-            closed = _date(w["predicate"].get("closed"))
-            if w["signature"] == "verified" and opened and closed:
-                closure.setdefault(closed.strftime("%Y-%m-%d"), []).append(
-                    (closed - opened).total_seconds() / 86400)
     return {"reproducibility": reproducibility, "completeness": completeness,
             "traceability": traceability, "stability": flipped_cases(summaries),
             "waiver_closure": [(d, sum(v) / len(v)) for d, v in sorted(closure.items())]}

@@ -12,7 +12,6 @@ rebuild/templates (autoescaped).
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import os
@@ -204,33 +203,20 @@ def _render_release(store: Store, entry: Descriptor, events: Sequence[tuple[int,
     story = release_story(store, entry.digest if not _name(entry) else _name(entry), policy)
     trusted = [*policy.builder_keys, *policy.qa_keys,
                *(k for role in sorted(policy.approvals) for k in policy.approvals[role])]
-    if story.get("tests"):
-        story["tests"]["predicate"] = signed_predicate(store, story["tests"]["signature"])
+    artifacts = {a["name"]: a["sha256"] for a in story["artifacts"]}
     timeline = timeline_rows(store, events, trusted)
     release_time = next((row["time"] for row in timeline if row["event"] == "release"), None)
     summary = dashboard.summarize_release(
         story, policy, time=release_time,
-        waivers=dashboard.release_waivers(store, entry, trusted),
-        promotions=dashboard.release_promotions(
-            store, entry, str(story["release"]),
-            {a["name"]: a["sha256"] for a in story["artifacts"]},
-            [*trusted, *policy.promoters]))
+        waivers=dashboard.release_waivers(store, entry, str(story["release"]), artifacts,
+                                          policy),
+        promotions=dashboard.release_promotions(store, entry, str(story["release"]),
+                                                artifacts, [*trusted, *policy.promoters]))
     page = render_page("dashboard-release.html.j2", view=report_view(story), summary=summary,
                        trace=dashboard.trace_matrix(story), timeline=timeline,
                        notes=release_notes(story, summary), version=__version__, root="../")
     _write(out / summary["page"], page.encode())
     return entry.digest, summary
-
-
-def signed_predicate(store: Store, signature: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The predicate of a statement whose signature the story verified: read from that very
-    bundle (content-addressed), never from the unsigned statement beside it."""
-    if signature.get("status") != "verified" or not signature.get("bundle"):
-        return None
-    bundle = json.loads(store.read_bytes(str(signature["bundle"])))
-    payload = json.loads(base64.b64decode(bundle["dsseEnvelope"]["payload"]))
-    predicate = payload.get("predicate")
-    return predicate if isinstance(predicate, dict) else None
 
 
 def timeline_rows(store: Store, events: Sequence[tuple[int, bytes]], trusted: Sequence[Any]
@@ -258,16 +244,14 @@ def timeline_rows(store: Store, events: Sequence[tuple[int, bytes]], trusted: Se
 def release_notes(story: Mapping[str, Any], summary: Mapping[str, Any]) -> dict[str, Any]:
     """The release notes shown on its page: the change, requirements, artifacts, the
     validation summary, approvals and waivers (each as the story verified it)."""
-    provenance = story.get("provenance") or {}
     tests = story.get("tests")
     return {
-        "change": provenance.get("change") or "none recorded",
+        "change": summary["change"] or "none recorded",
         "requirements": ", ".join(summary["requirements"]) or "none recorded",
         "artifacts": [f"{a['name']} sha256:{a['sha256']}" for a in story["artifacts"]],
         "validation": ("test result " + str(tests["result"]) + " (signature "
                        + str(tests["signature"].get("status")) + ")") if tests
         else "no test result recorded",
-        "waivers": [w for w in summary["waivers"] if w["signature"] == "verified"],
     }
 
 

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -73,15 +74,18 @@ def recipe(directory: Path, image: str, name: str, script: str,
     src = directory / f"src-{name}"
     src.mkdir()
     (src / "README").write_text(f"{name}\n")
-    extra = (f"requirements = {toml_value(requirements)}\nchange = \"CR-{name}\"\n"
-             if requirements else "")
+    extra = f"requirements = {toml_value(requirements)}\n" if requirements else ""
+    # A change record names the requirements a waiver may waive (ids only: no markup).
+    change = (f'\n[change]\nid = "CR-{name}"\nrequirements = ["REQ-1"]\n'
+              if name == "pending" else "")
     path = directory / f"{name}.toml"
     path.write_text(
         f'[recipe]\nname = "{name}"\nversion = "1.0.0"\n{extra}\n'
         f'[source]\npath = "{src.name}"\n\n'
         f'[environment]\nimage = "{image}"\nsource_date_epoch = 1700000000\n\n'
         f'[build]\ncommand = ["sh", "-c", {toml_value(script.format(name=name))}]\n'
-        'outputs = ["fw.bin"]\ntimeout = 120\nmemory = "512m"\n\n[check]\nvary = ["all"]\n')
+        'outputs = ["fw.bin"]\ntimeout = 120\nmemory = "512m"\n\n[check]\nvary = ["all"]\n'
+        + change)
     return path
 
 
@@ -115,6 +119,13 @@ def releases(minimal_image: str, tmp_path_factory: pytest.TempPathFactory
                            "Quinn Quality", "--key", work / "quality.key", "--trust",
                            work / "ci.pub", store=store)
     assert approved.code == 0, approved.stderr
+    expires = (datetime.now(UTC) + timedelta(days=10)).strftime("%Y-%m-%d")
+    waived = run_rebuild("waive", "pending@1.0.0", "--requirement", "REQ-1",
+                         "--justification", "covered by the bench test of CAPA-9",
+                         "--residual-risk", "low", "--expires", expires, "--role", "quality",
+                         "--name", "Quinn Quality", "--key", work / "quality.key", "--trust",
+                         work / "ci.pub", store=store)
+    assert waived.code == 0, waived.stderr
     promoted = run_rebuild("promote", "approved@1.0.0", "--to", "staging", "--environments",
                            environments, "--key", work / "ci.key", store=store)
     assert promoted.code == 0, promoted.stderr
@@ -167,8 +178,10 @@ def test_overview_in_chromium_groups_counts_and_charts(releases: dict[str, Path]
         figures = dom.find("figure", data_metric=metric)
         assert len(figures) == 1, metric
         assert any(t == "svg" and figures[0][0] in up for t, _, up, _ in dom.elements), metric
+    expiring = "".join(t for _, _, t in dom.find("section", id="expiring"))
+    assert "pending@1.0.0" in expiring and "requirement REQ-1" in expiring
     # Nothing recorded is said so, never drawn from made-up data.
-    assert "none recorded" in "".join(t for _, _, t in dom.find("section", id="expiring"))
+    assert "none recorded" in "".join(t for _, _, t in dom.find("section", id="failed"))
     OUTPUT.mkdir(parents=True, exist_ok=True)
     screenshot(site / "index.html", OUTPUT / "overview.png")
 
@@ -201,7 +214,9 @@ def test_release_page_escapes_and_marks_signatures(releases: dict[str, Path]) ->
     assert [t for _, _, t in pending.find("title")] == ["pending@1.0.0: release"]
     requirements = [a["data-requirement"] for a, _, _ in pending.find("tr")
                     if "data-requirement" in a]
-    assert requirements == ["REQ-1", HOSTILE_REQUIREMENT]
+    assert requirements == ["REQ-1"]  # the trace matrix: the change record's requirements
+    cells = [t for _, _, t in pending.find("td")]
+    assert any(HOSTILE_REQUIREMENT in t for t in cells)  # [recipe] requirements, as text
     assert not [t for _, _, t in pending.find("script") if "pwned" in t]
 
     unsigned = Dom(dump_dom(release_page(site, "unsigned@1.0.0")))
