@@ -93,8 +93,9 @@ def summarize_release(story: Mapping[str, Any], policy: Policy, *, time: str | N
     """A release's line of the dashboard, from its story (pure)."""
     group, pending = release_status(story["verification"], sorted(policy.approvals))
     provenance = story.get("provenance") or {}
-    verified_kinds = {s["kind"] for e in story.get("evidence", []) for s in e["statements"]
-                      if s["signature"].get("status") == "verified"}
+    # A [[test]] suite's statement is "test-result/<suite>": each counts as a test result.
+    verified_kinds = {str(s["kind"]).split("/", 1)[0] for e in story.get("evidence", [])
+                      for s in e["statements"] if s["signature"].get("status") == "verified"}
     expected = ["provenance", "sbom", "test-result", "QA verdict",
                 *(f"approval: {role}" for role in sorted(policy.approvals))]
     verified_verdicts = [v for v in story.get("verdicts", [])
