@@ -276,6 +276,38 @@ def test_an_expired_waiver_does_not_count(example: Example) -> None:
     assert not trace.ok and f"expired {tomorrow}T00:00:00Z" in trace.detail
 
 
+def test_the_gate_refuses_once_a_waiver_it_relied_on_has_expired(example: Example) -> None:
+    """1.1.0 enters production on two waivers (its failing case and REQ-7) that expire
+    tomorrow; the deploy gate passes today and refuses the same promotion three days later
+    (REBUILD_NOW: the time the policy is evaluated at)."""
+    store = clone_store(example, "gate")
+    tomorrow = (datetime.now(UTC) + timedelta(days=1)).strftime("%Y-%m-%d")
+    for gap in (["--requirement", "REQ-7"], ["--test", FAILING_CASE]):
+        ok(waive(example, store, "quality", "quality", gap, tomorrow))
+    production = example.root / "gate-production.toml"
+    production.write_text(gaps_policy(example).read_text().replace(
+        "[policy]\n", f'[policy]\npromoter_keys = ["{example.key("release-manager")}"]\n', 1))
+    environments = example.root / "gate-environments.toml"
+    environments.write_text('[[environment]]\nname = "production"\n'
+                            'repository = "gate-production-store"\n'
+                            f'policy = "{production}"\n')
+    ok(run_rebuild("promote", V2, "--to", "production", "--key",
+                   example.key("release-manager", True), "--environments", environments,
+                   store=store))
+    story = ok(run_rebuild("show", V2, "--key", example.key("ci"), "--json", store=store)).json
+    image = next(a["sha256"] for a in story["artifacts"] if a["name"] == "oci-image")
+    gate = ("gate", f"sha256:{image}", "--env", "production", "--environments", environments,
+            "--json")
+    today = run_rebuild(*gate)
+    assert today.code == 0, today.stderr
+    assert today.json["predicate"]["verificationResult"] == "PASSED"
+    later = (datetime.now(UTC) + timedelta(days=3)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    refused = run_rebuild(*gate, env={"REBUILD_NOW": later})
+    assert refused.code == 1, refused.stderr
+    assert refused.json["predicate"]["verificationResult"] == "FAILED"
+    assert f"expired {tomorrow}T00:00:00Z" in refused.stderr
+
+
 def test_a_waiver_that_already_expired_is_refused(example: Example) -> None:
     result = waive(example, clone_store(example, "past"), "quality", "quality",
                    ["--requirement", "REQ-7"], "2020-01-01")
@@ -319,6 +351,9 @@ def test_show_and_the_exported_report_carry_the_trace_matrix(example: Example) -
 
     from lxml import html  # type: ignore[import-untyped]
 
+    from tests.browser_support import dump_dom, require_chromium
+
+    require_chromium()
     story = ok(run_rebuild("show", V2, "--key", example.key("ci"), "--json",
                            store=example.store)).json
     assert story["trace"]["uncovered"] == ["REQ-7"]
@@ -330,7 +365,9 @@ def test_show_and_the_exported_report_carry_the_trace_matrix(example: Example) -
         names = {m.name.rsplit("/", 1)[-1]: m for m in archive.getmembers()}
         page = archive.extractfile(names["report.html"])
         assert page is not None
-        document = html.fromstring(page.read())
+        (example.root / "report.html").write_bytes(page.read())
+    # The matrix as a browser builds it from the page (headless Chromium, network off).
+    document = html.fromstring(dump_dom(example.root / "report.html"))
     rows = {row.get("data-requirement"): row.xpath("./td[2]")[0].text_content()
             for row in document.xpath('//table[@id="trace-matrix"]/tbody/tr')}
     assert rows == {f"REQ-{i}": "covered" for i in range(1, 7)}
@@ -342,8 +379,9 @@ def test_notes_since_the_previous_version_list_the_upgrade_and_the_changed_artif
                            store=example.store)).json
     since = notes["since"]
     assert since["release"] == V1
+    # The wheel's bytes changed, and so did the image it is laid into.
     assert since["artifacts"] == {"added": [], "removed": [],
-                                  "changed": ["risk_score-1.0.0-py3-none-any.whl"]}
+                                  "changed": ["oci-image", "risk_score-1.0.0-py3-none-any.whl"]}
     assert {"package": "pypi/pytest", "from": "8.3.5", "to": "8.4.2"} in since[
         "dependencies"]["upgraded"]
     assert "pypi/pygments" in [d["package"] for d in since["dependencies"]["added"]]
@@ -352,7 +390,7 @@ def test_notes_since_the_previous_version_list_the_upgrade_and_the_changed_artif
     text = ok(run_rebuild("notes", V2, "--since", V1, "--key", example.key("ci"),
                           store=example.store)).stdout
     assert "- Dependency upgraded: pypi/pytest 8.3.5 → 8.4.2" in text
-    assert "- Artifacts changed: risk_score-1.0.0-py3-none-any.whl" in text
+    assert "- Artifacts changed: oci-image, risk_score-1.0.0-py3-none-any.whl" in text
     page = ok(run_rebuild("notes", V2, "--since", V1, "--format", "html", "--key",
                           example.key("ci"), store=example.store)).stdout
     assert page.startswith("<!DOCTYPE html>") and "pypi/pytest 8.3.5 → 8.4.2" in page
