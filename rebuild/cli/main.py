@@ -68,9 +68,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "keygen": ("keys", "keygen"), "reproduce": ("release", "reproduce_cmd"),
     "verify": ("release", "verify"), "show": ("release", "show"),
     "export": ("release", "export_cmd"), "approve": ("release", "approve_cmd"),
-    "withdraw": ("release", "withdraw_cmd")}
+    "withdraw": ("release", "withdraw_cmd"),
+    "compare-upstream": ("release", "compare_upstream_cmd")}
 GROUPS: dict[str, tuple[str, str]] = {
-    "image": ("build", "image_app"), "store": ("store", "store_app"), "log": ("log", "log_app")}
+    "image": ("build", "image_app"), "recipe": ("build", "recipe_app"),
+    "store": ("store", "store_app"), "log": ("log", "log_app")}
 # The options of `main_options` that take a value: what follows them is not a command.
 VALUED_OPTIONS = ("--store", "--key", "--tsa")
 
