@@ -78,16 +78,17 @@ def last_error(proc: subprocess.CompletedProcess[str]) -> str:
 
 
 def why_differs(report: str) -> str:
-    """A one-line reading of diffoscope's report on the two wheels."""
-    found = []
-    names = sorted(set(re.findall(r"[\w./-]+\.dist-info/\w+", report)))
-    if re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d", report) or "date_time" in report:
-        found.append("zip member timestamps")
-    if names:
-        found.append("differs in " + ", ".join(n.split("/")[-1] for n in names[:4]))
-    if "file list" in report.lower():
-        found.append("different members")
-    return "; ".join(found) or "see the report"
+    """A one-line reading of a wheel comparison's report (build.compare's zip summary)."""
+    summary = re.search(r"zip archive: (\d+) member\(s\) in a, (\d+) in b; content differs "
+                        r"in (\d+): (.*?); \S+ compares", report)
+    if summary is None:
+        return "see the report (no member summary)"
+    in_a, in_b, count, names = summary.groups()
+    members = "" if in_a == in_b else f"{in_a} members against {in_b}; "
+    if count == "0":
+        return members + "same member contents, other zip metadata (times, modes, order)"
+    shown = [n.rsplit("/", 1)[-1] if ".dist-info/" in n else n for n in names.split(", ")[:5]]
+    return f"{members}content differs in {count}: {', '.join(shown)}"
 
 
 def probe(project: str, store: Path, recipes: Path) -> Probe:
@@ -115,9 +116,10 @@ def probe(project: str, store: Path, recipes: Path) -> Probe:
     result.twin = "reproducible" if built["reproducible"] else "NOT reproducible"
     if not built["reproducible"]:
         result.stage = "build"
-        result.why = "the twin build differs: " + "; ".join(
-            f"{d['name']} ({', '.join(d.get('variations') or []) or 'see report'})"
-            for d in built["differences"])
+        report = "\n".join(run(rebuild_argv(store, "store", "cat", d["report"]), ROOT).stdout
+                           for d in built["differences"])
+        keep_report(project, "twin", report)
+        result.why = "runs a and b differ: " + why_differs(report)
         result.seconds = time.perf_counter() - started
         return result
     proc = run(rebuild_argv(store, "compare-upstream", written["release"], "--json"), ROOT)
@@ -131,10 +133,14 @@ def probe(project: str, store: Path, recipes: Path) -> Probe:
         return result
     result.stage, result.upstream = "compare", "differs"
     report = run(rebuild_argv(store, "store", "cat", compared["report"]), ROOT).stdout
+    keep_report(project, "upstream", report)
     result.why = why_differs(report)
-    (WORK / "reports").mkdir(parents=True, exist_ok=True)
-    (WORK / "reports" / f"{project}.txt").write_text(report)
     return result
+
+
+def keep_report(project: str, kind: str, report: str) -> None:
+    (WORK / "reports").mkdir(parents=True, exist_ok=True)
+    (WORK / "reports" / f"{project}-{kind}.txt").write_text(report)
 
 
 def write_report(probes: list[Probe], skipped: list[str], seconds: float) -> None:
