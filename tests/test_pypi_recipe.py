@@ -198,3 +198,18 @@ def test_read_wheel_and_sdist(tmp_path: Path) -> None:
     (tmp_path / "bad.whl").write_bytes(b"not a zip")
     with pytest.raises(UsageError, match="not a readable wheel"):
         read_wheel(tmp_path / "bad.whl")
+
+
+def test_nothing_is_fetched_or_written_without_an_image_or_over_a_recipe(tmp_path: Path) -> None:
+    from rebuild.inputs.pypi import recipe_for_release
+    from rebuild.store.layout import Store
+
+    store = Store(tmp_path / "store")
+    with pytest.raises(UsageError, match="has no image rebuild/debian-c:bookworm"):
+        recipe_for_release("idna==3.10", tmp_path / "recipes", store)
+    assert not (tmp_path / "recipes").exists() and not store.exists()
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "idna.toml").write_text("# mine\n")
+    with pytest.raises(UsageError, match="idna.toml exists"):
+        recipe_for_release("IDNA==3.10", tmp_path / "recipes", store, image=IMAGE)
+    assert (tmp_path / "recipes" / "idna.toml").read_text() == "# mine\n"

@@ -156,8 +156,10 @@ def pick_files(name: str, version: str, files: Sequence[Mapping[str, Any]]) -> P
         raise UsageError(f"{name} {version} has no sdist on PyPI: there is no published source "
                          "to rebuild the wheel from")
     if not pure:
-        what = (f"only platform wheels ({', '.join(sorted(str(f['filename']) for f in wheels))}"
-                "): a compiled extension" if wheels else "no wheel")
+        names = sorted(str(f["filename"]) for f in wheels)
+        more = f" and {len(names) - 2} more" if len(names) > 2 else ""
+        what = (f"only platform wheels ({', '.join(names[:2])}{more}): a compiled extension"
+                if wheels else "no wheel")
         raise UsageError(f"{name} {version} has {what}; `rebuild recipe pypi` rebuilds "
                          "pure-Python wheels (…-none-any.whl) only")
     sdist = sorted(sdists, key=lambda f: not str(f["filename"]).endswith(".tar.gz"))[0]
@@ -369,6 +371,11 @@ def recipe_for_release(spec: str, out_dir: Path, store: Store, *, image: str = D
     """Download and read a release's sdist and wheel, write `NAME.toml` and `NAME.in` into
     `out_dir`, and lock them (the source digest, the hashed `NAME.lock.txt`)."""
     name, version = parse_spec(spec)
+    recipe = out_dir / f"{normalize_name(name)}.toml"
+    requirements = out_dir / f"{normalize_name(name)}.in"
+    for path in (recipe, requirements):
+        if path.exists():
+            raise UsageError(f"{path} exists; remove it or write elsewhere with -o DIR")
     pinned = image if "@sha256:" in image else latest_image(store, image)
     if pinned is None:
         raise UsageError(f"the store {store.root} has no image {image}; build it first "
@@ -384,11 +391,6 @@ def recipe_for_release(spec: str, out_dir: Path, store: Store, *, image: str = D
         sdist = read_sdist(sdist_path)
     inference = infer_recipe(published, wheel, sdist)
     out_dir.mkdir(parents=True, exist_ok=True)
-    recipe = out_dir / f"{inference.recipe_name}.toml"
-    requirements = out_dir / f"{inference.recipe_name}.in"
-    for path in (recipe, requirements):
-        if path.exists():
-            raise UsageError(f"{path} exists; remove it or write elsewhere with -o DIR")
     requirements.write_text(render_requirements(published, inference))
     recipe.write_text(render_recipe(published, inference, pinned))
     lock_recipe(recipe, store, log=log)
