@@ -210,6 +210,6 @@ def test_nothing_is_fetched_or_written_without_an_image_or_over_a_recipe(tmp_pat
     assert not (tmp_path / "recipes").exists() and not store.exists()
     (tmp_path / "recipes").mkdir()
     (tmp_path / "recipes" / "idna.toml").write_text("# mine\n")
-    with pytest.raises(UsageError, match="idna.toml exists"):
+    with pytest.raises(UsageError, match=r"idna\.toml exists"):
         recipe_for_release("IDNA==3.10", tmp_path / "recipes", store, image=IMAGE)
     assert (tmp_path / "recipes" / "idna.toml").read_text() == "# mine\n"
