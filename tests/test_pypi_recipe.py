@@ -213,3 +213,10 @@ def test_nothing_is_fetched_or_written_without_an_image_or_over_a_recipe(tmp_pat
     with pytest.raises(UsageError, match=r"idna\.toml exists"):
         recipe_for_release("IDNA==3.10", tmp_path / "recipes", store, image=IMAGE)
     assert (tmp_path / "recipes" / "idna.toml").read_text() == "# mine\n"
+
+
+def test_setuptools_builds_under_umask_022() -> None:
+    sdist = SdistFacts(1, ("setuptools>=61",), "setuptools.build_meta")
+    inference = infer_recipe(_published(), _wheel("setuptools (75.1.0)"), sdist)
+    assert inference.requirements == ("build", "setuptools==75.1.0")
+    assert inference.command[2].startswith("umask 022 && python -m build")

@@ -278,6 +278,12 @@ def infer_recipe(published: Published, wheel: WheelFacts, sdist: SdistFacts) -> 
     build = "python -m build --wheel --no-isolation --outdir /out ."
     if unset:
         build = "env -u SOURCE_DATE_EPOCH " + build
+    if backend.package in ("setuptools", "wheel"):
+        # setuptools copies the package into build/lib under the process's umask and zips
+        # the copies with their modes: a umask of 0002 gives rw-rw-r-- members.
+        build = "umask 022 && " + build
+        reasons.append("setuptools records each member's mode as its build/lib copy has it, "
+                       "which follows the umask: the build sets umask 022")
     # The wheel's own mode: left to the umask, it differs between runs.
     command = ("sh", "-c", f"{build} && chmod 0644 /out/*.whl")
     return Inference(recipe_name=normalize_name(name), backend=backend.name,

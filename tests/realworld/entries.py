@@ -14,7 +14,9 @@ HELLO_EPOCH = 1416300000  # 2014-11-18, hello 2.10's release
 HELLO_BUILD = ("./configure --prefix=/usr {flags}>/dev/null && make >/dev/null && "
                "mkdir -p /out && cp hello /out/hello && chmod 755 /out/hello")
 # The usual fix for an embedded build directory (DWARF comp_dir, __FILE__): map it away.
-PREFIX_MAP = "CFLAGS='-g -O2 -ffile-prefix-map=$PWD=.' "
+# Double quotes: the shell expands $PWD for configure; single ones would leave "$PWD" to
+# make, which reads it as $(P) followed by "WD", and the map would match nothing.
+PREFIX_MAP = 'CFLAGS="-g -O2 -ffile-prefix-map=$PWD=." '
 
 
 def hello_recipe(directory: Path, image: str, *, prefix_map: bool) -> Path:
