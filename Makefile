@@ -4,7 +4,7 @@ VENV := .venv
 REBUILD := $(VENV)/bin/rebuild
 PYTEST_ARGS ?=
 
-.PHONY: setup engine images demo test test-fast lint bench clean
+.PHONY: setup engine images demo test test-fast lint bench realworld pypi-probe clean
 
 setup:
 	@scripts/setup-host
@@ -33,6 +33,14 @@ lint: setup
 bench: setup
 	$(VENV)/bin/python bench/run.py
 	$(VENV)/bin/python bench/auditlog.py
+
+# tests/realworld/RESULTS.md: the real-world corpus beside reprotest (tens of minutes).
+realworld: setup
+	$(VENV)/bin/python bench/realworld.py
+
+# bench/results/pypi_probe.md: the most downloaded pure-Python packages (hours; not in CI).
+pypi-probe: setup
+	$(VENV)/bin/python bench/pypi_probe.py
 
 clean:
 	rm -rf .rebuild $(VENV)

@@ -318,6 +318,35 @@ class ImageOutput(_Strict):
         return env
 
 
+class Upstream(_Strict):
+    """`[upstream]`: the artifact its maintainers published, which `rebuild compare-upstream`
+    fetches (hash-verified) and compares bit for bit with the output of the same name."""
+
+    wheel: str
+    sha256: str
+
+    @field_validator("wheel")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        name = value.rsplit("/", 1)[-1]
+        if not re.match(r"^https?://", value) or not name.endswith(".whl"):
+            raise ValueError(f"{value!r} is not the http(s) address of a .whl file; write the "
+                             "published wheel's url (`rebuild recipe pypi` writes it)")
+        return value
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex(cls, value: str) -> str:
+        if not HEX64.match(value):
+            raise ValueError("sha256 must be 64 lowercase hex digits")
+        return value
+
+    @property
+    def filename(self) -> str:
+        """The output this artifact is compared with: the url's last segment."""
+        return self.wheel.rsplit("/", 1)[-1]
+
+
 class Recipe(_Strict):
     recipe: RecipeInfo
     source: Source
@@ -329,13 +358,15 @@ class Recipe(_Strict):
     check: Check = Field(default_factory=Check)
     limits: LimitsTable | None = None
     image_output: ImageOutput | None = None
+    upstream: Upstream | None = None
 
     @model_serializer(mode="wrap")
     def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        # A recipe without [limits] is recorded (provenance) as it was before limits existed.
+        # A recipe without [limits] or [upstream] is recorded (provenance) as it was before
+        # those tables existed.
         data: dict[str, Any] = handler(self)
-        # Likewise a recipe without [change] or [image_output].
-        for optional in ("limits", "change", "image_output"):
+        # Likewise a recipe without [change], [image_output] or [upstream].
+        for optional in ("limits", "change", "image_output", "upstream"):
             if getattr(self, optional) is None:
                 data.pop(optional, None)
         return data

@@ -357,3 +357,46 @@ def _load_release_image(release: str, opts: Options) -> None:
         emit({"release": release, "image": tag, "id": config, "manifest": manifest})
     say(f"loaded the image of {release}{f' as {tag}' if tag else ''}: id {config}, manifest "
         f"{manifest}")
+
+
+recipe_app = typer.Typer(no_args_is_help=True, help="Write recipes for software published "
+                         "elsewhere.")
+
+
+@recipe_app.command("pypi")
+def recipe_pypi(
+    spec: Annotated[str, typer.Argument(metavar="NAME==VERSION",
+                                        help="A release on PyPI, e.g. idna==3.10.")],
+    out_dir: Annotated[Path, typer.Option("-o", "--output", metavar="DIR",
+                                          help="Where NAME.toml, NAME.in and NAME.lock.txt "
+                                          "go.")] = Path("recipes"),
+    image: Annotated[str, typer.Option("--image", metavar="NAME:TAG", help="The base image "
+                                       "(with python3-venv), pinned to the newest the store "
+                                       "has.")] = "rebuild/debian-c:bookworm",
+    store: StoreOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Write a recipe that rebuilds a PyPI release's wheel from its sdist, as published."""
+    from rebuild.inputs.pypi import recipe_for_release
+
+    opts = command_options(store, json_out)
+    written = recipe_for_release(spec, out_dir, Store(opts.store), image=image, log=say)
+    inference = written.inference
+    say(f"{written.recipe}: {inference.backend_pin}, SOURCE_DATE_EPOCH "
+        f"{inference.source_date_epoch}" + (", unset for the backend" if inference.unset_epoch
+                                             else ""))
+    for reason in inference.reasons:
+        say(f"  {reason}")
+    say(f"next: rebuild build {written.recipe} && rebuild compare-upstream "
+        f"{inference.recipe_name}@{written.published.version}")
+    if opts.json:
+        emit({"recipe": str(written.recipe), "requirements": str(written.requirements),
+              "release": f"{inference.recipe_name}@{written.published.version}",
+              "backend": inference.backend, "backend_pin": inference.backend_pin,
+              "source_date_epoch": inference.source_date_epoch,
+              "unset_source_date_epoch": inference.unset_epoch, "env": dict(inference.env),
+              "vary": list(inference.vary), "reasons": list(inference.reasons),
+              "sdist": {"url": written.published.sdist.url,
+                        "sha256": written.published.sdist.sha256},
+              "upstream": {"wheel": written.published.wheel.url,
+                           "sha256": written.published.wheel.sha256}})

@@ -72,9 +72,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "withdraw": ("release", "withdraw_cmd"), "promote": ("promote", "promote_cmd"),
     "gate": ("promote", "gate_cmd"), "trace": ("change", "trace_cmd"),
     "waive": ("change", "waive_cmd"), "notes": ("change", "notes_cmd"),
-    "dashboard": ("dashboard", "dashboard_cmd"), "serve": ("dashboard", "serve_cmd")}
+    "dashboard": ("dashboard", "dashboard_cmd"), "serve": ("dashboard", "serve_cmd"),
+    "compare-upstream": ("release", "compare_upstream_cmd")}
 GROUPS: dict[str, tuple[str, str]] = {
-    "image": ("build", "image_app"), "store": ("store", "store_app"), "log": ("log", "log_app")}
+    "image": ("build", "image_app"), "recipe": ("build", "recipe_app"),
+    "store": ("store", "store_app"), "log": ("log", "log_app")}
 # The options of `main_options` that take a value: what follows them is not a command.
 VALUED_OPTIONS = ("--store", "--key", "--tsa")
 

@@ -332,3 +332,28 @@ def withdraw_cmd(
     if opts.json:
         emit({"withdrawn": entry, "withdrawal": digest, "name": signer_name,
               "keyid": signer.identity})
+
+
+def compare_upstream_cmd(
+    target: Annotated[str, typer.Argument(help="A release (name@version) whose recipe has "
+                                          "[upstream].")],
+    store: StoreOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Compare a release's artifact with the one its maintainers published, bit for bit."""
+    from rebuild.release.upstream import compare_upstream
+
+    opts = command_options(store, json_out)
+    result = compare_upstream(Store(opts.store), target, log=say)
+    if result.equal:
+        say(f"{result.release}: {result.artifact} is EQUAL to upstream: the same bytes "
+            f"(sha256:{result.built}) as {result.upstream_url}")
+    else:
+        say(f"{result.release}: {result.artifact} DIFFERS from upstream: built "
+            f"sha256:{result.built}, published sha256:{result.upstream} ({result.upstream_url})")
+        say(f"  report: rebuild store cat {result.report} (HTML {result.html}, JSON "
+            f"{result.json_report})")
+    if opts.json:
+        emit(result.to_json())
+    if not result.equal:
+        raise typer.Exit(ExitCode.CLAIM_FAILED)

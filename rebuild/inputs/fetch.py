@@ -449,6 +449,26 @@ def fetch_bytes(url: str, *, timeout: float = 30) -> bytes:
         raise EnvironmentProblem(f"cannot fetch {url}: {exc}") from None
 
 
+def fetch_document(url: str, *, accept: str = "application/json", limit: int = 32 << 20,
+                   timeout: float = 60) -> bytes | None:
+    """GET an index document (a package registry's JSON), bounded in size; None for 404."""
+    request = urllib.request.Request(url, headers={"Accept": accept})  # noqa: S310
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+            data = bytes(response.read(limit + 1))
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return None
+        raise EnvironmentProblem(f"cannot fetch {url}: the server answered {exc.code} "
+                                 f"{exc.reason}") from None
+    except (OSError, ValueError) as exc:
+        raise EnvironmentProblem(f"cannot fetch {url}: {exc}; check the network (PyPI must "
+                                 "be reachable)") from None
+    if len(data) > limit:
+        raise EnvironmentProblem(f"{url} is over {show_size(limit)}; refusing to read it")
+    return data
+
+
 # -- git ------------------------------------------------------------------------------------
 
 
