@@ -541,7 +541,7 @@ def store_scale(ctx: Context) -> Section:
     return Section(
         name="store_scale",
         title="A build, and show and verify after it, in stores of 1, 10,001 and 100,001 "
-              "releases (issue 8)",
+              "releases (issue 12)",
         method=(f"Three stores, seeded in turn, each with one first build after seeding; then "
                 f"N={ctx.reps} rounds (after one untimed warm-up), each round a build, a show "
                 "and a verify of the built release in each store in turn, so that all sizes "
@@ -646,7 +646,7 @@ def index_writes(ctx: Context) -> Section:
     )
     return Section(
         name="index_writes",
-        title="Naming entries in index.json at 0, 40,000 and 400,000 entries (issue 8)",
+        title="Naming entries in index.json at 0, 40,000 and 400,000 entries (issue 12)",
         method=(f"N={ctx.reps} interleaved rounds after one warm-up; each sample is the mean "
                 f"of {INDEX_WRITES} calls of Store.add_to_index (a new entry each: the "
                 "write-ahead record and index.json fsynced, the query cache updated) or of "
