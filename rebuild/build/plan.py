@@ -117,8 +117,8 @@ class BuildPlan:
     limits: Limits = DEFAULT_LIMITS
 
 
-# Starts the run's clock at the instant in "$1" (seconds since the epoch), just before the
-# command runs.
+# Starts the run's clock half a second past the instant in "$1" (seconds since the epoch),
+# just before the command runs.
 #
 # libfaketime's start-at mode (FAKETIME="@…") parses its instant with strptime and mktime in
 # every process before main(); mktime reads TZ and glibc then keeps that time zone, so a
@@ -128,11 +128,15 @@ class BuildPlan:
 # (FAKETIME="+N.NNNNNNNNN") parses a number only, so the clock and TZ stay apart. The offset
 # is taken inside the container from the real clock, in nanoseconds (LD_PRELOAD emptied:
 # that date must read the real clock), so the command starts at the instant and every
-# process sees the clock run on from there: run a's clock is pinned, as before.
+# process sees the clock run on from there: run a's clock is pinned, as before. Half a second
+# past the instant, not on it: the kernel stamps a file with its coarse clock, a tick (up to
+# 10 ms) behind the clock `date` reads, so a file written at once would otherwise be dated
+# in the second before the instant in one run and in the instant's own in another; half a
+# second each way keeps a quick build's files in the instant's second in every run.
 START_CLOCK = (
     'rebuild_now=$(LD_PRELOAD= date +%s%N) && case "$rebuild_now" in '
     "''|*[!0-9]*) echo 'rebuild: cannot read the clock (date +%s%N)' >&2; exit 125;; esac "
-    '&& rebuild_d=$(($1 * 1000000000 - rebuild_now)) && rebuild_s=+ && '
+    '&& rebuild_d=$(($1 * 1000000000 + 500000000 - rebuild_now)) && rebuild_s=+ && '
     'if [ "$rebuild_d" -lt 0 ]; then rebuild_s=- rebuild_d=$((-rebuild_d)); fi && '
     "printf '%s%d.%09d\\n' \"$rebuild_s\" $((rebuild_d / 1000000000)) "
     f"$((rebuild_d % 1000000000)) > {CLOCK_FILE} && unset rebuild_now rebuild_d rebuild_s")
