@@ -19,7 +19,7 @@ demo: setup
 	@scripts/demo
 
 test: setup
-	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	scripts/test $(PYTEST_ARGS)
 
 test-fast: setup
 	$(VENV)/bin/python -m pytest -m "not docker" $(PYTEST_ARGS)
