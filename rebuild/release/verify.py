@@ -134,13 +134,16 @@ def evaluation_time(env: Mapping[str, str] | None = None) -> datetime:
     time of evaluation (what has expired by then), never a time that is signed as the
     present."""
     text = (os.environ if env is None else env).get(NOW_ENV)
-    if not text:
-        return datetime.now(UTC)
+    return parse_time(text, NOW_ENV) if text else datetime.now(UTC)
+
+
+def parse_time(text: str, what: str) -> datetime:
+    """An ISO 8601 date or time (UTC when it names no zone); `what` names it in the error."""
     try:
         when = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        raise UsageError(f"{NOW_ENV}={text!r} is not an ISO 8601 time "
-                         "(e.g. 2027-01-31T12:00:00Z)") from None
+        raise UsageError(f"{what} {text!r} is not a date or time; write YYYY-MM-DD or "
+                         "YYYY-MM-DDTHH:MM:SSZ") from None
     return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 

@@ -20,7 +20,7 @@ from rebuild.errors import ClaimFailed, UsageError
 from rebuild.evidence.provenance import STATEMENT_TYPE
 from rebuild.evidence.sign import KeySigner
 from rebuild.release.trace import change_record
-from rebuild.release.verify import Policy, resolve_release, verify_release
+from rebuild.release.verify import Policy, parse_time, resolve_release, verify_release
 from rebuild.store.layout import Store
 from rebuild.twin import release_artifacts
 
@@ -30,12 +30,7 @@ TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
 def parse_expiry(text: str) -> datetime:
     """`--expires`: a date (the waiver ends at 00:00 UTC that day) or an ISO 8601 time."""
-    try:
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise UsageError(f"--expires {text!r} is not a date; write YYYY-MM-DD or "
-                         "YYYY-MM-DDTHH:MM:SSZ") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return parse_time(text, "--expires")
 
 
 def waiver_statement(*, release: str, manifest: str, artifacts: Mapping[str, str],
