@@ -13,17 +13,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from rebuild.errors import ClaimFailed
 from rebuild.release.report import release_story
 from rebuild.release.trace import change_record, suite_statements, trace_matrix
-from rebuild.release.verify import (
-    Policy,
-    Report,
-    _get,
-    resolve_release,
-    signed_statements,
-    verify_release,
-)
+from rebuild.release.verify import Policy, _get, signed_statements, verify_binding
 from rebuild.store.layout import TITLE, Descriptor, Store
 
 NOTES_FORMAT = "rebuild-notes/v1"
@@ -32,7 +24,7 @@ NOTES_FORMAT = "rebuild-notes/v1"
 def release_notes(store: Store, target: str, policy: Policy,
                   since: str | None = None) -> dict[str, Any]:
     """The notes of `target` (and the changes since the release `since`), as plain data."""
-    entry, report = _bound(store, target, policy)
+    entry, report = verify_binding(store, target, policy, "no release notes written")
     release = entry.digest
     story = release_story(store, target, policy)
     name = str(report.release or target)
@@ -83,18 +75,6 @@ def release_notes(store: Store, target: str, policy: Policy,
     return notes
 
 
-def _bound(store: Store, target: str, policy: Policy) -> tuple[Descriptor, Report]:
-    """The release's manifest digest and its verification (signatures and names bound;
-    a tier's gaps are what the notes report, so they do not stop them)."""
-    release = resolve_release(store, target)
-    report = verify_release(store, target, Policy(policy.builder_keys,
-                                                  keyless=policy.keyless))
-    if not report.bound:
-        failed = "; ".join(f"{c.name}: {c.detail}" for c in report.checks if not c.ok)
-        raise ClaimFailed(f"{target}: NOT VERIFIED, no release notes written ({failed})")
-    return release, report
-
-
 def _waivers(store: Store, entry: Descriptor, artifacts: Mapping[str, str], name: str,
              policy: Policy) -> list[dict[str, Any]]:
     """Waivers signed by a key the policy trusts for the role they name."""
@@ -116,7 +96,7 @@ def _waivers(store: Store, entry: Descriptor, artifacts: Mapping[str, str], name
 def _changes(store: Store, since: str, policy: Policy, artifacts: Mapping[str, str],
              sbom: Mapping[str, Any] | None) -> dict[str, Any]:
     """Artifacts and SBOM dependencies of this release against those of `since`."""
-    previous, report = _bound(store, since, policy)
+    previous, report = verify_binding(store, since, policy, "no release notes written")
     before = {layer["annotations"][TITLE]: layer["digest"].removeprefix("sha256:")
               for layer in store.read_json(previous.digest)["layers"]}
     return {

@@ -137,6 +137,20 @@ def evaluation_time(env: Mapping[str, str] | None = None) -> datetime:
     return parse_time(text, NOW_ENV) if text else datetime.now(UTC)
 
 
+def verify_binding(store: Store, target: str, policy: Policy,
+                   refused: str) -> tuple[Descriptor, Report]:
+    """The release's manifest and its verification under the policy's builder keys alone
+    (signatures, subjects and names bound; a tier's gaps are what a trace matrix or release
+    notes show, so they do not stop them). Not bound: ClaimFailed, `refused` saying what is
+    not done."""
+    release = resolve_release(store, target)
+    report = verify_release(store, target, Policy(policy.builder_keys, keyless=policy.keyless))
+    if not report.bound:
+        failed = "; ".join(f"{c.name}: {c.detail}" for c in report.checks if not c.ok)
+        raise ClaimFailed(f"{target}: NOT VERIFIED, {refused} ({failed})")
+    return release, report
+
+
 def parse_time(text: str, what: str) -> datetime:
     """An ISO 8601 date or time (UTC when it names no zone); `what` names it in the error."""
     try:
