@@ -16,15 +16,19 @@ and then built by reprotest on the host from the same source tree with the same 
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
 import time
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +43,7 @@ from tests.realworld.entries import (
     hello_recipe,
 )
 
+NODE_DEFINITION = ROOT / "images" / "debian-node.toml"
 OUT = ROOT / "tests" / "realworld" / "RESULTS.md"
 WORK = ROOT / ".rebuild" / "realworld-bench"
 CACHE = ROOT / ".rebuild" / "realworld-downloads"
@@ -166,7 +171,47 @@ def pypi_rows(store: Path, home: str) -> list[Row]:
     return rows
 
 
-def write(rows: list[Row]) -> None:
+def npm_rows(store: Path, home: str) -> list[Row]:
+    """examples/npm-app: rebuild from its lock with the network off; reprotest on the host
+    with npm's cache filled from the same verified tarballs, installing offline too."""
+    image = base_image(NODE_DEFINITION)
+    shutil.copytree(ROOT / "examples" / "npm-app", WORK / "examples" / "npm-app")
+    (WORK / "recipes").mkdir(exist_ok=True)
+    recipe = WORK / "recipes" / "npm-app.toml"
+    text = (ROOT / "recipes" / "npm-app.toml").read_text()
+    recipe.write_text(re.sub(r'image = "[^"]*"', f'image = "{image}"', text, count=1))
+    _, fetched = timed(rebuild_argv(store, "fetch", recipe, "--json"))
+    packages = json.loads(fetched.stdout)["recipes"][0]["npm"]
+    say("npm-app: rebuild build")
+    seconds, proc = timed(rebuild_argv(store, "build", recipe, "--json"))
+    cache = WORK / "npm-cache"
+    for package in packages:
+        # npm takes a file for a tarball by its name's extension.
+        tarball = WORK / f"{package['name'].replace('/', '-')}-{package['version']}.tgz"
+        shutil.copy(store / "blobs" / "sha256" / package["blob"].removeprefix("sha256:"),
+                    tarball)
+        subprocess.run(["npm", "cache", "add", str(tarball), "--cache", str(cache)],
+                       check=True, capture_output=True)
+    say("npm-app: reprotest")
+    peer, peer_s = reprotest(WORK / "examples" / "npm-app",
+                             f"npm ci --offline --cache {cache} && npm run build -- out",
+                             "out/parity.txt", "+all", home)
+    return [Row("npm-app (is-odd 3.0.1, is-number 6.0.0), from its package-lock.json",
+                rebuild_verdict(proc), seconds, peer, peer_s,
+                "rebuild: npm ci --offline from the fetched tarballs; reprotest: host npm, "
+                "its cache filled from the same tarballs")]
+
+
+def kept_rows(prefix: str) -> list[str]:
+    """The table rows of RESULTS.md that do not start with `prefix` (an entry left as it
+    was when another one is run alone)."""
+    if not OUT.exists():
+        return []
+    return [line for line in OUT.read_text().splitlines()
+            if line.startswith("| ") and not line.startswith(("| entry ", f"| {prefix}"))]
+
+
+def write(rows: list[Row], kept: Sequence[str] = ()) -> None:
     lines = [
         "# Real-world corpus: results", "",
         "Written by `bench/realworld.py` (not by hand), on this repository's machine (2 cores, "
@@ -176,8 +221,8 @@ def write(rows: list[Row]) -> None:
         "other, from the same source tree with the same command.", "",
         "| entry | rebuild | rebuild s | reprotest | reprotest s | note |",
         "|---|---|---|---|---|---|"]
-    lines += [f"| {r.entry} | {r.rebuild} | {r.rebuild_s:.0f} | {r.reprotest} | "
-              f"{r.reprotest_s:.0f} | {r.note} |" for r in rows]
+    lines += [*kept, *(f"| {r.entry} | {r.rebuild} | {r.rebuild_s:.0f} | {r.reprotest} | "
+                       f"{r.reprotest_s:.0f} | {r.note} |" for r in rows)]
     lines += ["", "reprotest's verdict is about its own two builds (it does not compare with "
               "the published wheel); its `user_group` variation is off unless configured, and "
               "it has no container isolation.", ""]
@@ -185,15 +230,21 @@ def write(rows: list[Row]) -> None:
 
 
 def main() -> None:
-    image = base_image(C_DEFINITION)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", choices=("npm",), help="run this entry alone, keeping the "
+                        "other rows of RESULTS.md as they are")
+    only = parser.parse_args().only
     if WORK.exists():
         subprocess.run(["rm", "-rf", str(WORK)], check=True)
     WORK.mkdir(parents=True)
     store = seed_store(WORK / "store")
     seed_downloads(store)
     with tempfile.TemporaryDirectory(prefix="reprotest-home-") as home:
-        rows = hello_rows(image, store, home) + pypi_rows(store, home)
-    write(rows)
+        if only == "npm":
+            write(npm_rows(store, home), kept_rows("npm-app"))
+        else:
+            write(hello_rows(base_image(C_DEFINITION), store, home) + pypi_rows(store, home) +
+                  npm_rows(store, home))
     say(f"wrote {OUT}")
 
 
