@@ -64,6 +64,9 @@ def dashboard_cmd(
     store: StoreOpt = None,
     json_out: JsonOpt = False,
     key: KeysOpt = None,
+    recheck: Annotated[bool, typer.Option(
+        "--recheck", help="Verify every release again, not only those whose records or log "
+        "entries changed (a blob edited in place is caught so, or by `store fsck`).")] = False,
 ) -> None:
     """Write the release dashboard: a static site that works offline."""
     from datetime import UTC, datetime
@@ -76,7 +79,7 @@ def dashboard_cmd(
     if not (rules.builder_keys or rules.keyless):
         say("warning: no --key or --policy: no release is shown as verified")
     result = write_site(_store(opts.store), _site_dir(output), rules, today=datetime.now(UTC),
-                        log=say)
+                        recheck=recheck, log=say)
     counts = ", ".join(f"{n} {g}" for g, n in result.counts.items())
     say(f"wrote {output / 'index.html'}: {result.releases} release(s) ({counts}); "
         f"{result.rendered} page(s) checked and written, the rest unchanged")

@@ -6,6 +6,9 @@ box: nothing is loaded from anywhere else. A release's page and summary are cach
 `DIR/.cache/` under a key derived from its manifest digest, its referrers, its audit-log
 entries, the policy's keys and rules and the templates: a release that did not change is not
 verified again, so regenerating after one new release costs that release and the overview.
+A page's status is therefore the check made when the page was written: a blob edited in place
+under an unchanged index is caught by `recheck` (`rebuild dashboard --recheck`), which checks
+every release again, or by `rebuild store fsck`.
 The data comes from `rebuild.release.dashboard`; the pages from the Jinja2 templates in
 rebuild/templates (autoescaped).
 """
@@ -98,8 +101,10 @@ def store_signature(store: Store) -> str:
 
 
 def write_site(store: Store, out: Path, policy: Policy, *, today: datetime,
+               recheck: bool = False,
                log: Callable[[str], None] = lambda _: None) -> SiteResult:
-    """Write (or bring up to date) the site for `store` in `out`, checked under `policy`."""
+    """Write (or bring up to date) the site for `store` in `out`, checked under `policy`;
+    `recheck`: every release verified again, whatever the cache holds."""
     store.require()
     pinned = dashboard.policy_digest(policy) + _templates_digest()
     cache = out / ".cache"
@@ -109,7 +114,7 @@ def write_site(store: Store, out: Path, policy: Policy, *, today: datetime,
         "format": CACHE_FORMAT, "version": __version__, "store": store_signature(store),
         "pinned": pinned, "day": today.strftime("%Y-%m-%d")})).hexdigest()
     written = _read_stamp(cache / STAMP_FILE)
-    if written.get("stamp") == stamp and (out / "index.html").is_file():
+    if not recheck and written.get("stamp") == stamp and (out / "index.html").is_file():
         log(f"{written['releases']} release(s): nothing changed since the site was written")
         return SiteResult(out, int(written["releases"]), 0, dict(written["counts"]))
     store = StoreSnapshot(store.root)
@@ -118,7 +123,7 @@ def write_site(store: Store, out: Path, policy: Policy, *, today: datetime,
     releases = [e for e in store.entries("release") if (e.annotations or {}).get(REF_NAME)]
     logged = _log_entries(store)
     keys = {e.digest: _page_key(store, e, logged, pinned) for e in releases}
-    known = _read_cache(cache / CACHE_FILE)
+    known = {} if recheck else _read_cache(cache / CACHE_FILE)
     summaries: dict[str, dict[str, Any]] = {}
     missing = []
     for entry in releases:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import re
 import socket
 import subprocess
@@ -23,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.browser_support import dump_dom, screenshot
-from tests.conftest import ROOT, run_rebuild, seed_store, toml_value
+from tests.conftest import ROOT, Result, run_rebuild, seed_store, toml_value
 
 pytestmark = pytest.mark.docker
 
@@ -334,3 +335,40 @@ def test_serve_is_local_read_only_and_stays_inside_the_site(
     assert approved.code == 0, approved.stderr
     status, after = request(host, port, "GET", page)
     assert status == 200 and after.count(b"Second Approver") >= 1
+
+
+def test_recheck_catches_a_blob_edited_in_place(releases: dict[str, Path]) -> None:
+    """Pages are cached by what names a release (its manifest, referrers and log entries); a
+    signed bundle edited in place changes none of those, so only --recheck sees it (exit 5,
+    the blob named, as every command that reads it)."""
+    import shutil
+
+    from rebuild.store.layout import TITLE, Store
+    from tests.conftest import tamper
+
+    work = releases["work"] / "recheck"
+    shutil.copytree(releases["store"], work / "store", copy_function=os.link)
+    for name in ("index.json", "index.db", "index.wal"):  # rewritten by rebuild: own copies
+        if (releases["store"] / name).exists():
+            (work / "store" / name).unlink()
+            shutil.copy(releases["store"] / name, work / "store" / name)
+    store = Store(work / "store")
+    release = store.find("approved@1.0.0")
+    assert release is not None
+    bundles = [layer["digest"] for ref in store.referrers(release.digest)
+               for layer in store.read_json(ref.digest).get("layers", [])
+               if layer.get("annotations", {}).get(TITLE) == "provenance.sigstore.json"]
+    assert bundles, "the approved release has a signed provenance bundle"
+
+    def dashboard(*extra: str) -> Result:
+        return run_rebuild("dashboard", "-o", work / "site", "--policy", releases["policy"],
+                           "--json", *extra, store=work / "store")
+
+    assert dashboard().code == 0  # every page written and cached
+    tamper(store.blob_path(bundles[0]))
+    cached = dashboard()
+    assert cached.code == 0, cached.stderr
+    assert cached.json["rendered"] == 0  # nothing that names a release changed
+    rechecked = dashboard("--recheck")  # every release verified again: the store is corrupt
+    assert rechecked.code == 5, rechecked.stderr
+    assert f"blob {bundles[0]} is corrupt" in rechecked.stderr
