@@ -11,11 +11,15 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.registry_support import RunningRegistry
 
 ROOT = Path(__file__).resolve().parent.parent
 # Containers started by this test session carry this prefix in their session label.
@@ -144,6 +148,16 @@ def store(tmp_path: Path, request: pytest.FixtureRequest) -> Path:
     if images:
         seed_store(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningRegistry]:
+    """Debian's docker-registry on 127.0.0.1, plain HTTP, for one test module."""
+    from tests.registry_support import start_registry  # it imports this module
+
+    running = start_registry(tmp_path_factory.mktemp("registry"))
+    yield running
+    running.stop()
 
 
 @pytest.fixture(autouse=True)

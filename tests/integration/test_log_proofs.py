@@ -6,7 +6,6 @@ the registry say what checks and what cannot, and a tampered proof fails."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ import pytest
 from rebuild.store.auditlog import PROOF_KIND, PROOF_TYPE
 from rebuild.store.layout import KIND, SUBJECT, TITLE, Descriptor, Store
 from tests.conftest import Result, run_rebuild, seed_store, toml_value
-from tests.registry_support import RunningRegistry, start_registry
+from tests.registry_support import RunningRegistry
 
 pytestmark = pytest.mark.docker
 
@@ -30,13 +29,6 @@ def ok(result: Result) -> Result:
 def proof_records(store: Path) -> list[dict[str, object]]:
     index = json.loads((store / "index.json").read_bytes())["manifests"]
     return [e for e in index if e.get("artifactType") == PROOF_TYPE]
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningRegistry]:
-    running = start_registry(tmp_path_factory.mktemp("registry"))
-    yield running
-    running.stop()
 
 
 @pytest.fixture(scope="module")

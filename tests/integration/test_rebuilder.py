@@ -8,25 +8,17 @@ import os
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import ROOT, run_rebuild, seed_store, toml_value
-from tests.registry_support import RunningRegistry, start_registry
+from tests.registry_support import RunningRegistry
 
 pytestmark = pytest.mark.docker
 
 VERSIONS = [f"1.0.{n}" for n in range(12)]
 SCRIPT = "umask 022 && mkdir -p /out/usr/bin && printf 'hi\\n' > /out/usr/bin/hi"
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningRegistry]:
-    running = start_registry(tmp_path_factory.mktemp("registry"))
-    yield running
-    running.stop()
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ import shutil
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -71,13 +70,6 @@ def built(minimal_image: str, tmp_path_factory: pytest.TempPathFactory) -> tuple
     result = run_rebuild("build", recipe, "--key", base / "ci.key", store=store)
     assert result.code == 0, result.stderr
     return store, base
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningRegistry]:
-    running = start_registry(tmp_path_factory.mktemp("registry"))
-    yield running
-    running.stop()
 
 
 @pytest.fixture(scope="module")
