@@ -37,6 +37,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
 
+from tests.conftest import serving
+
 ISSUER = "https://oidc.standin.invalid"
 AUDIENCE = "sigstore"
 OIDC_ISSUER_V1 = ObjectIdentifier("1.3.6.1.4.1.57264.1.1")  # raw bytes
@@ -324,14 +326,8 @@ class KeylessStandin:
 
     @contextmanager
     def serving(self) -> Iterator[KeylessStandin]:
-        thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        thread.start()
-        try:
+        with serving(self.server):
             yield self
-        finally:
-            self.server.shutdown()
-            self.server.server_close()
-            thread.join()
 
 
 def _b64(data: bytes) -> str:

@@ -7,7 +7,6 @@ The site built from real releases and loaded in Chromium: tests/integration/test
 from __future__ import annotations
 
 import http.client
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,6 +25,7 @@ from rebuild.release.dashboard import (
     trends,
 )
 from rebuild.release.serve import SiteFreshness, make_server, site_file
+from tests.conftest import serving
 
 
 def ran(**checks: bool) -> dict[str, Any]:
@@ -183,14 +183,9 @@ def test_freshness_regenerates_once_per_store_change() -> None:
 def served(site: Path) -> Iterator[tuple[str, int]]:
     freshness = SiteFreshness(lambda: "same", lambda: None)
     server = make_server(site, "127.0.0.1", 0, freshness, lambda _: None)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(server):
         host, port = server.server_address[:2]
         yield str(host), int(port)
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def call(address: tuple[str, int], method: str, path: str) -> tuple[int, bytes, str | None]:
@@ -223,14 +218,9 @@ def test_serve_keeps_serving_when_the_store_cannot_be_read(site: Path) -> None:
 
     said: list[str] = []
     server = make_server(site, "127.0.0.1", 0, SiteFreshness(lambda: "x", broken), said.append)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(server):
         host, port = server.server_address[:2]
         assert call((str(host), int(port)), "GET", "/")[:2] == (200, b"<h1>overview</h1>")
-    finally:
-        server.shutdown()
-        server.server_close()
     assert any("could not be brought up to date: index.json" in line for line in said)
 
 
