@@ -41,6 +41,7 @@ UPLOAD_CHUNK = 8 << 20
 READ_CHUNK = 1 << 20
 CONNECT_TIMEOUT = 15.0
 READ_TIMEOUT = 120.0  # between two reads of one response
+SERVER_ERROR_RETRIES = 3  # a 5xx answer to a request that can be sent again
 ACCEPT = ", ".join([OCI_MANIFEST, OCI_INDEX,
                     "application/vnd.docker.distribution.manifest.v2+json",
                     "application/vnd.docker.distribution.manifest.list.v2+json"])
@@ -192,7 +193,29 @@ class Registry:
                 stream: bool = False) -> requests.Response:
         """One request, authenticated when the registry asks (401: Basic, or a Bearer token
         for `repository:REPO:pull[,push]`); connection problems and refused credentials exit
-        3 with what to do."""
+        3 with what to do. A GET, HEAD or PUT whose body can be sent again is retried on a
+        passing server error (5xx): Debian's registry answers 500 to a tag read while
+        another writer replaces it."""
+        again = method in ("GET", "HEAD", "PUT") and (
+            data is None or isinstance(data, bytes) or hasattr(data, "seek"))
+        def send() -> requests.Response:
+            return self._authorized(method, url, repo, push=push, headers=headers, data=data,
+                                    stream=stream)
+
+        response = send()
+        for retry in range(1, SERVER_ERROR_RETRIES + 1 if again else 1):
+            if response.status_code < 500:
+                break
+            response.close()
+            time.sleep(0.2 * retry)
+            if hasattr(data, "seek"):
+                data.seek(0)
+            response = send()
+        return response
+
+    def _authorized(self, method: str, url: str, repo: str, *, push: bool,
+                    headers: Mapping[str, str] | None, data: Any,
+                    stream: bool) -> requests.Response:
         import requests
 
         scope = f"repository:{repo}:{'pull,push' if push else 'pull'}"
