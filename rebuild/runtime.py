@@ -20,12 +20,13 @@ import shutil
 import signal
 import stat
 import tempfile
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from rebuild.errors import EnvironmentProblem
 
@@ -266,6 +267,25 @@ def _on_signal(signum: int, _frame: FrameType | None) -> None:
         return
     _state["signal"] = signum
     raise KeyboardInterrupt
+
+
+def leave(code: object) -> NoReturn:
+    """End the process as `sys.exit(code)` would, without the interpreter's teardown.
+
+    Freeing every object of a few hundred modules one by one took a build 90 ms after its
+    last write. The atexit handlers still run (this module's removal of the process
+    directory among them) and the standard streams are flushed; only what the kernel frees
+    anyway is skipped. With another thread still running, the normal exit joins it first."""
+    if threading.active_count() > 1:
+        sys.exit(code)
+    if isinstance(code, str):  # as SystemExit does: the message, then exit 1
+        print(code, file=sys.stderr)
+        code = 1
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe has nothing to flush to
+            stream.flush()
+    os._exit(code if isinstance(code, int) else 0)
 
 
 def install_interrupt_handlers() -> None:

@@ -195,7 +195,7 @@ def test_an_unexpected_error_is_one_line_with_a_hint(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(cli, "app", crash)
     monkeypatch.setattr(cli.OPTIONS, "debug", False)
     with pytest.raises(SystemExit) as exited:
-        cli.main()
+        cli.run()
     assert exited.value.code == 3  # not 1: no claim was checked
     err = capsys.readouterr().err
     assert err.splitlines() == ["error: unexpected ZeroDivisionError: division by zero; this is "
@@ -203,7 +203,7 @@ def test_an_unexpected_error_is_one_line_with_a_hint(monkeypatch: pytest.MonkeyP
                                 "report it"]
     monkeypatch.setattr(cli.OPTIONS, "debug", True)
     with pytest.raises(SystemExit):
-        cli.main()
+        cli.run()
     assert "Traceback" in capsys.readouterr().err
 
 

@@ -150,3 +150,29 @@ def test_remove_tree_unlinks_many_files_and_never_follows_a_link(tmp_path: Path)
     assert not tree.exists()
     assert (outside / "keep").read_text() == "not part of the tree\n"
     assert runtime.remove_tree(tree)  # already gone: nothing to do, and it is gone
+
+
+LEAVER = """
+import atexit, sys, threading, time
+from rebuild import runtime
+atexit.register(lambda: print("atexit ran", flush=True))
+print("buffered", end=" ")
+if sys.argv[1] == "thread":
+    threading.Thread(target=lambda: (time.sleep(0.3), print("thread done", end=" "))).start()
+runtime.leave(int(sys.argv[2]) if sys.argv[2].isdigit() else sys.argv[2])
+"""
+
+
+@pytest.mark.parametrize(("mode", "code", "out", "err", "status"), [
+    ("plain", "0", "buffered atexit ran\n", "", 0),
+    ("plain", "5", "buffered atexit ran\n", "", 5),
+    ("plain", "no store", "buffered atexit ran\n", "no store\n", 1),
+    ("thread", "4", "buffered thread done atexit ran\n", "", 4),
+])
+def test_leave_flushes_runs_atexit_and_keeps_the_code(mode: str, code: str, out: str, err: str,
+                                                      status: int) -> None:
+    """leave() skips only the teardown: buffered output, atexit handlers, the exit status
+    and a running thread are all as sys.exit would leave them."""
+    done = subprocess.run([sys.executable, "-c", LEAVER, mode, code], capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert (done.stdout, done.stderr, done.returncode) == (out, err, status)

@@ -115,9 +115,18 @@ def register_commands(target: typer.Typer, argv: Sequence[str]) -> None:
             target.add_typer(sub, name=name)
 
 
-def main() -> None:
+def main() -> NoReturn:
+    """The `rebuild` command: `run`, then leave without the interpreter's teardown."""
+    try:
+        run()
+    except SystemExit as exc:
+        runtime.leave(exc.code)
+    runtime.leave(0)
+
+
+def run() -> None:
     """Run the CLI: every failure is one message and an exit code from design.md's table;
-    a traceback only with --debug."""
+    a traceback only with --debug. Ends in SystemExit."""
     runtime.install_interrupt_handlers()
     coerce.install()
     try:

@@ -232,7 +232,6 @@ class AuditLog:
         With `tsa_url`, the new checkpoint is timestamped and kept with its token before it
         is published; if the TSA fails, the entries are still appended (nothing a command
         stored goes unlogged) and EnvironmentProblem says so afterwards."""
-        from rebuild.store import timestamp  # x509 and the TSA client: only here
         if not entries:
             return []
         self.root.mkdir(parents=True, exist_ok=True)
@@ -258,6 +257,7 @@ class AuditLog:
             note = tlog.sign_note(body, signer) if signer else body + b"\n"
             failure = None
             if tsa_url:
+                from rebuild.store import timestamp  # x509 and the TSA client: only here
                 try:
                     self._keep_stamp(new, note, timestamp.request_token(tsa_url, note))
                 except EnvironmentProblem as exc:
