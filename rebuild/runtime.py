@@ -19,8 +19,8 @@ import re
 import shutil
 import signal
 import stat
-import tempfile
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
