@@ -12,18 +12,23 @@ import hashlib
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
+from rebuild.build.compare import Artifact, Difference
 from rebuild.build.explain import (
     Blame,
     Probe,
+    Suspects,
     blame_outputs,
+    marked_variations,
     next_probes,
     probe_width,
     run_search,
+    split,
 )
-from rebuild.build.variations import NAMES
+from rebuild.build.variations import BY_NAME, NAMES
 
 ALL = NAMES
 F = frozenset
@@ -52,17 +57,17 @@ CASES: dict[str, tuple[tuple[str, ...], list[str], Oracle]] = {
 }
 
 
-def sequential(enabled: tuple[str, ...], differing: list[str], oracle: Oracle
-               ) -> tuple[dict[str, Blame], int]:
+def sequential(enabled: tuple[str, ...], differing: list[str], oracle: Oracle,
+               suspects: Suspects | None = None) -> tuple[dict[str, Blame], int]:
     """The search one round at a time, every run of a round before the next decision."""
     observed: Observed = {F(enabled): F(differing)}
     made = 0
-    while wanted := next_probes(enabled, differing, observed):
+    while wanted := next_probes(enabled, differing, observed, suspects):
         for probe in wanted:
             changed = oracle(F(probe))
             observed[F(probe)] = None if changed is None else F(changed)
             made += 1
-    return blame_outputs(enabled, differing, observed), made
+    return blame_outputs(enabled, differing, observed, suspects), made
 
 
 class Runs:
@@ -102,6 +107,65 @@ def test_parallel_search_gives_the_verdicts_of_one_run_at_a_time(case: str, widt
         # may skip some (the rerun proving everything inherent before the half ends).
         assert len(probes) <= made
         assert probes[0].variations == ()  # in the order they started: the rerun first
+
+
+def test_a_group_is_split_between_its_suspects_and_the_rest() -> None:
+    assert split(ALL, F({"build_path"})) == (("build_path",),
+                                             tuple(n for n in ALL if n != "build_path"))
+    assert split(("time", "hostname", "user"), F({"user", "cpus"})) == (("user",),
+                                                                        ("time", "hostname"))
+    # No suspect in the group, or nothing but suspects: halves.
+    assert split(("time", "hostname", "user"), F({"cpus"})) == (("time",), ("hostname", "user"))
+    assert split(("time", "user"), F({"time", "user"})) == (("time",), ("user",))
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("marked", [("build_path",), ("time", "hostname"), ("umask", "home"),
+                                    ("file_order",), tuple(NAMES)])
+def test_suspects_change_the_runs_never_the_verdict(case: str, marked: tuple[str, ...]) -> None:
+    """Right or wrong, suspects only choose the order of the runs: the verdicts are those of
+    the search without them, in parallel as one run at a time."""
+    enabled, differing, oracle = CASES[case]
+    expected, _ = sequential(enabled, differing, oracle)
+    suspects = {name: F(marked) & F(enabled) for name in differing}
+    assert sequential(enabled, differing, oracle, suspects)[0] == expected
+    observed: Observed = {F(enabled): F(differing)}
+    run_search(enabled, differing, observed, Runs(oracle, "s"), 2, suspects=suspects)
+    assert blame_outputs(enabled, differing, observed, suspects) == expected
+
+
+def test_the_right_suspect_is_proven_in_two_runs_beside_the_rerun() -> None:
+    oracle = culprit("build_path")
+    _, without = sequential(ALL, ["r"], oracle)
+    blames, made = sequential(ALL, ["r"], oracle, {"r": F({"build_path"})})
+    assert blames["r"].variations == ("build_path",)
+    assert (made, without) == (3, 9)  # the rerun, build_path alone, the other eleven
+
+
+def _artifact(path: Path, data: bytes) -> Artifact:
+    path.write_bytes(data)
+    return Artifact(path.name, "0" * 64, len(data), path)
+
+
+def test_suspects_are_marks_run_b_wrote_and_run_a_did_not(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    path_b = b"/build/variation/a-longer-source-path"
+    a = _artifact(tmp_path / "a" / "o", b"built 2030 on rebuild in /build/src, 2031 lines")
+    b = _artifact(tmp_path / "b" / "o", b"built 2031 on variant-host in " + path_b
+                  + b", 2031 lines")
+    found = marked_variations(Difference("o", a, b), NAMES)
+    assert found == F({"build_path", "hostname"})  # 2031 is in run A's output too
+    assert marked_variations(Difference("o", a, b), ("time", "umask")) == F()  # not enabled
+    assert marked_variations(Difference("o", None, b), NAMES) == F(
+        {"build_path", "hostname", "time"})
+
+
+def test_a_mark_across_two_chunks_is_found(tmp_path: Path) -> None:
+    mark = BY_NAME["build_path"].marks[0]
+    data = b"x" * ((1 << 20) - 5) + mark + b"y" * 10  # the mark spans the first read
+    b = _artifact(tmp_path / "o", data)
+    assert marked_variations(Difference("o", None, b), NAMES) == F({"build_path"})
 
 
 def test_runs_go_width_at_a_time() -> None:

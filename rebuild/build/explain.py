@@ -7,7 +7,7 @@ function with side effects: it runs the extra builds through the caller's `Sandb
 
 The search (adaptive bisection over the enabled variations, in table order):
 
-1. Rerun A unchanged, beside a run of the first half of the enabled set. Run A pins
+1. Rerun A unchanged, beside a run of the first part of the enabled set (step 3). Run A pins
    everything, its clock included, so the rerun differs from A only by chance.
 2. An output that the rerun changes is *inherent* (randomness, a race, or a file time the
    kernel stamped with the real clock): no variation can be judged for it, so none is
@@ -17,7 +17,13 @@ The search (adaptive bisection over the enabled variations, in table order):
    each half run, until single variations remain: the output is blamed on every variation
    whose run alone changes it. One run changes or keeps every output at once, so the splits
    for several outputs share runs, and a half seen to change something is split without
-   waiting for its sibling, which keeps both workers busy.
+   waiting for its sibling, which keeps both workers busy. A group that holds *suspects* of
+   the output and other variations too is split between the two instead of in halves: a
+   suspect is a variation whose value in run B (its clock's year, its build path, its host
+   name: `Variation.marks`) is written in run B's output and not in run A's. When the
+   suspects are the culprits, two runs prove it (the suspects alone change the output, the
+   rest does not), where halves would need four rounds; when they are not, the rest is
+   bisected as before.
 4. A group that changes an output while neither of its halves does needs variations
    together. One leave-one-out run per member (the group without it) shows which are
    needed: those whose absence makes the output equal to A's again. That set, run on its
@@ -57,7 +63,7 @@ from rebuild.build.compare import Artifact, Difference, collect_outputs, differi
 from rebuild.build.plan import BuildPlan, plan_run
 from rebuild.build.recipe import Recipe, memory_bytes
 from rebuild.build.sandbox import Sandbox
-from rebuild.build.variations import NAMES
+from rebuild.build.variations import BY_NAME, NAMES
 from rebuild.errors import BuildFailed
 
 INHERENT = "inherent"
@@ -97,6 +103,10 @@ HINTS: Mapping[str, str] = {
 Log = Callable[[str], None]
 # What a run with a set of variations changed among the differing outputs; None: it failed.
 Observed = Mapping[frozenset[str], frozenset[str] | None]
+# Per differing output, the variations whose marks run B wrote into it (and run A did not).
+Suspects = Mapping[str, frozenset[str]]
+# How much of each output is read for marks: past that, its suspects are what was seen.
+MARK_SCAN_LIMIT = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -149,6 +159,16 @@ def halves(group: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return tuple(group[:middle]), tuple(group[middle:])
 
 
+def split(group: Sequence[str], suspects: frozenset[str] = frozenset()
+          ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The two parts a group is run in: its suspects and the rest when it holds both, else
+    its halves."""
+    marked = tuple(v for v in group if v in suspects)
+    if marked and len(marked) < len(group):
+        return marked, tuple(v for v in group if v not in suspects)
+    return halves(group)
+
+
 def _changes(observed: Observed, variations: Iterable[str], name: str) -> bool | None:
     """Whether the run with exactly these variations changed `name`; None: unknown."""
     changed = observed.get(frozenset(variations))
@@ -165,7 +185,8 @@ class _Walk:
     tangles: tuple[tuple[str, ...], ...]  # groups that change it while neither half does
 
 
-def _walk(enabled: Sequence[str], observed: Observed, name: str) -> _Walk:
+def _walk(enabled: Sequence[str], observed: Observed, name: str,
+          suspects: frozenset[str] = frozenset()) -> _Walk:
     """Split every group that changes `name` (B first) until single variations remain.
 
     A group whose run failed is split as if it changed `name`: nothing shows it did not.
@@ -184,7 +205,7 @@ def _walk(enabled: Sequence[str], observed: Observed, name: str) -> _Walk:
             elif changed is None:
                 failed.append(group[0])
             continue
-        parts = halves(group)
+        parts = split(group, suspects)
         missing = [part for part in parts if frozenset(part) not in observed]
         wanted += missing
         # A half seen to change it is split now, without waiting for the other half.
@@ -209,22 +230,24 @@ def _needed(group: Sequence[str], observed: Observed, name: str) -> tuple[str, .
 
 
 def next_probes(enabled: Sequence[str], differing: Sequence[str],
-                observed: Observed) -> list[tuple[str, ...]]:
+                observed: Observed, suspects: Suspects | None = None) -> list[tuple[str, ...]]:
     """The runs the search needs next, given what it has seen; [] when it is done.
 
     `observed` holds run B (every enabled variation) from the start; a set already observed
     is never run again.
     """
+    suspects = suspects or {}
     if frozenset() not in observed:
-        # The rerun first, beside the first half: when the rerun shows every difference to
-        # be inherent, no other run would tell anything.
-        return [(), *halves(enabled)[:1]] if len(enabled) > 1 else [()]
+        # The rerun first, beside the first part of B: when the rerun shows every difference
+        # to be inherent, no other run would tell anything.
+        first = split(enabled, suspects.get(differing[0], frozenset())) if differing else ()
+        return [(), *first[:1]] if len(enabled) > 1 else [()]
     rerun = observed[frozenset()]
     wanted: list[tuple[str, ...]] = []
     for name in differing:
         if not enabled or (rerun is not None and name in rerun):
             continue  # inherent: no variation can be judged for it
-        walk = _walk(enabled, observed, name)
+        walk = _walk(enabled, observed, name, suspects.get(name, frozenset()))
         wanted += walk.wanted
         if walk.wanted or walk.culprits:
             continue
@@ -238,8 +261,9 @@ def next_probes(enabled: Sequence[str], differing: Sequence[str],
 
 
 def blame_outputs(enabled: Sequence[str], differing: Sequence[str],
-                  observed: Observed) -> dict[str, Blame]:
+                  observed: Observed, suspects: Suspects | None = None) -> dict[str, Blame]:
     """The verdict for each differing output, once `next_probes` has nothing more to run."""
+    suspects = suspects or {}
     blames: dict[str, Blame] = {}
     rerun = observed.get(frozenset())
     for name in differing:
@@ -247,7 +271,7 @@ def blame_outputs(enabled: Sequence[str], differing: Sequence[str],
             blames[name] = Blame((), inherent=True, note="differs between two runs with "
                                  "identical settings, so no variation can be judged for it")
             continue
-        walk = _walk(enabled, observed, name)
+        walk = _walk(enabled, observed, name, suspects.get(name, frozenset()))
         failures = (f"the run with {' and with '.join(walk.failed)} alone failed, so that "
                     "could not be tested; " if walk.failed else "")
         if walk.culprits:
@@ -297,6 +321,38 @@ def usable_cores() -> int:
 
 # -- the runs -------------------------------------------------------------------------------
 
+def marked_variations(difference: Difference, enabled: Iterable[str]) -> frozenset[str]:
+    """The enabled variations with a mark in run B's side of `difference` and none in run
+    A's (the first MARK_SCAN_LIMIT bytes of each; a link or a missing side has none)."""
+    marks = {m: v for v in enabled for m in BY_NAME[v].marks}
+    if not marks or difference.b is None or difference.b.link is not None:
+        return frozenset()
+    in_b = _marks_in(difference.b.path, marks)
+    if difference.a is not None and difference.a.link is None:
+        in_b -= _marks_in(difference.a.path, in_b)
+    return frozenset(marks[m] for m in in_b)
+
+
+def _marks_in(path: Path, marks: Iterable[bytes]) -> set[bytes]:
+    """Which of `marks` occur in the file, read in chunks (a mark may span two)."""
+    wanted, found = set(marks), set[bytes]()
+    overlap = max((len(m) for m in wanted), default=1) - 1
+    tail, read = b"", 0
+    try:
+        with path.open("rb") as f:
+            while wanted - found and read < MARK_SCAN_LIMIT:
+                chunk = f.read(1 << 20)
+                if not chunk:
+                    break
+                read += len(chunk)
+                window = tail + chunk
+                found |= {m for m in wanted - found if m in window}
+                tail = window[-overlap:] if overlap else b""
+    except OSError:
+        pass  # an output that cannot be read names no suspect; the search runs as without
+    return found
+
+
 def _changed(before: Artifact | None, after: Artifact | None) -> bool:
     """Whether an output differs from run A's in presence or in any compared property."""
     if before is None or after is None:
@@ -307,7 +363,7 @@ def _changed(before: Artifact | None, after: Artifact | None) -> bool:
 def run_search(enabled: Sequence[str], differing: Sequence[str],
                observed: dict[frozenset[str], frozenset[str] | None],
                probe: Callable[[tuple[str, ...]], Probe], width: int,
-               log: Log = lambda _: None) -> list[Probe]:
+               log: Log = lambda _: None, suspects: Suspects | None = None) -> list[Probe]:
     """Run what `next_probes` asks, `width` runs at once, deciding again as each one ends;
     fills `observed` and returns the runs whose results it used, in the order they started
     (the rerun of A first), whatever order they ended in."""
@@ -319,7 +375,7 @@ def run_search(enabled: Sequence[str], differing: Sequence[str],
     pool = ThreadPoolExecutor(max_workers=width, thread_name_prefix="explain")
     try:
         for _ in range(8 * len(enabled) + 8):  # a bound far above what the search can ask
-            asked = next_probes(enabled, differing, observed)
+            asked = next_probes(enabled, differing, observed, suspects)
             if not asked:
                 break  # the culprits are proven: what still runs cannot change them
             # The first round is asked for again until the rerun ends: a half that ended
@@ -391,9 +447,14 @@ def explain_differences(recipe: Recipe, plan: BuildPlan, sandbox: Sandbox, sourc
             # Only the hashes are kept: a large build must not pile up a copy per probe.
             shutil.rmtree(result.out_dir, ignore_errors=True)
 
+    suspects = {d.name: marked_variations(d, enabled) for d in differences}
+    for name, marked in suspects.items():
+        if marked:
+            log(f"explain: {name}: run b wrote what {', '.join(ordered(marked))} set: "
+                "tested first")
     log(f"explain: up to {width} run(s) at once")
-    probes = run_search(enabled, differing, observed, probe, width, log)
-    blames = blame_outputs(enabled, differing, observed)
+    probes = run_search(enabled, differing, observed, probe, width, log, suspects)
+    blames = blame_outputs(enabled, differing, observed, suspects)
     seconds = time.monotonic() - started
     log(f"explain: {len(probes)} extra run(s) in {seconds:.1f} s")
     return Explanation(blames, tuple(probes), seconds)

@@ -46,24 +46,31 @@ class Variation:
     name: str
     changes: Mapping[str, object]
     shown: str  # what run B gets, for people and for `runs[].variations`
+    # Bytes of run B's value that a build which records it writes as they are (its clock's
+    # year, its path): where run B's output holds one that run A's does not, the culprit
+    # search tests this variation first (rebuild.build.explain). Empty: nothing to look for.
+    marks: tuple[bytes, ...] = ()
 
 
 # Run B's values. The clock moves by exactly 548 days (more than a year, a whole number of
 # days, so the hour of day is unchanged and only date-sensitive builds differ).
 VARIATIONS: tuple[Variation, ...] = (
-    Variation("time", {"clock": 1893456000 + 548 * 86400}, "clock starts at 2031-07-03T00:00:00Z"),
+    Variation("time", {"clock": 1893456000 + 548 * 86400}, "clock starts at 2031-07-03T00:00:00Z",
+              (b"2031",)),
     Variation("build_path", {"build_path": "/build/variation/a-longer-source-path"},
-              "/build/variation/a-longer-source-path"),
+              "/build/variation/a-longer-source-path", (b"variation/a-longer-source-path",)),
     Variation("hostname", {"hostname": "variant-host", "domainname": "variant.invalid"},
-              "variant-host.variant.invalid"),
-    Variation("timezone", {"timezone": "GMT-14"}, "GMT-14"),
-    Variation("locale", {"locale": "fr_FR.UTF-8"}, "fr_FR.UTF-8"),
+              "variant-host.variant.invalid", (b"variant-host", b"variant.invalid")),
+    Variation("timezone", {"timezone": "GMT-14"}, "GMT-14", (b"GMT-14",)),
+    Variation("locale", {"locale": "fr_FR.UTF-8"}, "fr_FR.UTF-8", (b"fr_FR",)),
     Variation("umask", {"umask": "0002"}, "0002"),
     Variation("user", {"uid": 2000, "gid": 2000}, "2000:2000"),
-    Variation("home", {"home": "/var/lib/variant-home"}, "/var/lib/variant-home"),
-    Variation("env", {"extra_env": {"REBUILD_VARIATION": "extra"}}, "REBUILD_VARIATION=extra"),
+    Variation("home", {"home": "/var/lib/variant-home"}, "/var/lib/variant-home",
+              (b"variant-home",)),
+    Variation("env", {"extra_env": {"REBUILD_VARIATION": "extra"}}, "REBUILD_VARIATION=extra",
+              (b"REBUILD_VARIATION",)),
     Variation("exec_path", {"path": BASE_PATH + ":/usr/local/variant/bin"},
-              "PATH += /usr/local/variant/bin"),
+              "PATH += /usr/local/variant/bin", (b"variant/bin",)),
     Variation("cpus", {"cpuset": None}, "all CPUs"),
     Variation("file_order", {"shuffle_dirents": True}, "shuffled directory entries"),
 )
