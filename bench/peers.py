@@ -44,7 +44,7 @@ class RawPair:
     def run(self) -> float:
         prepared = [self.sandbox.prepare(run, self.source_tar) for run in self.plan.runs]
         try:
-            argvs = [shlex.split(docker_run_line(p.kwargs)) for p in prepared]
+            argvs = [shlex.split(docker_run_line(p.config)) for p in prepared]
             self.lines = tuple(shlex.join(argv) for argv in argvs)
             started = time.perf_counter()
             procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

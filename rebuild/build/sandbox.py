@@ -39,13 +39,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import docker
-import docker.errors
-import docker.types
-import requests.exceptions
-import urllib3.exceptions
-
 from rebuild import runtime
+from rebuild.build.engine import APIError, Engine, EngineError, NotFound, ReadTimeout, Unreachable
 from rebuild.build.limits import HeadTail
 from rebuild.build.network import network_hint
 from rebuild.build.plan import (
@@ -58,13 +53,14 @@ from rebuild.build.plan import (
     WHEELS_DIR,
     RunPlan,
 )
+from rebuild.build.recipe import memory_bytes
 from rebuild.build.variations import BY_NAME
 from rebuild.errors import BuildFailed, EnvironmentProblem
 
 SESSION_LABEL = "dev.rebuild.session"
 OWNER_LABEL = "dev.rebuild.owner"  # runtime.Owner token of the process that made a container
-# The engine errors that mean the connection is gone (docker-py lets requests' errors through).
-ENGINE_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException)
+# An engine that cannot be reached, or that refused a call.
+ENGINE_ERRORS = (EngineError,)
 # Locales compiled on the host and mounted read-only (LOCPATH), so that the locale variation
 # takes effect in images that ship no locale data (design.md: minimal images).
 LOCALES = (str(BY_NAME["locale"].changes["locale"]),)
@@ -75,7 +71,7 @@ class PreparedRun:
     run_dir: Path
     out: Path
     mount: Path | None  # the disorderfs mount over the source, when file_order varies
-    kwargs: dict[str, Any]  # the container's create arguments
+    config: dict[str, Any]  # the container's create arguments (the Engine API's)
     results: Path | None = None  # the host directory mounted at /results (a test suite's)
     # Copy mode (an engine that does not see this host's files): what put_archive fills
     # the container's anonymous volumes with, instead of bind mounts.
@@ -122,13 +118,12 @@ class RunResult:
     results_dir: Path | None = None
 
 
-def connect(host: str | None = None) -> Any:
-    """A Docker client (of DOCKER_HOST, or of `host`, a DOCKER_HOST value such as
+def connect(host: str | None = None) -> Engine:
+    """The Docker engine of DOCKER_HOST, or of `host` (a DOCKER_HOST value such as
     unix:///path/docker.sock or tcp://machine:2376), or an error that says how to start the
     engine (exit 3)."""
     try:
-        client = (docker.from_env(timeout=60) if host is None
-                  else docker.DockerClient(base_url=host, timeout=60))
+        client = Engine(host)
         client.ping()
     except ENGINE_ERRORS as exc:
         if host is not None:
@@ -143,7 +138,7 @@ def connect(host: str | None = None) -> Any:
     return client
 
 
-def engine_facts(client: Any) -> dict[str, Any]:
+def engine_facts(client: Engine) -> dict[str, Any]:
     """What `docker info` says about an engine, for the record of a build whose runs ran on
     two engines: its id and name, version, kernel, OS, architecture, CPUs and labels. No
     address or path: the record names the engine, not where this host reached it."""
@@ -171,7 +166,7 @@ def engine_lost(what: str, exc: BaseException) -> EnvironmentProblem:
         "what this one left)")
 
 
-def reap_orphans(client: Any | None) -> Reaped:
+def reap_orphans(client: Engine | None) -> Reaped:
     """Remove the containers (when `client` is given), disorderfs mounts and workspaces of
     dead rebuild processes.
 
@@ -181,15 +176,14 @@ def reap_orphans(client: Any | None) -> Reaped:
     here = runtime.current_owner()
     containers = mounts = workspaces = 0
     try:
-        listed = ([] if client is None else
-                  client.containers.list(all=True, filters={"label": OWNER_LABEL}))
+        listed = [] if client is None else client.containers(OWNER_LABEL)
     except ENGINE_ERRORS:
         listed = []
     for container in listed:
-        owner = runtime.Owner.parse(str(container.labels.get(OWNER_LABEL, "")))
-        if owner is not None and runtime.is_dead(owner, here):
+        owner = runtime.Owner.parse(str((container.get("Labels") or {}).get(OWNER_LABEL, "")))
+        if client is not None and owner is not None and runtime.is_dead(owner, here):
             with suppress(*ENGINE_ERRORS):  # else found again next time
-                _remove(container)
+                _remove(client, container["Id"])
                 containers += 1
     # Containers first: they hold bind mounts of the workspaces.
     for directory in runtime.orphan_dirs():
@@ -240,26 +234,21 @@ def compile_locales(cache: Path) -> Path:
     return target
 
 
-def has_image(client: Any, image_id: str) -> bool:
-    try:
-        return str(client.images.get(image_id).id) == image_id
-    except docker.errors.ImageNotFound:
-        return False
+def has_image(client: Engine, image_id: str) -> bool:
+    return client.image_id(image_id) == image_id
 
 
-def load_image(client: Any, archive: Path) -> str:
+def load_image(client: Engine, archive: Path) -> str:
     """`docker load` a docker-archive; returns the loaded image id."""
-    with archive.open("rb") as f:
-        images = client.images.load(f)
-    return str(images[0].id)
+    return client.load(archive)
 
 
 class Sandbox:
     """Runs plans in throw-away containers; close it (a `with` block) to remove them all."""
 
-    def __init__(self, client: Any, *, cache_dir: Path,
+    def __init__(self, client: Engine, *, cache_dir: Path,
                  debug: Callable[[str], None] = lambda _: None,
-                 engines: Mapping[str, Any] | None = None,
+                 engines: Mapping[str, Engine] | None = None,
                  copy_runs: Collection[str] = (),
                  log: Callable[[str], None] = lambda _: None) -> None:
         self.client = client
@@ -310,11 +299,11 @@ class Sandbox:
             for client in self._clients():
                 # An engine that is gone: reap_orphans finds its containers by their owner.
                 with suppress(*ENGINE_ERRORS):
-                    listed += client.containers.list(
-                        all=True, filters={"label": f"{SESSION_LABEL}={self.session}"})
-            for container in listed:
+                    listed += [(client, c["Id"]) for c in
+                               client.containers(f"{SESSION_LABEL}={self.session}")]
+            for client, container in listed:
                 with suppress(*ENGINE_ERRORS):
-                    _remove(container)
+                    _remove(client, container)
             # Removing the containers ends the runs' waits; let them finish their cleanup.
             with self._state:
                 self._state.wait_for(lambda: self._active == 0, timeout=120)
@@ -325,10 +314,10 @@ class Sandbox:
                 runtime.remove_tree(run_dir)
             runtime.remove_tree(self.workspace)
 
-    def _clients(self) -> list[Any]:
+    def _clients(self) -> list[Engine]:
         return [self.client, *(c for c in self.engines.values() if c is not self.client)]
 
-    def _client_for(self, run: str) -> Any:
+    def _client_for(self, run: str) -> Engine:
         return self.engines.get(run, self.client)
 
     @contextmanager
@@ -366,56 +355,57 @@ class Sandbox:
                                     results=results)
             try:
                 return self._run_prepared(plan, prepared)
-            except requests.exceptions.RequestException as exc:
+            except Unreachable as exc:
                 raise engine_lost(f"run {plan.name}", exc) from None
+            except APIError as exc:
+                raise EnvironmentProblem(f"the Docker engine refused run {plan.name}: "
+                                         f"{exc.message}") from None
             finally:
                 self.release(prepared)
 
     def _run_prepared(self, plan: RunPlan, prepared: PreparedRun) -> RunResult:
-        kwargs, copies = prepared.kwargs, prepared.copies
-        self.debug(f"run {plan.name}: {docker_run_line(kwargs)}")
+        config, copies = prepared.config, prepared.copies
+        self.debug(f"run {plan.name}: {docker_run_line(config)}")
         started = time.monotonic()
         client = self._client_for(plan.name)
         with self._state:  # close() waits for this, then finds the container by its label
             self._check_open(plan.name)
             try:
-                container = client.containers.create(**kwargs)
-            except docker.errors.APIError as exc:
-                if client is self.client or "bind source path" not in str(exc) or copies:
+                container = client.create(config)
+            except APIError as exc:
+                if client is self.client or "bind source path" not in exc.message or copies:
                     raise
                 # Detected: the engine does not see this host's files (another machine).
                 self.log(f"run {plan.name}: its engine does not see this host's files; its "
                          "inputs are copied in (put_archive) and /out copied back")
-                kwargs, copies = _copy_mode(plan, kwargs)
-                self.debug(f"run {plan.name}: {docker_run_line(kwargs)}")
-                container = client.containers.create(**kwargs)
+                config, copies = _copy_mode(plan, config)
+                self.debug(f"run {plan.name}: {docker_run_line(config)}")
+                container = client.create(config)
         timed_out = False
         try:
             if copies:
-                _copy_in(container, copies, prepared.run_dir, plan)
-                self._own_volumes(client, container, copies, kwargs["image"], plan)
-            container.start()
+                _copy_in(client, container, copies, prepared.run_dir, plan)
+                self._own_volumes(client, container, copies, config["Image"], plan)
+            client.start(container)
             try:
-                status = container.wait(timeout=plan.timeout)
-                exit_code = int(status.get("StatusCode", -1))
-            except requests.exceptions.RequestException as exc:
-                # docker-py signals a wait timeout as a requests error, as it does a dropped
-                # connection: only a read timeout from an engine that still answers is one.
-                if not (_is_read_timeout(exc) and self._engine_answers(client)):
+                exit_code = client.wait(container, timeout=plan.timeout)
+            except ReadTimeout as exc:
+                # Only a timeout of an engine that still answers is the build's.
+                if not self._engine_answers(client):
                     raise engine_lost(f"run {plan.name}", exc) from None
                 timed_out, exit_code = True, -1
-                container.kill()
-            log = read_log(container, plan.max_log_size)
+                client.kill(container)
+            log = read_log(client, container, plan.max_log_size)
             if copies and any(c.target == OUT_DIR and not c.read_only for c in copies):
-                _copy_out(container, prepared.out, prepared.run_dir)
+                _copy_out(client, container, prepared.out, prepared.run_dir)
         finally:
             # When the engine is gone, the error that says so is on its way.
-            with suppress(requests.exceptions.RequestException):
-                _remove(container)
+            with suppress(Unreachable):
+                _remove(client, container)
         return RunResult(plan.name, exit_code, log, prepared.out, timed_out,
                          time.monotonic() - started, prepared.results)
 
-    def _own_volumes(self, client: Any, container: Any, copies: Sequence[Copy], image: str,
+    def _own_volumes(self, client: Engine, container: str, copies: Sequence[Copy], image: str,
                      plan: RunPlan) -> None:
         """Give each writable volume's root the owner and mode of the host directory it
         stands for: an archive cannot (the engine skips a tar's `.`), so a helper container of
@@ -431,25 +421,26 @@ class Sandbox:
                          f"chmod {st.st_mode & 0o7777:o} {target}")
         if not steps:
             return
-        helper = client.containers.create(
-            image=image, command=["sh", "-c", " && ".join(steps)], user="0:0",
-            network_mode="none", read_only=True, cap_drop=["ALL"], cap_add=["CHOWN", "FOWNER"],
-            security_opt=["no-new-privileges"], volumes_from=[container.id],
-            labels={SESSION_LABEL: self.session, OWNER_LABEL: self.owner.token}, detach=True)
+        helper = client.create({
+            "Image": image, "Cmd": ["sh", "-c", " && ".join(steps)], "User": "0:0",
+            "Labels": {SESSION_LABEL: self.session, OWNER_LABEL: self.owner.token},
+            "HostConfig": {"NetworkMode": "none", "ReadonlyRootfs": True, "CapDrop": ["ALL"],
+                           "CapAdd": ["CHOWN", "FOWNER"], "SecurityOpt": ["no-new-privileges"],
+                           "VolumesFrom": [container]}})
         try:
-            helper.start()
-            code = int(helper.wait(timeout=120).get("StatusCode", -1))
+            client.start(helper)
+            code = client.wait(helper, timeout=120)
             if code != 0:
-                said = read_log(helper, 4096).decode(errors="replace").strip()
+                said = read_log(client, helper, 4096).decode(errors="replace").strip()
                 raise EnvironmentProblem(
                     f"run {plan.name}: the volumes copied into its engine could not be given "
                     f"their owners (exit {code}: {said}); the image needs sh, chown and chmod")
         finally:
             # Not its volumes: they are the run's, removed with the run's container.
-            with suppress(docker.errors.NotFound):
-                helper.remove(force=True)
+            with suppress(NotFound):
+                client.remove(helper, volumes=False)
 
-    def _engine_answers(self, client: Any) -> bool:
+    def _engine_answers(self, client: Engine) -> bool:
         try:
             client.ping()
         except ENGINE_ERRORS:
@@ -489,31 +480,30 @@ class Sandbox:
                 _mount_disorderfs(src, mount)
                 self._mounts.append(mount)
         locales = _link_tree(self.locales, private / "locale")
-        kwargs = self._container_args(plan, mount or src, out, locales,
+        config = self._container_args(plan, mount or src, out, locales,
                                       writable_out=outputs is None)
+        binds = config["HostConfig"]["Binds"]
         if wheels is not None:
-            kwargs["volumes"][str(_link_tree(wheels, private / "wheels"))] = {
-                "bind": WHEELS_DIR, "mode": "ro"}
+            binds.append(f"{_link_tree(wheels, private / 'wheels')}:{WHEELS_DIR}:ro")
         if npm is not None:
-            kwargs["volumes"][str(_link_tree(npm, private / "npm"))] = {
-                "bind": NPM_DIR, "mode": "ro"}
+            binds.append(f"{_link_tree(npm, private / 'npm')}:{NPM_DIR}:ro")
         results_dir = None
         if results:
             results_dir = private / "results"
             results_dir.mkdir()
             os.chown(results_dir, settings.uid, settings.gid)
             results_dir.chmod(0o755)
-            kwargs["volumes"][str(results_dir)] = {"bind": RESULTS_DIR, "mode": "rw"}
+            binds.append(f"{results_dir}:{RESULTS_DIR}:rw")
         copies = None
         if plan.name in self.copy_runs:
-            kwargs, copies = _copy_mode(plan, kwargs)
+            config, copies = _copy_mode(plan, config)
         elif plan.name in self.engines:
             # Strict: an engine that does not see a source path refuses the container
-            # (docker's volumes would create an empty directory there instead).
-            kwargs["mounts"] = [docker.types.Mount(spec["bind"], source, type="bind",
-                                                   read_only=spec["mode"] == "ro")
-                                for source, spec in kwargs.pop("volumes").items()]
-        return PreparedRun(run_dir, out, mount, kwargs, results_dir, copies)
+            # (a bind of Binds would create an empty directory there instead).
+            config["HostConfig"]["Mounts"] = [
+                {"Type": "bind", "Source": source, "Target": target, "ReadOnly": read_only}
+                for source, target, read_only in _binds(config["HostConfig"].pop("Binds"))]
+        return PreparedRun(run_dir, out, mount, config, results_dir, copies)
 
     def release(self, prepared: PreparedRun) -> None:
         if prepared.mount is not None:
@@ -524,71 +514,80 @@ class Sandbox:
 
     def _container_args(self, plan: RunPlan, build_dir: Path, out: Path, locales: Path, *,
                         writable_out: bool = True) -> dict[str, Any]:
+        """The Engine API's ContainerConfig of a run (docker_run_line shows it as a command)."""
         s = plan.settings
         tmpfs_opts = "rw,exec,nosuid,nodev,size=1g,mode=1777"
-        return {
-            "image": plan.image.rsplit("@", 1)[1],
-            "command": list(plan.argv),
-            "user": plan.user,
-            "environment": dict(plan.env),
-            "hostname": s.hostname,
-            "domainname": s.domainname,
-            "working_dir": s.build_path,
-            "network_mode": "none",
-            "read_only": True,
-            "cap_drop": ["ALL"],
-            "security_opt": ["no-new-privileges"],
-            "mem_limit": plan.memory,
-            "memswap_limit": plan.memory,
-            "pids_limit": plan.pids_limit,
-            "cpuset_cpus": s.cpuset,
+        memory = memory_bytes(plan.memory)
+        host: dict[str, Any] = {
+            "NetworkMode": "none",
+            "ReadonlyRootfs": True,
+            "CapDrop": ["ALL"],
+            "SecurityOpt": ["no-new-privileges"],
+            "Memory": memory,
+            "MemorySwap": memory,
+            "PidsLimit": plan.pids_limit,
             # The clock's offset (plan.start_clock) is written there by the build's user.
-            "tmpfs": {"/tmp": tmpfs_opts, s.home: tmpfs_opts,
+            "Tmpfs": {"/tmp": tmpfs_opts, s.home: tmpfs_opts,
                       CLOCK_DIR: "rw,noexec,nosuid,nodev,size=64k,mode=1777"},
-            "volumes": {
-                str(build_dir): {"bind": s.build_path, "mode": "rw"},
-                str(out): {"bind": OUT_DIR, "mode": "rw" if writable_out else "ro"},
-                str(self.faketime): {"bind": FAKETIME_LIB, "mode": "ro"},
-                str(locales): {"bind": LOCALE_DIR, "mode": "ro"},
-            },
-            "labels": {SESSION_LABEL: self.session, OWNER_LABEL: self.owner.token},
-            "detach": True,
+            "Binds": [f"{build_dir}:{s.build_path}:rw",
+                      f"{out}:{OUT_DIR}:{'rw' if writable_out else 'ro'}",
+                      f"{self.faketime}:{FAKETIME_LIB}:ro",
+                      f"{locales}:{LOCALE_DIR}:ro"],
+        }
+        if s.cpuset is not None:
+            host["CpusetCpus"] = s.cpuset
+        return {
+            "Image": plan.image.rsplit("@", 1)[1],
+            "Cmd": list(plan.argv),
+            "User": plan.user,
+            "Env": [f"{key}={value}" for key, value in sorted(plan.env.items())],
+            "Hostname": s.hostname,
+            "Domainname": s.domainname,
+            "WorkingDir": s.build_path,
+            "Labels": {SESSION_LABEL: self.session, OWNER_LABEL: self.owner.token},
+            "HostConfig": host,
         }
 
 
-def read_log(container: Any, limit: int) -> bytes:
+def read_log(client: Engine, container: str, limit: int) -> bytes:
     """A finished container's log, streamed: its head and tail up to `limit` bytes in all.
 
     Never whole in memory: a build that prints gigabytes keeps `limit` bytes (the middle is
     left out, with a line saying how much and which limit).
     """
     kept = HeadTail(limit)
-    for chunk in container.logs(stdout=True, stderr=True, stream=True, follow=False):
+    for chunk in client.logs(container):
         kept.add(chunk)
     return kept.value()
 
 
-def docker_run_line(kwargs: dict[str, Any]) -> str:
+def docker_run_line(config: dict[str, Any]) -> str:
     """The `docker run` command equivalent to a container's create arguments."""
-    args = ["docker", "run", "--rm", f"--network={kwargs['network_mode']}", "--read-only",
+    host = config["HostConfig"]
+    args = ["docker", "run", "--rm", f"--network={host['NetworkMode']}", "--read-only",
             "--cap-drop=ALL", "--security-opt=no-new-privileges",
-            f"--user={kwargs['user']}", f"--hostname={kwargs['hostname']}",
-            f"--domainname={kwargs['domainname']}", f"--workdir={kwargs['working_dir']}",
-            f"--memory={kwargs['mem_limit']}", f"--memory-swap={kwargs['memswap_limit']}",
-            f"--pids-limit={kwargs['pids_limit']}"]
-    if kwargs["cpuset_cpus"] is not None:
-        args.append(f"--cpuset-cpus={kwargs['cpuset_cpus']}")
-    args += [f"--tmpfs={path}:{opts}" for path, opts in kwargs["tmpfs"].items()]
-    args += [f"--volume={host}:{m['bind']}:{m['mode']}"
-             for host, m in kwargs.get("volumes", {}).items()]
+            f"--user={config['User']}", f"--hostname={config['Hostname']}",
+            f"--domainname={config['Domainname']}", f"--workdir={config['WorkingDir']}",
+            f"--memory={host['Memory']}", f"--memory-swap={host['MemorySwap']}",
+            f"--pids-limit={host['PidsLimit']}"]
+    if "CpusetCpus" in host:
+        args.append(f"--cpuset-cpus={host['CpusetCpus']}")
+    args += [f"--tmpfs={path}:{opts}" for path, opts in host["Tmpfs"].items()]
+    args += [f"--volume={bind}" for bind in host.get("Binds", [])]
     args += [f"--mount=type=bind,source={m['Source']},target={m['Target']}"
-             + (",readonly" if m.get("ReadOnly") else "") for m in kwargs.get("mounts", [])
+             + (",readonly" if m.get("ReadOnly") else "") for m in host.get("Mounts", [])
              if m.get("Type") == "bind"]
     # Copy mode: anonymous volumes, filled by `docker cp` (put_archive) before the start.
-    args += [f"--mount=type=volume,target={m['Target']}" for m in kwargs.get("mounts", [])
+    args += [f"--mount=type=volume,target={m['Target']}" for m in host.get("Mounts", [])
              if m.get("Type") == "volume"]
-    args += [f"--env={key}={value}" for key, value in sorted(kwargs["environment"].items())]
-    return shlex.join([*args, kwargs["image"], *kwargs["command"]])
+    args += [f"--env={env}" for env in config["Env"]]
+    return shlex.join([*args, config["Image"], *config["Cmd"]])
+
+
+def _binds(binds: Sequence[str]) -> list[tuple[str, str, bool]]:
+    """(host path, container path, read-only) of each `host:container:mode` bind."""
+    return [(source, target, mode == "ro")
+            for source, target, mode in (bind.rsplit(":", 2) for bind in binds)]
 
 
 def _link_tree(source: Path, dest: Path) -> Path:
@@ -603,7 +602,7 @@ def _link_tree(source: Path, dest: Path) -> Path:
     return dest
 
 
-def _copy_mode(plan: RunPlan, kwargs: dict[str, Any]) -> tuple[dict[str, Any], tuple[Copy, ...]]:
+def _copy_mode(plan: RunPlan, config: dict[str, Any]) -> tuple[dict[str, Any], tuple[Copy, ...]]:
     """The container's bind mounts as anonymous volumes that `_copy_in` fills: nothing of
     this host is mounted, so an engine on another machine can run it."""
     if plan.settings.shuffle_dirents:
@@ -614,16 +613,16 @@ def _copy_mode(plan: RunPlan, kwargs: dict[str, Any]) -> tuple[dict[str, Any], t
             f"run {plan.name} varies the directory order (file_order) with disorderfs on this "
             "host, which an engine that gets its inputs copied cannot see; leave the "
             'variation out for this engine ([check] vary = ["all", "-file_order"])')
-    binds = [(Path(source), spec["bind"], spec["mode"] == "ro")
-             for source, spec in kwargs.pop("volumes", {}).items()]
-    binds += [(Path(m["Source"]), m["Target"], bool(m.get("ReadOnly")))
-              for m in kwargs.pop("mounts", [])]
-    copies = tuple(Copy(source, target, read_only) for source, target, read_only in binds)
-    kwargs["mounts"] = [docker.types.Mount(c.volume, None, type="volume") for c in copies]
-    return kwargs, copies
+    host = config["HostConfig"]
+    binds = _binds(host.pop("Binds", []))
+    binds += [(m["Source"], m["Target"], bool(m.get("ReadOnly"))) for m in host.pop("Mounts", [])]
+    copies = tuple(Copy(Path(source), target, read_only) for source, target, read_only in binds)
+    host["Mounts"] = [{"Type": "volume", "Target": c.volume} for c in copies]
+    return config, copies
 
 
-def _copy_in(container: Any, copies: Sequence[Copy], run_dir: Path, plan: RunPlan) -> None:
+def _copy_in(client: Engine, container: str, copies: Sequence[Copy], run_dir: Path,
+             plan: RunPlan) -> None:
     """Fill the container's volumes: each copy as a tar (owners kept for what the build
     writes, root and not writable for the read-only inputs), streamed from a file."""
     for n, copy in enumerate(copies):
@@ -642,20 +641,21 @@ def _copy_in(container: Any, copies: Sequence[Copy], run_dir: Path, plan: RunPla
             else:  # a file (the faketime library), resolved as the bind mount would
                 tar.add(copy.source.resolve(), arcname=Path(copy.target).name, filter=owned)
         with archive.open("rb") as data:
-            if not container.put_archive(copy.volume, data):
+            try:
+                client.put_archive(container, copy.volume, data)
+            except APIError as exc:
                 raise EnvironmentProblem(f"run {plan.name}: the engine refused the copy of "
-                                         f"{copy.target}")
+                                         f"{copy.target}: {exc.message}") from None
         archive.unlink()
 
 
-def _copy_out(container: Any, out: Path, run_dir: Path) -> None:
+def _copy_out(client: Engine, container: str, out: Path, run_dir: Path) -> None:
     """/out back from a finished container into this host's `out`, byte for byte with its
     modes and numeric owners; a member that would land outside `out` (an absolute name,
     `..`, a path through a link) is refused, as tarfile's tar filter does."""
     archive = run_dir / "out.tar"
-    stream, _ = container.get_archive(OUT_DIR)
     with archive.open("wb") as f:
-        for chunk in stream:
+        for chunk in client.get_archive(container, OUT_DIR):
             f.write(chunk)
     prefix = Path(OUT_DIR).name + "/"
     try:
@@ -721,26 +721,13 @@ def _unmount(mountpoint: Path) -> bool:
     return False
 
 
-def _is_read_timeout(exc: BaseException) -> bool:
-    """A read timeout, however requests and urllib3 wrapped it."""
-    seen: BaseException | None = exc
-    for _ in range(8):  # requests wraps urllib3's error in its own, at most a few levels deep
-        if seen is None:
-            break
-        if isinstance(seen, requests.exceptions.ReadTimeout | urllib3.exceptions.ReadTimeoutError):
-            return True
-        nested = seen.args[0] if seen.args and isinstance(seen.args[0], BaseException) else None
-        seen = nested or seen.__context__
-    return False
-
-
-def _remove(container: Any) -> None:
+def _remove(client: Engine, container: str) -> None:
     try:
-        container.remove(force=True, v=True)  # copy mode's anonymous volumes too
-    except docker.errors.NotFound:
+        client.remove(container)  # copy mode's anonymous volumes too
+    except NotFound:
         pass
-    except docker.errors.APIError as exc:
-        if "already in progress" not in str(exc):
+    except APIError as exc:
+        if "already in progress" not in exc.message:
             raise
 
 

@@ -245,9 +245,11 @@ def test_the_reaper_touches_only_what_dead_owners_left(minimal_image: str,
               "other pid namespace": replace(dead, pidns=dead.pidns + 1)}
     prefix = f"{SESSION_PREFIX}reaper-{uuid.uuid4().hex[:8]}-"
     client = connect()
-    made = {name: client.containers.run(
-        minimal_image.rsplit("@", 1)[1], ["sleep", "60"], detach=True, network_mode="none",
-        labels={SESSION_LABEL: prefix + name.replace(" ", "-"), OWNER_LABEL: owner.token})
+    made = {name: subprocess.run(
+        ["docker", "run", "-d", "--network=none",
+         f"--label={SESSION_LABEL}={prefix}{name.replace(' ', '-')}",
+         f"--label={OWNER_LABEL}={owner.token}", minimal_image.rsplit("@", 1)[1], "sleep", "60"],
+        capture_output=True, text=True, check=True).stdout.strip()
         for name, owner in owners.items()}
     for owner in owners.values():
         (runtime_dir / owner.token / "workspace-x").mkdir(parents=True)
@@ -255,11 +257,10 @@ def test_the_reaper_touches_only_what_dead_owners_left(minimal_image: str,
         reaped = reap_orphans(client)
         assert reaped.containers >= 1 and reaped.workspaces == 1
         remaining = set(containers(prefix))
-        assert made["dead"].id[:12] not in remaining
-        assert {made[n].id[:12] for n in owners if n != "dead"} <= remaining
+        assert made["dead"][:12] not in remaining
+        assert {made[n][:12] for n in owners if n != "dead"} <= remaining
         assert sorted(p.name for p in runtime_dir.iterdir()) == sorted(
             o.token for n, o in owners.items() if n != "dead")
     finally:
         for container in made.values():
-            subprocess.run(["docker", "rm", "-f", container.id], capture_output=True,
-                           check=False)
+            subprocess.run(["docker", "rm", "-f", container], capture_output=True, check=False)
