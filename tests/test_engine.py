@@ -8,6 +8,7 @@ import http.server
 import json
 import re
 import socketserver
+import ssl
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 
 from rebuild.build.engine import APIError, Engine, NotFound, ReadTimeout, Unreachable
 from tests.conftest import serving
+from tests.registry_support import make_tls
 
 LOG = [(1, b"hello "), (2, b"warning\n"), (1, b"x" * 70000), (1, b"done\n")]
 
@@ -123,3 +125,37 @@ def test_no_engine_and_an_unknown_address_are_unreachable(tmp_path: Path) -> Non
         Engine(f"unix://{tmp_path}/missing.sock").ping()
     with pytest.raises(Unreachable, match=re.escape("unix:///path/docker.sock or tcp://host:port")):
         Engine("ssh://builder")
+
+
+def test_a_tcp_engine_is_reached_over_tls_with_the_cli_s_certificates(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DOCKER_TLS_VERIFY and DOCKER_CERT_PATH as the docker CLI reads them: the engine's
+    CA, and a client certificate the engine requires."""
+    certs = cli_certs(tmp_path / "certs")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), StandIn)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(certs / "ca.pem"))
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.load_cert_chain(str(certs / "cert.pem"), str(certs / "key.pem"))
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    address = f"tcp://127.0.0.1:{server.server_address[1]}"
+    StandIn.seen = []
+    with serving(server):
+        monkeypatch.setenv("DOCKER_TLS_VERIFY", "1")
+        monkeypatch.setenv("DOCKER_CERT_PATH", str(certs))
+        Engine(address).ping()
+        assert StandIn.seen == ["GET /_ping"]
+        monkeypatch.setenv("DOCKER_CERT_PATH", str(cli_certs(tmp_path / "other")))
+        with pytest.raises(Unreachable):  # another CA's certificates: no side trusts the other
+            Engine(address).ping()
+        monkeypatch.delenv("DOCKER_TLS_VERIFY")
+        with pytest.raises(Unreachable):  # plain HTTP to a TLS engine
+            Engine(address).ping()
+
+
+def cli_certs(directory: Path) -> Path:
+    """A CA and a certificate for 127.0.0.1 it signed (server and client alike), in the
+    docker CLI's layout: ca.pem, cert.pem, key.pem."""
+    directory.mkdir()
+    for name, made in zip(("ca.pem", "cert.pem", "key.pem"), make_tls(directory), strict=True):
+        made.rename(directory / name)
+    return directory
