@@ -226,8 +226,10 @@ def render_results(rows: Sequence[Row], gaps: Sequence[Gap], started: datetime,
             f"{max(runs)} extra runs (median {statistics.median(runs):.0f}) in "
             f"{min(secs):.1f}–{max(secs):.1f} s (median {statistics.median(secs):.1f} s) on "
             "top of the twin build: 2 when every difference is inherent (the rerun of A and "
-            "the first half), 7–9 for one culprit, more for several culprits or an "
-            "interaction (leave-one-out runs and a confirmation).",
+            "the first part), 3 for one culprit whose run-B value run B wrote into the "
+            "output (the rerun, that suspect alone, the other variations), 7–9 for one "
+            "culprit otherwise, more for several culprits or an interaction (leave-one-out "
+            "runs and a confirmation).",
             "",
             "| entry | culprits | extra runs | explain s |",
             "|---|---|---|---|",
