@@ -58,13 +58,13 @@ class NotFound(APIError):
 class _UnixConnection(http.client.HTTPConnection):
     def __init__(self, path: str, timeout: float) -> None:
         super().__init__("localhost", timeout=timeout)
-        self.path = path
+        self.socket_path = path
 
     def connect(self) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
         try:
-            sock.connect(self.path)
+            sock.connect(self.socket_path)
         except BaseException:
             sock.close()
             raise
@@ -77,6 +77,8 @@ class Engine:
     def __init__(self, host: str | None = None) -> None:
         self.host = host or os.environ.get("DOCKER_HOST") or DEFAULT_HOST
         url = urlsplit(self.host)
+        self._path: str | None = None
+        self._address = ("", 0)
         self._tls: ssl.SSLContext | None = None
         if url.scheme == "unix":
             self._path = url.path
@@ -235,12 +237,12 @@ class Engine:
             connection.close()
 
     def _connection(self, timeout: float) -> http.client.HTTPConnection:
+        if self._path is not None:
+            return _UnixConnection(self._path, timeout)
         if self._tls is not None:
             return http.client.HTTPSConnection(*self._address, timeout=timeout,
                                                context=self._tls)
-        if hasattr(self, "_address"):
-            return http.client.HTTPConnection(*self._address, timeout=timeout)
-        return _UnixConnection(self._path, timeout)
+        return http.client.HTTPConnection(*self._address, timeout=timeout)
 
 
 def _tls_context(certs: Path) -> ssl.SSLContext:
