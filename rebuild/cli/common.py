@@ -107,7 +107,9 @@ def command_options(store: Path | None, json_out: bool, key: Path | None = None)
 
 
 def say(message: str) -> None:
-    print(terminal_safe(message), file=sys.stderr, flush=True)
+    # One write with its newline: the lines of runs printing at once never interleave.
+    sys.stderr.write(terminal_safe(message) + "\n")
+    sys.stderr.flush()
 
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
