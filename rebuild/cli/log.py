@@ -249,8 +249,8 @@ def log_timestamp(
     configured (`rebuild --tsa URL …`); this catches up a log appended without one."""
     import os
 
-    from rebuild.store.auditlog import STAMP_DIR, AuditLog
-    from rebuild.store.timestamp import TSA_URL_ENV, read_token, utc
+    from rebuild.store.auditlog import STAMP_DIR, TSA_URL_ENV, AuditLog
+    from rebuild.store.timestamp import read_token, utc
 
     opts = command_options(store, json_out)
     url = tsa or os.environ.get(TSA_URL_ENV)

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 from rebuild.store.layout import KIND, TITLE, Descriptor, Store, artifact_manifest, canonical_json
 
 LOG_KEY_ENV = "REBUILD_LOG_KEY"
+TSA_URL_ENV = "REBUILD_TSA_URL"  # each new checkpoint is timestamped by this TSA (RFC 3161)
 DEFAULT_ORIGIN = "rebuild.local/audit-log"
 ENTRY_VERSION = 1
 # The records whose subject is a release and that must each be logged when a policy asks.
@@ -363,9 +364,8 @@ def _actor_name() -> str:
 
 
 def _append(store: Store, entries: Sequence[bytes]) -> list[int]:
-    from rebuild.store import timestamp  # x509 and the TSA client: only here
     return AuditLog.of(store).append(entries, log_signer_from_env(),
-                                     os.environ.get(timestamp.TSA_URL_ENV) or None)
+                                     os.environ.get(TSA_URL_ENV) or None)
 
 
 def log_build(store: Store, *, release: str, attempt: str, manifest: str | None,

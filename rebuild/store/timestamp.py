@@ -35,7 +35,6 @@ from rfc3161_client import (
 from rebuild.errors import EnvironmentProblem, SigningError, UsageError
 from rebuild.store.tlog import ProofFailed
 
-TSA_URL_ENV = "REBUILD_TSA_URL"
 SHA256_OID = x509.ObjectIdentifier("2.16.840.1.101.3.4.2.1")
 TIMEOUT = 30.0  # seconds: an append holds the log's lock while the TSA answers
 MAX_RESPONSE = 256 * 1024  # a token with a certificate chain is a few kilobytes
