@@ -13,7 +13,7 @@ import json
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from rebuild import __version__
 from rebuild.build.compare import Artifact
@@ -32,7 +32,6 @@ from rebuild.evidence.provenance import (
     subject_json,
 )
 from rebuild.evidence.sbom import DebianPart, make_sbom, render_debian
-from rebuild.evidence.sign import KeySigner, StatementSigner
 from rebuild.inputs.fetch import Inputs, LockedRequirement
 from rebuild.store.auditlog import log_statement
 from rebuild.store.layout import (
@@ -50,6 +49,9 @@ from rebuild.store.layout import (
     Store,
     canonical_json,
 )
+
+if TYPE_CHECKING:
+    from rebuild.evidence.sign import KeySigner, StatementSigner
 
 
 @dataclass(frozen=True)
@@ -122,7 +124,7 @@ def build_link(facts: BuildFacts, command: Sequence[str],
     # A layout trusts a link by its signer's key id; a keyless signer's key lives for one
     # certificate, so no layout could name it: a keyless build records no link (its signed
     # provenance names the same inputs and artifacts).
-    if not isinstance(signer, KeySigner):
+    if not _key_signed(signer):
         return None
     # Imported here: in-toto is heavy and only key-signed builds need it (prepare_sbom
     # imports it ahead, while the runs run).
@@ -187,6 +189,16 @@ def _existing_evidence(store: Store, subject: str, digests: Mapping[str, str],
     return None
 
 
+def _key_signed(signer: StatementSigner | None) -> TypeGuard[KeySigner]:
+    """Whether a local key signs. The signing module is loaded by then (it made the signer):
+    an unsigned build loads neither it nor cryptography."""
+    if signer is None:
+        return False
+    from rebuild.evidence.sign import KeySigner
+
+    return isinstance(signer, KeySigner)
+
+
 def prepare_sbom(image: StoredImage, signer: StatementSigner | None = None
                  ) -> Future[DebianPart]:
     """Start rendering the Debian share of the SBOM of a build on `image`, in a thread of its
@@ -194,7 +206,7 @@ def prepare_sbom(image: StoredImage, signer: StatementSigner | None = None
     can run while the containers do. A key-signed build's in-toto link module is loaded
     there too."""
     def prepare() -> DebianPart:
-        if isinstance(signer, KeySigner):
+        if _key_signed(signer):
             import rebuild.evidence.intoto  # noqa: F401 (loaded ahead for build_link)
         # gather_facts leaves debian_distro at its default.
         return render_debian(image.packages, BuildFacts.debian_distro)

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rebuild.attest import (
     Evidence,
@@ -61,7 +61,6 @@ from rebuild.build.sandbox import (
 )
 from rebuild.errors import BuildFailed, ClaimFailed, StoreError, UsageError
 from rebuild.evidence.provenance import Subject, make_test_result
-from rebuild.evidence.sign import StatementSigner
 from rebuild.evidence.testresult import ResultsError, make_suite_result, parse_junit
 from rebuild.inputs.fetch import (
     NPM_LOCK_MEDIA,
@@ -94,6 +93,9 @@ from rebuild.store.layout import (
     canonical_json,
     release_annotations,
 )
+
+if TYPE_CHECKING:
+    from rebuild.evidence.sign import StatementSigner
 
 RECORD_MEDIA = "application/vnd.rebuild.comparison.v1+json"
 LOG_MEDIA = "text/plain; charset=utf-8"

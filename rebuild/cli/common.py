@@ -132,23 +132,24 @@ def emit(data: dict[str, Any]) -> None:
 
 def make_signer(opts: Options, what: str = "evidence", *, keyless: bool = False,
             trust_config: Path | None = None) -> StatementSigner | None:
-    from rebuild.evidence.sign import KeylessSigner, KeySigner, load_signer, passphrase_from_env
-
     if keyless and opts.key is not None:
         raise UsageError("--key and --keyless: choose one way to sign")
     if trust_config is not None and not keyless:
         raise UsageError("--trust-config is for keyless signing: add --keyless")
-    if keyless:
-        if trust_config is None:
-            say("signing keyless with Sigstore's public-good instance (Fulcio, Rekor); pass "
-                "--trust-config FILE for another")
-        # Fails now (exit 6) without a token or with a bad trust config, before any build.
-        return KeylessSigner(trust_config)
-    if opts.key is None:
+    if opts.key is None and not keyless:
         say(f"warning: the {what} will not be signed; pass --key PREFIX.key "
             "(`rebuild keygen --out PREFIX` makes one) or --keyless")
         return None
-    return KeySigner(load_signer(opts.key, passphrase_from_env()))
+    # Loaded only to sign: an unsigned build loads neither it nor cryptography.
+    from rebuild.evidence.sign import KeylessSigner, KeySigner, load_signer, passphrase_from_env
+
+    if opts.key is not None:
+        return KeySigner(load_signer(opts.key, passphrase_from_env()))
+    if trust_config is None:
+        say("signing keyless with Sigstore's public-good instance (Fulcio, Rekor); pass "
+            "--trust-config FILE for another")
+    # Fails now (exit 6) without a token or with a bad trust config, before any build.
+    return KeylessSigner(trust_config)
 
 
 def tsa_trust(path: Path | None) -> Any:

@@ -1,11 +1,11 @@
 """SBOM: the CycloneDX 1.6 bill of materials of a release (design.md, "Evidence formats").
 
-Pure: `make_sbom(facts)` builds the BOM with cyclonedx-python-lib and returns its canonical
-JSON bytes. The same facts give the same bytes, whatever order the caller listed them in:
+Pure: `make_sbom(facts)` writes the BOM as CycloneDX JSON and returns its canonical bytes.
+The same facts give the same bytes, whatever order the caller listed them in:
 
-- `metadata.timestamp` is SOURCE_DATE_EPOCH, never the clock (the library's default is "now");
-- `serialNumber` is a UUIDv5 of the facts (the library's default is a random UUIDv4);
-- every component has an explicit bom-ref (the library's default is a random one);
+- `metadata.timestamp` is SOURCE_DATE_EPOCH, never the clock;
+- `serialNumber` is a UUIDv5 of the facts;
+- every component has an explicit bom-ref;
 - the inputs are sorted before they are used.
 
 Components: the release (metadata.component), each artifact (a file with its sha256), the
@@ -13,23 +13,21 @@ source, every Python package of the lock, every npm package of the npm lock (`pk
 sha512), the base image and every Debian package in it. Graph: release -> artifacts;
 artifact -> source, Python and npm packages, image; image -> Debian packages.
 
-The Debian packages are most of the document and most of the time it takes (purls and the
-library's serializer). Their share depends on the image's package list only, so
-`render_debian` makes it ahead, while the build runs, and `make_sbom(facts, debian)` merges
-it into a BOM of the rest: the same bytes as one BOM of everything, which
-tests/test_evidence_formats.py checks.
+cyclonedx-python-lib is the reference, not the writer: `reference_sbom` builds the same BOM
+with it, and tests/test_evidence_formats.py checks that both give the same bytes and that
+they pass the library's strict schema validation. The library's serializer is quadratic in
+the components (20,000 artifacts did not finish in ten minutes) and loading it took a tiny
+build 60 ms. The Debian share depends on the image's package list only: `render_debian`
+makes it ahead, while the build runs, and `make_sbom(facts, debian)` uses it.
 
-cyclonedx and packageurl are imported where they are used: they add a tenth of a second to
-the start of every `rebuild` command, and only a build needs them.
+packageurl is imported where purls are made.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import heapq
 import json
 import uuid
-import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -80,36 +78,46 @@ def make_sbom(facts: BuildFacts, debian: DebianPart | None = None) -> bytes:
     `debian`, from `render_debian` for the facts' packages, saves rendering them again; a
     part made for other packages is not used.
 
-    Linear in the artifacts: cyclonedx registers each dependency with a scan of those it has
-    (and again for every component when it serializes), so a BOM of 20,000 artifacts did not
-    finish in ten minutes. The artifacts' components and graph entries are plain JSON here,
-    merged in the library's order; `reference_sbom` renders everything with the library, and
-    tests/test_evidence_formats.py checks that both give the same bytes.
+    Written as plain JSON, in the library's orders: cyclonedx registers each dependency with
+    a scan of those it has (a BOM of 20,000 artifacts did not finish in ten minutes), and
+    loading it took a tiny build 60 ms. `reference_sbom` renders the same BOM with the
+    library, and tests/test_evidence_formats.py checks that both give the same bytes.
     """
     facts = sort_facts(facts)
     if debian is None or (debian.packages, debian.distro) != (facts.deb_packages,
                                                               facts.debian_distro):
         debian = render_debian(facts.deb_packages, facts.debian_distro)
     artifacts = [_artifact_json(s) for s in facts.subjects]
-    # Every artifact depends on the same components: the source, the Python packages, the
-    # image (the library lists a dependency's refs in string order).
-    inputs = sorted(["source", IMAGE_REF, *(pypi_purl(p).to_string()
-                                            for p in facts.py_packages),
-                     *(npm_purl(p.name, p.version) for p in facts.npm_packages)])
-    release: dict[str, Any] = {"ref": facts.release}
-    if artifacts:
-        release["dependsOn"] = sorted(a["bom-ref"] for a in artifacts)
-    graph = [release]
-    graph += [{"ref": a["bom-ref"], "dependsOn": inputs} for a in artifacts]
-    document = _render(_release_bom(facts, [], with_artifacts=False))
-    document["components"] = list(heapq.merge(
-        document["components"], debian.components,
-        sorted(artifacts, key=_component_order), key=_component_order))
-    # Re-serialized canonically (design.md: JSON that is hashed is canonical), so that the
-    # SBOM's digest depends on its content, not on the library's key order or whitespace.
-    document["dependencies"] = list(heapq.merge(
-        (d for d in document["dependencies"] if d["ref"] not in (IMAGE_REF, facts.release)),
-        debian.dependencies, sorted(graph, key=lambda d: d["ref"]), key=lambda d: d["ref"]))
+    python = [_python_json(p) for p in facts.py_packages]
+    npm = [_npm_json(p) for p in facts.npm_packages]
+    source = _component_json("file", facts.source.name, None, "source", properties=_named(
+        _property_pairs(facts.source, "rebuild:tree-digest")))
+    image = _component_json("container", facts.image.name, None, IMAGE_REF, properties=_named(
+        _property_pairs(facts.image, "rebuild:image-id")))
+    release = _component_json("application", facts.name, facts.version, facts.release,
+                              properties=_named(_release_pairs(facts)))
+    tool = _component_json("application", "rebuild", facts.builder_version, "tool:rebuild")
+    # Every artifact depends on the same components: the source, the Python and npm
+    # packages, the image (the library lists a dependency's refs in string order).
+    inputs = sorted(c["bom-ref"] for c in (source, *python, *npm, image))
+    graph = [_dependency(facts.release, (a["bom-ref"] for a in artifacts))]
+    graph += [_dependency(a["bom-ref"], inputs) for a in artifacts]
+    graph += [_dependency(c["bom-ref"], ()) for c in (source, *python, *npm)]
+    document = {
+        "$schema": "http://cyclonedx.org/schema/bom-1.6.schema.json",
+        "bomFormat": "CycloneDX",
+        "specVersion": "1.6",
+        "serialNumber": serial_number(facts).urn,
+        "version": 1,
+        "metadata": {"component": release, "tools": {"components": [tool]},
+                     "timestamp": datetime.fromtimestamp(facts.source_date_epoch,
+                                                         UTC).isoformat()},
+        "components": sorted([*artifacts, source, *python, *npm, image, *debian.components],
+                             key=_component_order),
+        "dependencies": sorted([*graph, *debian.dependencies], key=lambda d: d["ref"]),
+    }
+    # Canonical (design.md: JSON that is hashed is canonical), so that the SBOM's digest
+    # depends on its content only.
     return canonical_json(document)
 
 
@@ -123,21 +131,13 @@ def reference_sbom(facts: BuildFacts) -> bytes:
 
 def render_debian(packages: Sequence[DebPackage], distro: str) -> DebianPart:
     """The Debian share of the SBOM of any release built on an image with these packages."""
-    from cyclonedx.model.bom import Bom
-    from cyclonedx.model.component import Component, ComponentType
-
     packages = _sort_packages(packages)
-    # A stand-in for the image: only its bom-ref and its dependencies are kept.
-    image = Component(type=ComponentType.CONTAINER, name=IMAGE_REF, bom_ref=IMAGE_REF)
-    debian = [_debian_component(p, distro) for p in packages]
-    bom = Bom()
-    bom.components.update([image, *debian])
-    bom.register_dependency(image, debian)
-    document = _render(bom)
-    return DebianPart(
-        packages, distro,
-        components=tuple(c for c in document["components"] if c["bom-ref"] != IMAGE_REF),
-        dependencies=tuple(document["dependencies"]))
+    components = tuple(sorted((_debian_json(p, distro) for p in packages),
+                              key=_component_order))
+    refs = [c["bom-ref"] for c in components]
+    return DebianPart(packages, distro, components,
+                      dependencies=(_dependency(IMAGE_REF, refs),
+                                    *(_dependency(ref, ()) for ref in refs)))
 
 
 def serial_number(facts: BuildFacts) -> uuid.UUID:
@@ -187,11 +187,10 @@ def deb_purl(package: DebPackage, distro: str) -> PackageURL:
                       qualifiers={"arch": package.architecture, "distro": distro})
 
 
-def _release_bom(facts: BuildFacts, debian: Sequence[Component], *,
-                 with_artifacts: bool = True) -> Bom:
-    """The BOM of the sorted `facts`, with `debian` as the image's packages (and without
-    the artifacts when `with_artifacts` is false: `make_sbom` adds them)."""
-    from cyclonedx.model import HashAlgorithm, HashType, Property
+def _release_bom(facts: BuildFacts, debian: Sequence[Component]) -> Bom:
+    """The BOM of the sorted `facts`, with `debian` as the image's packages, built with
+    cyclonedx: `reference_sbom`'s."""
+    from cyclonedx.model import HashAlgorithm, HashType
     from cyclonedx.model.bom import Bom, BomMetaData
     from cyclonedx.model.component import Component, ComponentType
     from cyclonedx.model.tool import ToolRepository
@@ -199,8 +198,7 @@ def _release_bom(facts: BuildFacts, debian: Sequence[Component], *,
     release = Component(
         type=ComponentType.APPLICATION, name=facts.name, version=facts.version,
         bom_ref=facts.release,
-        properties=[Property(name="rebuild:requirement", value=r) for r in facts.requirements]
-        + ([Property(name="rebuild:change", value=facts.change)] if facts.change else []),
+        properties=_properties(_release_pairs(facts)),
     )
     tool = Component(type=ComponentType.APPLICATION, name="rebuild",
                      version=facts.builder_version, bom_ref="tool:rebuild")
@@ -212,14 +210,15 @@ def _release_bom(facts: BuildFacts, debian: Sequence[Component], *,
     artifacts = [Component(type=ComponentType.CONTAINER if s.media_type else ComponentType.FILE,
                            name=s.name, bom_ref=f"artifact:{s.name}",
                            hashes=[HashType(alg=HashAlgorithm.SHA_256, content=s.sha256)])
-                 for s in (facts.subjects if with_artifacts else ())]
+                 for s in facts.subjects]
     # The tree digest is rebuild's hash of a directory, not the sha256 of the component's
     # bytes, so it is a property: as a CycloneDX hash, tools would try to match it to a file.
     source = Component(type=ComponentType.FILE, name=facts.source.name, bom_ref="source",
-                       properties=_properties(facts.source, "rebuild:tree-digest"))
+                       properties=_properties(_property_pairs(facts.source,
+                                                              "rebuild:tree-digest")))
     # Likewise the image id is the digest of the image's config, not of an archive.
     image = Component(type=ComponentType.CONTAINER, name=facts.image.name, bom_ref=IMAGE_REF,
-                      properties=_properties(facts.image, "rebuild:image-id"))
+                      properties=_properties(_property_pairs(facts.image, "rebuild:image-id")))
     python = [_python_component(p) for p in facts.py_packages]
     npm = [_npm_component(p) for p in facts.npm_packages]
 
@@ -231,24 +230,65 @@ def _release_bom(facts: BuildFacts, debian: Sequence[Component], *,
     return bom
 
 
+# -- the components as cyclonedx renders those `_release_bom` makes ----------------------------
+# (absent values left out; properties, hashes and refs in the library's sorted order)
+
+def _component_json(kind: str, name: str, version: str | None, ref: str, *,
+                    purl: str | None = None, hashes: Iterable[tuple[str, str]] = (),
+                    properties: Iterable[dict[str, str]] = ()) -> dict[str, Any]:
+    component: dict[str, Any] = {"bom-ref": ref, "name": name, "type": kind}
+    if version is not None:
+        component["version"] = version
+    if purl is not None:
+        component["purl"] = purl
+    if listed := sorted(hashes):
+        component["hashes"] = [{"alg": alg, "content": content} for alg, content in listed]
+    if listed_properties := sorted(properties, key=lambda p: (p["name"], p["value"])):
+        component["properties"] = listed_properties
+    return component
+
+
 def _artifact_json(subject: Subject) -> dict[str, Any]:
-    """An artifact's component, as cyclonedx renders the one `_release_bom` makes (an
-    output image's manifest is a container)."""
-    return {"bom-ref": f"artifact:{subject.name}", "name": subject.name,
-            "type": "container" if subject.media_type else "file",
-            "hashes": [{"alg": "SHA-256", "content": subject.sha256}]}
+    """An artifact (an output image's manifest is a container)."""
+    return _component_json("container" if subject.media_type else "file", subject.name, None,
+                           f"artifact:{subject.name}", hashes=[("SHA-256", subject.sha256)])
+
+
+def _python_json(package: PyPackage) -> dict[str, Any]:
+    purl = pypi_purl(package).to_string()
+    return _component_json("library", package.name, package.version, purl, purl=purl,
+                           hashes=[("SHA-256", h) for h in package.sha256])
+
+
+def _npm_json(package: NpmPackage) -> dict[str, Any]:
+    from packageurl import PackageURL
+
+    # As `_npm_component`: the library keeps the purl parsed, so its string is re-rendered.
+    purl = PackageURL.from_string(npm_purl(package.name, package.version)).to_string()
+    return _component_json("library", package.name, package.version, purl, purl=purl,
+                           hashes=[("SHA-512", package.sha512)])
+
+
+def _debian_json(package: DebPackage, distro: str) -> dict[str, Any]:
+    purl = deb_purl(package, distro).to_string()
+    return _component_json("library", package.name, package.version, purl, purl=purl)
+
+
+def _named(pairs: Iterable[tuple[str, str]]) -> list[dict[str, str]]:
+    return [{"name": name, "value": value} for name, value in pairs]
+
+
+def _dependency(ref: str, depends_on: Iterable[str]) -> dict[str, Any]:
+    entry: dict[str, Any] = {"ref": ref}
+    if listed := sorted(depends_on):
+        entry["dependsOn"] = listed
+    return entry
 
 
 def _render(bom: Bom) -> Any:
     from cyclonedx.output.json import JsonV1Dot6
 
-    # The release's dependencies on its artifacts are merged into the rendered document
-    # (`make_sbom`), so a BOM rendered without them is incomplete on purpose: cyclonedx's
-    # warning that the root component has no dependencies would only alarm the reader.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "The Component this BOM is describing",
-                                UserWarning)
-        return json.loads(JsonV1Dot6(bom).output_as_string())
+    return json.loads(JsonV1Dot6(bom).output_as_string())
 
 
 def _component_order(component: Any) -> tuple[Any, ...]:
@@ -296,9 +336,20 @@ def _debian_component(package: DebPackage, distro: str) -> Component:
                      purl=purl, bom_ref=purl.to_string())
 
 
-def _properties(dependency: Dependency, digest_name: str) -> Iterable[Property]:
+def _release_pairs(facts: BuildFacts) -> list[tuple[str, str]]:
+    """The release's properties: the requirements it meets, its change record."""
+    return [*(("rebuild:requirement", r) for r in facts.requirements),
+            *([("rebuild:change", facts.change)] if facts.change else [])]
+
+
+def _property_pairs(dependency: Dependency, digest_name: str) -> list[tuple[str, str]]:
+    """A dependency's properties: where it came from, and its digests."""
+    return [("rebuild:uri", dependency.uri),
+            *((digest_name, f"{algorithm}:{value}")
+              for algorithm, value in sorted(dependency.digest.items()))]
+
+
+def _properties(pairs: Iterable[tuple[str, str]]) -> list[Property]:
     from cyclonedx.model import Property
 
-    yield Property(name="rebuild:uri", value=dependency.uri)
-    for algorithm, value in sorted(dependency.digest.items()):
-        yield Property(name=digest_name, value=f"{algorithm}:{value}")
+    return [Property(name=name, value=value) for name, value in pairs]

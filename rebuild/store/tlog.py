@@ -12,7 +12,8 @@
 - C2SP `tlog-proof`: an inclusion proof with its checkpoint, for offline checks.
 
 Hashes are 32 raw bytes here; callers give `hash_at(level, index)`, the stored hash of the
-complete subtree of 2^level leaves starting at leaf index * 2^level.
+complete subtree of 2^level leaves starting at leaf index * 2^level. cryptography is imported
+where a note is signed or checked: appending to a log without a key loads none of it.
 """
 
 from __future__ import annotations
@@ -23,10 +24,6 @@ import hashlib
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from rebuild.errors import ClaimFailed, SigningError
 
@@ -328,6 +325,9 @@ class NoteSigner:
 
     @property
     def verifier(self) -> NoteVerifier:
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+        from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
         public = Ed25519PrivateKey.from_private_bytes(self.seed).public_key().public_bytes(
             Encoding.Raw, PublicFormat.Raw)
         return NoteVerifier(self.name, key_hash(self.name, public), public)
@@ -338,6 +338,8 @@ class NoteSigner:
 
     @classmethod
     def generate(cls, name: str) -> NoteSigner:
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
         _check_key_name(name)
         return cls(name, Ed25519PrivateKey.generate().private_bytes_raw())
 
@@ -382,6 +384,8 @@ class SignedNote:
 
 def sign_note(text: bytes, signer: NoteSigner) -> bytes:
     """A C2SP signed note: the text, a blank line, one `— name base64(hash||sig)` line."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     signature = Ed25519PrivateKey.from_private_bytes(signer.seed).sign(text)
     hash4 = signer.verifier.key_id.to_bytes(4, "big")
     return SignedNote(text, ((signer.name, hash4 + signature),)).to_bytes()
@@ -416,6 +420,9 @@ def parse_note(data: bytes) -> SignedNote:
 
 def verify_note(note: SignedNote, verifier: NoteVerifier) -> None:
     """Raise ProofFailed unless `verifier` signed the note."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     hash4 = verifier.key_id.to_bytes(4, "big")
     for name, raw in note.signatures:
         if name == verifier.name and raw[:4] == hash4:
