@@ -201,10 +201,9 @@ def _key_signed(signer: StatementSigner | None) -> TypeGuard[KeySigner]:
 
 def prepare_sbom(image: StoredImage, signer: StatementSigner | None = None
                  ) -> Future[DebianPart]:
-    """Start rendering the Debian share of the SBOM of a build on `image`, in a thread of its
-    own: it takes longer than all the rest of the evidence, and needs only the image, so it
-    can run while the containers do. A key-signed build's in-toto link module is loaded
-    there too."""
+    """Start rendering the Debian share of the SBOM of a build on `image` (its largest part,
+    which needs only the image) in a thread of its own, while the containers run. A
+    key-signed build's in-toto link module is loaded there too."""
     def prepare() -> DebianPart:
         if _key_signed(signer):
             import rebuild.evidence.intoto  # noqa: F401 (loaded ahead for build_link)
