@@ -357,11 +357,7 @@ def write_loadable(store: Store, manifest: str, tag: str | None, out: Path) -> s
 
 def release_image(store: Store, release: str) -> str:
     """The digest of a stored release's image manifest (its `IMAGE_ARTIFACT` layer)."""
-    store.require()
-    entry = store.find(release)
-    if entry is None:
-        raise StoreError(f"no release {release} in the store {store.root}; `rebuild store ls` "
-                         "lists what it holds")
+    entry = store.release(release)
     for layer in store.read_json(entry.digest).get("layers", []):
         if layer.get("mediaType") == OCI_MANIFEST and \
                 (layer.get("annotations") or {}).get(TITLE) == IMAGE_ARTIFACT:

@@ -1171,10 +1171,7 @@ def carried_timeline(store: Store, release: str, verifier: tlog.NoteVerifier | N
     when its inclusion under a checkpoint signed by the pinned log key and its statements'
     signatures checked out. Events whose key is in `skip` (shown from the store's own log)
     are left out. What a registry cannot show is said in `limits`."""
-    found = store.find(release)
-    if found is None:
-        raise StoreError(f"no release {release} in {store.root}; `rebuild store ls` lists "
-                         "what it holds")
+    found = store.release(release)
     problems: list[str] = []
     groups: dict[tuple[str, int, bytes], list[ReleaseEvent]] = {}
     for _, got in carried_proofs(store, found.digest):

@@ -660,6 +660,15 @@ class Store:
         found = self._query("ref_name = ?", ref_name)
         return found[0] if found else None
 
+    def release(self, name: str) -> Descriptor:
+        """The release manifest `name@version`, or StoreError saying the store has none."""
+        self.require()
+        found = self.find(name)
+        if found is None:
+            raise StoreError(f"no release {name} in the store {self.root}; `rebuild store ls` "
+                             "lists what it holds")
+        return found
+
     def entries(self, kind: str) -> list[Descriptor]:
         return self._query("kind = ?", kind)
 

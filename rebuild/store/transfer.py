@@ -164,11 +164,7 @@ def _walk(roots: Sequence[tuple[str, str]], read: Callable[[str], bytes]
 
 
 def local_closure(store: Store, release: str) -> Closure:
-    store.require()
-    root = store.find(release)
-    if root is None:
-        raise StoreError(f"no release {release} in the store {store.root}; `rebuild store ls` "
-                         "lists what it holds")
+    root = store.release(release)
     records = [e for e in store.referrers(root.digest) if e.digest != root.digest]
     manifests, blobs, as_blob = _walk(
         [(root.digest, root.media_type), *((e.digest, e.media_type) for e in records)],
