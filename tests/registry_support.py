@@ -102,6 +102,15 @@ def make_tls(directory: Path) -> tuple[Path, Path, Path]:
     return paths
 
 
+def cli_certs(directory: Path) -> Path:
+    """A CA and a certificate for 127.0.0.1 it signed (server and client alike), in the
+    docker CLI's layout (DOCKER_CERT_PATH): ca.pem, cert.pem, key.pem."""
+    directory.mkdir()
+    for name, made in zip(("ca.pem", "cert.pem", "key.pem"), make_tls(directory), strict=True):
+        made.rename(directory / name)
+    return directory
+
+
 def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 

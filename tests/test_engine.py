@@ -18,13 +18,16 @@ import pytest
 
 from rebuild.build.engine import APIError, Engine, NotFound, ReadTimeout, Unreachable
 from tests.conftest import serving
-from tests.registry_support import make_tls
+from tests.registry_support import cli_certs
 
 LOG = [(1, b"hello "), (2, b"warning\n"), (1, b"x" * 70000), (1, b"done\n")]
 
 
 class UnixHTTPServer(socketserver.ThreadingUnixStreamServer):
     daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # the wait that timed out: its client is gone when the answer comes
 
 
 class StandIn(http.server.BaseHTTPRequestHandler):
@@ -151,11 +154,3 @@ def test_a_tcp_engine_is_reached_over_tls_with_the_cli_s_certificates(
         with pytest.raises(Unreachable):  # plain HTTP to a TLS engine
             Engine(address).ping()
 
-
-def cli_certs(directory: Path) -> Path:
-    """A CA and a certificate for 127.0.0.1 it signed (server and client alike), in the
-    docker CLI's layout: ca.pem, cert.pem, key.pem."""
-    directory.mkdir()
-    for name, made in zip(("ca.pem", "cert.pem", "key.pem"), make_tls(directory), strict=True):
-        made.rename(directory / name)
-    return directory

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import RecipeWriter, require_tool, run_rebuild
+from tests.registry_support import cli_certs, free_port
 
 pytestmark = pytest.mark.docker
 
@@ -27,24 +28,30 @@ CAREFUL = "umask 022 && printf 'hello\\n' > /out/r"
 LABEL = "dev.rebuild.test=engine-b"
 
 
-def docker_b(host: str, *args: str) -> subprocess.CompletedProcess[str]:
+def docker_b(host: str, *args: str, tls: Path | None = None
+             ) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DOCKER_TLS_VERIFY": "1", "DOCKER_CERT_PATH": str(tls)} if tls else None
     return subprocess.run(["docker", "-H", host, *args], capture_output=True, text=True,
-                          check=False, timeout=120)
+                          check=False, timeout=120, env=env)
 
 
 @contextlib.contextmanager
-def second_engine(*hide: Path) -> Iterator[str]:
+def second_engine(*hide: Path, tls: Path | None = None) -> Iterator[str]:
     """A second dockerd, detached (setsid, output to a file, stdin /dev/null); stopped by its
     pid and its data removed afterwards. Yields its DOCKER_HOST. `hide`: directories of this
     host that the engine does not see (an empty tmpfs over each in its own mount namespace),
-    as an engine on another machine would not."""
+    as an engine on another machine would not. `tls`: certificates in the docker CLI's
+    layout; the engine then listens on tcp://127.0.0.1 and requires a client certificate."""
     require_tool("dockerd")
     # Short: the socket paths of dockerd and its containerd must fit in sun_path.
     root = Path(tempfile.mkdtemp(prefix="rb-engine-", dir="/tmp"))
-    host = f"unix://{root}/sock"
+    host = f"tcp://127.0.0.1:{free_port()}" if tls else f"unix://{root}/sock"
     argv = ["dockerd", "--data-root", str(root / "data"), "--exec-root", str(root / "exec"),
             "--pidfile", str(root / "pid"), "-H", host, "--bridge=none",
             "--iptables=false", "--ip-masq=false", "--label", LABEL]
+    if tls:
+        argv += ["--tlsverify", f"--tlscacert={tls / 'ca.pem'}", f"--tlscert={tls / 'cert.pem'}",
+                 f"--tlskey={tls / 'key.pem'}"]
     if hide:
         require_tool("unshare")
         mounts = " && ".join(f'mount -t tmpfs tmpfs "{path}"' for path in hide)
@@ -55,7 +62,7 @@ def second_engine(*hide: Path) -> Iterator[str]:
                                   start_new_session=True)
     try:
         deadline = time.monotonic() + 60
-        while docker_b(host, "info", "--format", "{{.ID}}").returncode != 0:
+        while docker_b(host, "info", "--format", "{{.ID}}", tls=tls).returncode != 0:
             if daemon.poll() is not None or time.monotonic() > deadline:
                 pytest.fail("the second engine did not start: "
                             + (root / "dockerd.log").read_text()[-2000:])
@@ -122,6 +129,30 @@ def test_run_b_runs_on_the_second_engine_and_the_record_names_both(
     assert show.code == 0, show.stderr
     assert show.json["verification"]["verified"] is True
     assert show.json["provenance"]["signature"]["status"] == "verified"
+
+
+def test_run_b_runs_on_an_engine_reached_over_tls(
+        minimal_image: str, write_recipe: RecipeWriter, store: Path, tmp_path: Path) -> None:
+    """A tcp engine that requires a client certificate, reached with DOCKER_TLS_VERIFY and
+    DOCKER_CERT_PATH as the docker CLI reads them: the image is loaded into it and run b runs
+    there; without the certificates the engine is unreachable (exit 3)."""
+    certs = cli_certs(tmp_path / "certs")
+    recipe = write_recipe(minimal_image, CAREFUL)
+    with second_engine(tls=certs) as host:
+        refused = run_rebuild("build", recipe, "--engine-b", host, store=store)
+        assert refused.code == 3, refused.stderr
+        assert "unreachable" in refused.stderr and "Traceback" not in refused.stderr
+        since = str(int(time.time()) - 1)
+        result = run_rebuild("build", recipe, "--engine-b", host, "--json", store=store,
+                             env={"DOCKER_TLS_VERIFY": "1", "DOCKER_CERT_PATH": str(certs)})
+        assert result.code == 0, result.stderr
+        assert result.json["reproducible"] is True
+        events = docker_b(host, "events", "--since", since, "--until",
+                          str(int(time.time()) + 1), "--filter", "type=container",
+                          "--filter", "event=create", "--format", "{{json .}}",
+                          tls=certs).stdout.splitlines()
+        assert len(events) == 1  # run b's container, created on the TLS engine
+        assert docker_b(host, "ps", "-aq", tls=certs).stdout.strip() == ""
 
 
 def test_an_unreachable_engine_b_is_an_environment_problem(
