@@ -46,7 +46,8 @@ def build(
     key: KeyOpt = None,
     explain: Annotated[bool, typer.Option(
         "--explain", help="When the runs differ, find the variation(s) responsible for each "
-        "differing artifact (extra runs: one per variation).")] = False,
+        "differing artifact (extra runs, one per core at a time: a rerun of A, then a "
+        "search that tests first the variations whose values run b wrote).")] = False,
     keep: Annotated[Path | None, typer.Option(
         "--keep", help="Copy both runs' /out trees to DIR/a and DIR/b (one recipe only).",
         metavar="DIR", show_default=False)] = None,
