@@ -17,6 +17,7 @@ from typing import ClassVar
 import pytest
 
 from rebuild.build.engine import APIError, Engine, NotFound, ReadTimeout, Unreachable
+from rebuild.errors import EnvironmentProblem
 from tests.conftest import serving
 from tests.registry_support import cli_certs
 
@@ -153,4 +154,8 @@ def test_a_tcp_engine_is_reached_over_tls_with_the_cli_s_certificates(
         monkeypatch.delenv("DOCKER_TLS_VERIFY")
         with pytest.raises(Unreachable):  # plain HTTP to a TLS engine
             Engine(address).ping()
+    monkeypatch.setenv("DOCKER_TLS_VERIFY", "1")
+    monkeypatch.setenv("DOCKER_CERT_PATH", str(tmp_path / "none"))
+    with pytest.raises(EnvironmentProblem, match="DOCKER_CERT_PATH"):  # exit 3, one line
+        Engine(address)
 

@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import quote, urlencode, urlsplit
 
+from rebuild.errors import EnvironmentProblem
+
 DEFAULT_HOST = "unix:///var/run/docker.sock"
 API_VERSION = (1, 41)
 TIMEOUT = 60.0  # seconds without an answer on one call (a wait has the run's timeout)
@@ -246,8 +248,14 @@ class Engine:
 
 
 def _tls_context(certs: Path) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=str(certs / "ca.pem"))
-    context.load_cert_chain(str(certs / "cert.pem"), str(certs / "key.pem"))
+    try:
+        context = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+        context.load_cert_chain(str(certs / "cert.pem"), str(certs / "key.pem"))
+    except (OSError, ssl.SSLError) as exc:
+        raise EnvironmentProblem(
+            f"DOCKER_TLS_VERIFY is set, but the engine's CA and this client's certificate "
+            f"could not be read from {certs} ({exc}); put ca.pem, cert.pem and key.pem there "
+            "or point DOCKER_CERT_PATH at them") from None
     return context
 
 
